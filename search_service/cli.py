@@ -1,0 +1,220 @@
+"""The ``mro-search`` command line.
+
+One entry point, kebab-case subcommands, common flags from a parent parser. Results go to stdout
+(one JSON object with ``--json``), logs and progress to stderr. A problem the user can fix is one
+line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from supernet.errors import MROError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("mro_search")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line (plus usage), exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    return common
+
+
+def _study_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="study name (studies/NAME.toml) or a path to a .toml file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog="mro-search", description="Search the cross-modal fusion paths of a multimodal transformer with Optuna.", parents=[common])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", parents=[common], help="train the study's supernet and its relation-graph prior")
+    _study_arg(p)
+    p.add_argument("--epochs", type=int, help="override [train] epochs")
+    p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument("--json", action="store_true", help="print the training summary as one JSON object")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("flops", parents=[common], help="per-path FLOPs table (fvcore) and a mask's MFLOPs")
+    _study_arg(p)
+    p.add_argument("--mask", metavar="BITS", help="one bit per path, e.g. 011011 (default: all paths)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_flops)
+
+    p = sub.add_parser("evaluate", parents=[common], help="all metrics of one mask with the trained supernet")
+    _study_arg(p)
+    p.add_argument("--mask", required=True, metavar="BITS", help="one bit per path, e.g. 011011")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--direct", action="store_true", help="run the masked forward pass instead of the cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("validate", parents=[common], help="check a study file and report every problem")
+    p.add_argument("file", metavar="FILE", help="a study .toml file or a study name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_validate)
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from search_service.study_file import load_study
+
+    study = load_study(args.file)
+    if args.json:
+        _print_json({"file": str(study.path), "name": study.name, "ok": True, "notes": study.notes, "sha256": study.sha256})
+    else:
+        print(f"{study.path}: ok (study {study.name!r}, {study.data.source} data)")
+        for note in study.notes:
+            print(f"  note: {note}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from search_service.evaluator import train_study
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    logger = None if args.quiet else (lambda msg: log.info(msg))
+    result, checkpoint = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
+    last = result.history[-1]
+    summary = {
+        "study": study.name,
+        "checkpoint": str(checkpoint.path),
+        "config_sha256": checkpoint.config_sha256,
+        "epochs": len(result.history),
+        "train_loss": last["train_loss"],
+        "valid_loss_full": last["valid_loss_full"],
+        "spearman": last["spearman"],
+        "edge_probs": dict(zip(result.model.path_names, last["edge_probs"])),
+        "history": result.history,
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"trained {study.name}: {summary['epochs']} epochs, train loss {summary['train_loss']:.4f}, "
+              f"Spearman rho {summary['spearman']:.3f}")
+        print(f"checkpoint: {checkpoint.path} (config SHA-256 {checkpoint.config_sha256[:12]})")
+        print("relation graph p(i->j): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["edge_probs"].items()))
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from search_service.study_file import load_study
+    from supernet.data import load_data
+    from supernet.flops import flop_table
+    from supernet.model import Supernet
+    from supernet.paths import format_mask, parse_mask
+    from supernet.train import model_spec
+
+    study = load_study(args.study)
+    # FLOPs depend on the shapes only: an untrained supernet of the study's shape is enough
+    data = load_data(study.data, base_dir=study.base_dir)
+    model = Supernet(model_spec(data), study.model)
+    table = flop_table(model)
+    mask = parse_mask(args.mask, model.num_paths) if args.mask else (1,) * model.num_paths
+    result = {
+        "study": study.name,
+        "mask": format_mask(mask),
+        "mflops": table.mflops(mask),
+        "shared_mflops": table.shared / 1e6,
+        "modality_mflops": {k: v / 1e6 for k, v in zip(table.modality_names, table.modality)},
+        "path_mflops": {k: v / 1e6 for k, v in zip(table.path_names, table.path)},
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{'part':<28}{'MFLOPs':>12}")
+    print(f"{'shared (head)':<28}{result['shared_mflops']:>12.4f}")
+    for name, value in result["modality_mflops"].items():
+        print(f"{'embedding ' + name:<28}{value:>12.4f}")
+    for name, value in result["path_mflops"].items():
+        print(f"{'path ' + name:<28}{value:>12.4f}")
+    print(f"mask {result['mask']}: {result['mflops']:.4f} MFLOPs")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from search_service.evaluator import Evaluator
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    evaluator = Evaluator(study)
+    mask = evaluator.parse(args.mask)
+    result = evaluator.evaluate(mask, args.split, direct=args.direct)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"study {result['study']}, mask {result['mask']} ({', '.join(result['active_paths'])}), "
+          f"{result['split']} split, {result['method']}")
+    for name, value in result["metrics"].items():
+        print(f"  {name:<12}{value:.4f}")
+    print(f"  {'MFLOPs':<12}{result['mflops']:.4f}")
+    print(f"  {'params':<12}{result['params']}")
+    return 0
+
+
+# --- plumbing -------------------------------------------------------------------------------------
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        return int(args.handler(args) or 0)
+    except MROError as exc:
+        if args.debug:
+            raise
+        print(f"mro-search: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("mro-search: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

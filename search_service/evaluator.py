@@ -1,0 +1,115 @@
+"""The narrow interface between the search service and the supernet.
+
+``Evaluator`` loads a study's checkpoint and data once, then scores masks from the path cache
+(exact and fast), prices them with the FLOPs table, and, when asked, runs the masked model
+directly. Nothing else in ``search_service`` reaches into ``supernet``'s internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from search_service.study_file import Study, task_of
+from supernet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from supernet.data import MultimodalData, load_data
+from supernet.flops import FlopTable, flop_table
+from supernet.metrics import compute_metrics, default_metric
+from supernet.paths import active_paths, format_mask, parse_mask
+from supernet.scoring import PathCache, batches, build_cache, mask_metrics, score_masks
+from supernet.train import TrainResult, train_supernet
+
+
+def load_study_data(study: Study) -> MultimodalData:
+    return load_data(study.data, base_dir=study.base_dir)
+
+
+def objective_metric(study: Study) -> str:
+    return study.search.metric or default_metric(task_of(study) or "classification")
+
+
+def train_study(study: Study, *, epochs: int | None = None, seed: int | None = None, progress: bool = True, log=None) -> tuple[TrainResult, Checkpoint]:
+    """Train the study's supernet and write its checkpoint (``runs/NAME/supernet.pt``)."""
+    if epochs is not None:
+        study.train.epochs = epochs
+        study.train.warmup_epochs = min(study.train.warmup_epochs, epochs)
+    if seed is not None:
+        study.train.seed = seed
+    data = load_study_data(study)
+    result = train_supernet(data, study.model, study.train, progress=progress, log=log)
+    path = save_checkpoint(study.checkpoint_path, result.model, result.prior, study.supernet_config(), result.history)
+    return result, load_checkpoint(path, expected_sha256=study.sha256)
+
+
+class Evaluator:
+    def __init__(self, study: Study, checkpoint: Checkpoint | None = None, data: MultimodalData | None = None) -> None:
+        self.study = study
+        self.checkpoint = checkpoint or load_checkpoint(study.checkpoint_path, expected_sha256=study.sha256)
+        self.model = self.checkpoint.model.eval()
+        self._data = data
+        self._caches: dict[str, PathCache] = {}
+        self.metric = objective_metric(study)
+
+    @property
+    def data(self) -> MultimodalData:
+        if self._data is None:
+            self._data = load_study_data(self.study)
+        return self._data
+
+    @cached_property
+    def flops(self) -> FlopTable:
+        return flop_table(self.model)
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.model.spec.modalities]
+
+    @property
+    def path_names(self) -> list[str]:
+        return list(self.model.path_names)
+
+    def parse(self, bits: str | Sequence[int]) -> tuple[int, ...]:
+        return parse_mask(bits, self.model.num_paths)
+
+    def cache(self, split: str = "valid") -> PathCache:
+        if split not in self._caches:
+            self._caches[split] = build_cache(self.model, self.data.splits[split])
+        return self._caches[split]
+
+    def score(self, masks: torch.Tensor, split: str = "valid") -> torch.Tensor:
+        """The objective metric of many masks ``(M, P)`` -> ``(M,)``."""
+        return score_masks(self.model, self.cache(split), masks, self.metric)
+
+    def evaluate(self, mask: Sequence[int], split: str = "valid", *, direct: bool = False) -> dict[str, Any]:
+        """Everything known about one mask: metrics, MFLOPs, parameters, active paths."""
+        mask = tuple(int(b) for b in mask)
+        if direct:
+            metrics = self.direct_metrics(mask, split)
+        else:
+            metrics = mask_metrics(self.model, self.cache(split), mask)
+        return {
+            "study": self.study.name,
+            "mask": format_mask(mask),
+            "active_paths": active_paths(mask, self.modality_names),
+            "split": split,
+            "method": "direct" if direct else "cache",
+            "metric": self.metric,
+            "metrics": metrics,
+            "mflops": self.flops.mflops(mask),
+            "params": self.model.num_parameters(mask),
+        }
+
+    @torch.no_grad()
+    def direct_metrics(self, mask: Sequence[int], split: str = "valid") -> dict[str, float]:
+        """Metrics of one mask from a masked forward pass over the split (no cache)."""
+        outputs, labels = [], []
+        for features, lengths, y in batches(self.data.splits[split], self.modality_names, 256):
+            outputs.append(self.model(features, mask, lengths))
+            labels.append(y)
+        out = torch.cat(outputs)
+        if self.model.spec.task == "regression":
+            out = out.squeeze(-1)
+        return compute_metrics(out, torch.cat(labels), self.model.spec.task)

@@ -1,0 +1,19 @@
+"""Errors a user can fix. Each message is one line: what is wrong, and how to fix it."""
+
+from __future__ import annotations
+
+
+class MROError(Exception):
+    """Base class of every error meant for the user (printed as one line, exit code 2)."""
+
+
+class ConfigError(MROError):
+    """A study file or an argument is wrong."""
+
+
+class DataError(MROError):
+    """A data file is missing, unreadable, or holds something it should not."""
+
+
+class CheckpointError(MROError):
+    """A supernet checkpoint is missing, corrupt, or belongs to another study."""

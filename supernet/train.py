@@ -1,0 +1,235 @@
+"""One-shot supernet training with the Modal Relation Graph prior (Table 1 of the paper).
+
+Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights:
+masks are uniform during the warm-up epochs and drawn from the current prior afterwards. Every
+``rank_every`` steps the prior is refined: the pooled outputs of *all* paths are computed once on
+the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
+output does not depend on the mask), and the rank loss between the prior's scores of those masks
+and their losses updates α, β, γ, the graph-attention layer and the rest of the prior. The same
+step refreshes the relation-graph statistics (cosine similarity of the modalities' pooled
+embeddings, attention-weight variance); the gradient variance is tracked on every step.
+
+Spearman ρ between the prior's scores and the observed validation losses of many masks is logged
+after every epoch. Training is seeded: the same configuration and seed give the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from supernet.config import ModelConfig, TrainConfig
+from supernet.data.dataset import MultimodalData, Split
+from supernet.model import Supernet, SupernetSpec
+from supernet.paths import all_masks, num_paths, path_pairs
+from supernet.rank_loss import rank_loss, spearman
+from supernet.relation_graph import RelationGraphPrior
+from supernet.scoring import batches
+
+RANK_EVAL_SAMPLES = 512  # validation samples used for the per-epoch Spearman ρ
+RANK_EVAL_MASKS = 512  # masks ranked for it (all of them when there are fewer)
+
+
+@dataclass
+class TrainResult:
+    model: Supernet
+    prior: RelationGraphPrior
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def task_loss(output: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy for classification; L1 for regression (MMSA's choice for MOSEI/MOSI).
+
+    ``output`` may carry leading model axes: ``(..., B, out)``; the loss is averaged over the
+    batch and returned per model: ``(...)``.
+    """
+    if task == "classification":
+        lead = output.shape[:-2]
+        flat = output.reshape(-1, output.shape[-1])
+        target = labels.expand(*lead, labels.shape[0]).reshape(-1)
+        return F.cross_entropy(flat, target, reduction="none").view(*lead, -1).mean(dim=-1)
+    return (output.squeeze(-1) - labels).abs().mean(dim=-1)
+
+
+def uniform_masks(n: int, n_paths: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` masks drawn uniformly from the non-empty masks."""
+    out = torch.randint(0, 2, (n, n_paths), generator=generator).float()
+    while (empty := out.sum(dim=1) == 0).any():
+        out[empty] = torch.randint(0, 2, (int(empty.sum()), n_paths), generator=generator).float()
+    return out
+
+
+def model_spec(data: MultimodalData) -> SupernetSpec:
+    return SupernetSpec(tuple(data.modalities), data.task, data.output_dim)
+
+
+def _to(device: torch.device, features, lengths, labels):
+    features = [f.to(device) for f in features]
+    lengths = [None if n is None else n.to(device) for n in lengths]
+    return features, lengths, labels.to(device)
+
+
+class _Statistics:
+    """Feeds the relation graph's statistics from the supernet while it trains."""
+
+    def __init__(self, model: Supernet, prior: RelationGraphPrior) -> None:
+        self.model, self.prior = model, prior
+        self.pairs = path_pairs(model.k)
+
+    @torch.no_grad()
+    def gradients(self, active: torch.Tensor) -> None:
+        norms = torch.zeros(len(self.pairs))
+        for p in active.nonzero().flatten().tolist():
+            sq = sum(float(q.grad.pow(2).sum()) for q in self.model.paths[p].parameters() if q.grad is not None)
+            norms[p] = math.sqrt(sq)
+        self.prior.statistics.update_grad(norms, active)
+
+    @torch.no_grad()
+    def embeddings_and_attention(self, features, lengths) -> None:
+        model = self.model
+        h, keep = model.embed(features, lengths, range(model.k))
+        pooled = [
+            h[m].mean(dim=1) if keep[m] is None else (h[m] * keep[m][:, :, None]).sum(1) / keep[m].sum(1, keepdim=True)
+            for m in range(model.k)
+        ]
+        cos = torch.stack([F.cosine_similarity(pooled[i], pooled[j], dim=-1).mean() for i, j in self.pairs])
+        variance = torch.stack(
+            [model.paths[p].attention_weights(h[j], h[i], keep[i]).var() for p, (i, j) in enumerate(self.pairs)]
+        )
+        everything = torch.ones(len(self.pairs), dtype=torch.bool)
+        self.prior.statistics.update_cosine(cos.cpu(), everything)
+        self.prior.statistics.update_attention(variance.cpu(), everything)
+
+
+def train_supernet(
+    data: MultimodalData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a supernet and its relation-graph prior on ``data``; returns both and the history."""
+    torch.manual_seed(train_cfg.seed)
+    g = torch.Generator().manual_seed(train_cfg.seed)
+    device = torch.device(train_cfg.device)
+    model = Supernet(model_spec(data), model_cfg).to(device)
+    prior = RelationGraphPrior(model.k)
+    stats = _Statistics(model, prior)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    prior_optimizer = torch.optim.Adam(prior.parameters(), lr=train_cfg.prior_lr)
+    names = data.modality_names
+    train, valid = data.splits["train"], data.splits["valid"]
+    P = num_paths(model.k)
+    eval_index = torch.randperm(len(valid), generator=g)[:RANK_EVAL_SAMPLES]
+    eval_masks = all_masks(P) if 2**P - 1 <= RANK_EVAL_MASKS else uniform_masks(RANK_EVAL_MASKS, P, g)
+
+    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+    bar = tqdm(
+        total=train_cfg.epochs * steps_per_epoch,
+        desc="supernet",
+        unit="step",
+        disable=not progress or not sys.stderr.isatty(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    history: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(train_cfg.epochs):
+        warmup = epoch < train_cfg.warmup_epochs
+        model.train()
+        started, seen, loss_sum, rank_sum, rank_n = time.perf_counter(), 0, 0.0, 0.0, 0
+        order = torch.randperm(len(train), generator=g)
+        for features, lengths, labels in batches(train, names, train_cfg.batch_size, order):
+            features, lengths, labels = _to(device, features, lengths, labels)
+            # 1. train masks_per_step subnets on this batch (uniform in warm-up, else the prior)
+            if warmup:
+                masks = uniform_masks(train_cfg.masks_per_step, P, g)
+            else:
+                with torch.no_grad():
+                    masks = prior.sample(train_cfg.masks_per_step, g)
+            optimizer.zero_grad(set_to_none=True)
+            for mask in masks:
+                loss = task_loss(model(features, mask, lengths), labels, data.task) / len(masks)
+                loss.backward()
+                loss_sum += float(loss.detach()) * len(labels)
+            stats.gradients(masks.amax(dim=0).bool())
+            optimizer.step()
+            seen += len(labels)
+            # 2. every rank_every steps: refine the prior with the rank loss on this batch
+            if step % train_cfg.rank_every == 0:
+                value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup)
+                rank_sum, rank_n = rank_sum + value, rank_n + 1
+            step += 1
+            bar.update(1)
+        elapsed = time.perf_counter() - started
+        record = _evaluate_epoch(model, prior, valid, eval_index, eval_masks, names, data.task, device)
+        record.update(
+            epoch=epoch + 1,
+            phase="warmup" if warmup else "prior",
+            train_loss=loss_sum / max(seen, 1),
+            rank_loss=rank_sum / max(rank_n, 1),
+            samples_per_s=seen / elapsed if elapsed > 0 else float("nan"),
+            seconds=elapsed,
+        )
+        history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", rho=f"{record['spearman']:.2f}")
+        if log:
+            log(
+                f"epoch {epoch + 1}/{train_cfg.epochs} ({record['phase']}): train loss {record['train_loss']:.4f}, "
+                f"valid loss full mask {record['valid_loss_full']:.4f}, rank loss {record['rank_loss']:.4f}, "
+                f"Spearman rho {record['spearman']:.3f}, {record['samples_per_s']:.0f} samples/s"
+            )
+    bar.close()
+    model.eval()
+    return TrainResult(model, prior, history)
+
+
+def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, task, cfg: TrainConfig, g, warmup) -> float:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path, once
+        stats.embeddings_and_attention(features, lengths)
+        # rank masks: uniform in warm-up, else half from the prior and half uniform, so the prior
+        # also sees subnets it currently dislikes
+        n_prior = 0 if warmup else cfg.rank_masks // 2
+        masks = torch.cat([prior.sample(n_prior, g), uniform_masks(cfg.rank_masks - n_prior, model.num_paths, g)])
+        losses = task_loss(model.forward_from_pooled(pooled, masks.to(pooled.device)), labels, task).cpu()
+    model.train(was_training)
+    optimizer.zero_grad(set_to_none=True)
+    loss = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+@torch.no_grad()
+def _evaluate_epoch(model, prior, valid: Split, index, masks, names, task, device) -> dict[str, Any]:
+    """Validation losses of many masks from one pass over all paths; Spearman ρ against the prior."""
+    model.eval()
+    losses = []
+    weights = []
+    for features, lengths, labels in batches(valid, names, 256, index):
+        features, lengths, labels = _to(device, features, lengths, labels)
+        pooled = model.pooled_paths(features, lengths)
+        losses.append(task_loss(model.forward_from_pooled(pooled, masks.to(device)), labels, task).cpu())
+        weights.append(len(labels))
+    w = torch.tensor(weights, dtype=torch.float32)
+    mask_losses = (torch.stack(losses, dim=1) * w).sum(dim=1) / w.sum()  # (M,)
+    scores = prior.log_prob(masks)
+    full = masks.sum(dim=1) == masks.shape[1]
+    return {
+        "spearman": spearman(scores.numpy(), (-mask_losses).numpy()),
+        "valid_loss_full": float(mask_losses[full][0]) if full.any() else float("nan"),
+        "valid_loss_best": float(mask_losses.min()),
+        "edge_probs": [round(float(p), 4) for p in prior.edge_probs()],
+    }
