@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from supernet.errors import MROError
@@ -120,21 +121,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_flops(args: argparse.Namespace) -> int:
     from search_service.study_file import load_study
     from supernet.data import load_data
+    from supernet.data.standard import STANDARD_SHAPES
     from supernet.flops import flop_table
-    from supernet.model import Supernet
+    from supernet.model import Supernet, SupernetSpec
     from supernet.paths import format_mask, parse_mask
     from supernet.train import model_spec
 
     study = load_study(args.study)
     # FLOPs depend on the shapes only: an untrained supernet of the study's shape is enough
-    data = load_data(study.data, base_dir=study.base_dir)
-    model = Supernet(model_spec(data), study.model)
+    data_path = Path(study.data.path) if study.data.path else None
+    if data_path is not None and not data_path.is_absolute():
+        data_path = study.base_dir / data_path
+    shapes_from = "data"
+    if study.data.source in STANDARD_SHAPES and data_path is not None and not data_path.exists():
+        release, modalities, task, out = STANDARD_SHAPES[study.data.source]
+        spec = SupernetSpec(tuple(modalities), task, out)
+        shapes_from = f"standard shapes of {release} ({data_path} not found)"
+        log.info(f"{data_path} not found: using the standard shapes of {release}")
+    else:
+        spec = model_spec(load_data(study.data, base_dir=study.base_dir))
+    model = Supernet(spec, study.model)
     table = flop_table(model)
     mask = parse_mask(args.mask, model.num_paths) if args.mask else (1,) * model.num_paths
     result = {
         "study": study.name,
         "mask": format_mask(mask),
         "mflops": table.mflops(mask),
+        "shapes_from": shapes_from,
         "shared_mflops": table.shared / 1e6,
         "modality_mflops": {k: v / 1e6 for k, v in zip(table.modality_names, table.modality)},
         "path_mflops": {k: v / 1e6 for k, v in zip(table.path_names, table.path)},

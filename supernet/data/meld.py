@@ -102,6 +102,8 @@ def _gather(
                 f"{path}: videoLabels has no dialogue {dialogue!r} listed in the {split} ids; the pickle is incomplete"
             )
         y = np.asarray(labels[dialogue]).reshape(-1)
+        if len(y) == 0:  # a dialogue without utterances adds no samples
+            continue
         ys.append(y)
         for modality, (key, table) in tables.items():
             per_modality[modality].append(_dialogue_array(table, dialogue, len(y), path, key))

@@ -49,6 +49,11 @@ def _read_csv(path: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
 def read_csv_views(folder: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The six views (float32) and the labels (int64) from a folder of ``mfeat-{view}.csv``."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(
+            f"{folder}: is a file; set [data] path to the folder of the six mfeat-*.csv files, "
+            "to an .npz copy, or leave it empty for the copy shipped with mro-search"
+        )
     if not folder.is_dir():
         raise DataError(
             f"{folder}: no such folder; set [data] path to the folder of the mfeat-*.csv files, "

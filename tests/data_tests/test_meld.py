@@ -124,6 +124,14 @@ def test_nine_items_without_visual(tmp_path: Path) -> None:
     assert sum(len(s) for s in data.splits.values()) == _utterances(t, TRAIN + TEST)
 
 
+def test_empty_dialogue_adds_no_samples(tmp_path: Path) -> None:
+    t = _tables(visual=False)
+    for key in ("ids", "speakers", "labels", "text", "audio", "sentence", "sentiment"):
+        t[key][2000] = []
+    path = _write(tmp_path / "meld.pkl", _tuple(t, visual=False, test=set(TEST) | {2000}))
+    assert len(load_meld(path).splits["test"]) == _utterances(t, TEST)
+
+
 def test_validation_carve_follows_the_seed(tmp_path: Path) -> None:
     path = _write(tmp_path / "meld.pkl", _tuple(_tables(visual=False), visual=False))
     carve = [

@@ -158,6 +158,13 @@ def test_missing_folder(tmp_path: Path) -> None:
     assert str(tmp_path / "nope") in message
 
 
+def test_csv_file_instead_of_folder(tmp_path: Path) -> None:
+    _write_csvs(tmp_path)
+    path = tmp_path / "mfeat-fou.csv"
+    message = _error(lambda: load_mfeat(path), "is a file", "folder of the six mfeat-*.csv")
+    assert str(path) in message
+
+
 def test_row_counts_disagree(tmp_path: Path) -> None:
     _write_csvs(tmp_path)
     path = tmp_path / "mfeat-kar.csv"

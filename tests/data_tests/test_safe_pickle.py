@@ -94,6 +94,29 @@ def test_pickles_written_by_numpy_1_load(tmp_path: Path) -> None:
     assert loaded["s"] == np.float32(2.0)
 
 
+def test_python2_pickle_of_an_array_loads(tmp_path: Path) -> None:
+    """Python 2 wrote array data as a byte *string* (SHORT_BINSTRING); latin1 decoding keeps it."""
+
+    def short(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    data = np.arange(3, dtype="<f8").tobytes()
+    content = (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + short(b"b")
+        + b"\x87R(K\x01K\x03\x85cnumpy\ndtype\n"
+        + short(b"f8")
+        + b"K\x00K\x01\x87R(K\x03"
+        + short(b"<")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + short(data)
+        + b"tb."
+    )
+    path = tmp_path / "py2.pkl"
+    path.write_bytes(content)
+    np.testing.assert_array_equal(load_pickle(path), np.arange(3.0))
+
+
 def test_shell_command_in_reduce_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
