@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supernet.errors import MROError
+from supernet.errors import ConfigError, MROError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -37,6 +37,10 @@ def _common() -> argparse.ArgumentParser:
 
 def _study_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, metavar="NAME", help="study name (studies/NAME.toml) or a path to a .toml file")
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL", help="storage URL (default: $MRO_STORAGE, else the study file, else sqlite in runs/NAME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="run the masked forward pass instead of the cache")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("run", parents=[common], help="create the study (training the supernet first if needed) and search")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--trials", type=int, help="trial budget (default: [search] trials)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the workers' samplers")
+    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
+    p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("worker", parents=[common], help="join an existing study from any machine")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--trials", type=int, help="at most this many trials from this worker")
+    p.add_argument("--seed", type=int, help="seed of this worker's sampler (default: random)")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("resume", parents=[common], help="continue a stopped study to its budget")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--trials", type=int, help="new trial budget (default: the study's)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, help="base seed of the workers' samplers (default: random)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("pareto", parents=[common], help="the Pareto front of a study")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_pareto)
 
     p = sub.add_parser("validate", parents=[common], help="check a study file and report every problem")
     p.add_argument("file", metavar="FILE", help="a study .toml file or a study name")
@@ -182,6 +218,133 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name:<12}{value:.4f}")
     print(f"  {'MFLOPs':<12}{result['mflops']:.4f}")
     print(f"  {'params':<12}{result['params']}")
+    return 0
+
+
+def _evaluator(study, *, train_if_missing: bool, quiet: bool):
+    from search_service.evaluator import Evaluator, train_study
+
+    if train_if_missing and not study.checkpoint_path.exists():
+        log.info(f"no supernet checkpoint at {study.checkpoint_path}: training it first")
+        train_study(study, progress=not quiet, log=None if quiet else log.info)
+    return Evaluator(study)
+
+
+def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool) -> None:
+    import os
+    import subprocess
+
+    from search_service.search import run_worker
+    from search_service.storage import ENV_VAR
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if workers == 1:
+        run_worker(search, evaluator, seed=seed, progress=not quiet)
+        return
+    env = dict(os.environ)
+    env[ENV_VAR] = url  # not on the command line, where `ps` would show a password
+    procs = []
+    for w in range(workers):
+        cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", str(study.path.resolve()), "-q"]
+        if seed is not None:
+            cmd += ["--seed", str(seed + w)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    failed = [c for c in codes if c != 0]
+    if failed:
+        raise MROError(f"{len(failed)} of {workers} workers failed (exit codes {failed}); run `mro-search resume --study {study.name}` to finish")
+
+
+def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
+    from search_service.search import pareto_front
+    from search_service.storage import mask_password
+
+    front = pareto_front(search)
+    counts = search.counts()
+    if as_json:
+        _print_json({"study": search.optuna_study.study_name, "storage": mask_password(search.url), "budget": search.budget, "counts": counts, "pareto_front": front, **(extra or {})})
+        return
+    metric = search.optuna_study.metric_names[0] if search.optuna_study.metric_names else "accuracy"
+    print(f"study {search.optuna_study.study_name}: {counts['complete']}/{search.budget} trials complete "
+          f"({counts['fail']} failed, {counts['pruned']} pruned); Pareto front ({len(front)}):")
+    print(f"{'trial':>6}  {'mask':<12} {metric:>10} {'MFLOPs':>10}  active paths")
+    for row in front:
+        print(f"{row['trial']:>6}  {row['mask']:<12} {row['values'][0]:>10.4f} {row['mflops']:>10.4f}  {', '.join(row['active_paths'] or [])}")
+    for key, value in (extra or {}).items():
+        print(f"{key}: {value}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search_service.search import create_search
+    from search_service.storage import mask_password, resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    url = resolve_url(study, args.storage)
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+    evaluator = _evaluator(study, train_if_missing=True, quiet=args.quiet)
+    search = create_search(study, url, evaluator, trials=args.trials)
+    log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
+    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet)
+    extra = {}
+    if not args.no_report:
+        from search_service.report import write_report
+
+        path = write_report(search, evaluator, study.run_dir / "report.html")
+        extra["report"] = str(path)
+    _print_front(search, args.json, extra)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from search_service.search import load_search, run_worker
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    url = resolve_url(study, args.storage)
+    search = load_search(study.name, url)
+    evaluator = _evaluator(study, train_if_missing=False, quiet=args.quiet)
+    done = run_worker(search, evaluator, max_trials=args.trials, seed=args.seed, progress=not args.quiet)
+    log.info(f"worker finished: {done} trials completed here")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search_service.search import BUDGET_KEY, load_search
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    url = resolve_url(study, args.storage)
+    search = load_search(study.name, url)
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+        search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
+    evaluator = _evaluator(study, train_if_missing=False, quiet=args.quiet)
+    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet)
+    _print_front(search, args.json)
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from search_service.search import load_search
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    search = load_search(study.name, resolve_url(study, args.storage))
+    _print_front(search, args.json)
     return 0
 
 

@@ -1,0 +1,258 @@
+"""Benchmark: cached scoring of all 63 masks versus direct masked forward passes (mosei shape).
+
+Usage: python benchmarks/bench_scoring.py [--samples 1871] [--repeats 30] [--head both] [--json]
+
+Builds a CMU-MOSEI-shaped supernet (text 50 x 768, audio 50 x 74, vision 50 x 35; width 256,
+8 heads, regression) and a validation split of random data of that shape (features
+``torch.randn``, labels uniform in [-3, 3]), then measures, for each head type:
+
+(a) ``build_cache`` once (every path over every sample, eval mode), reported separately;
+(b) cached scoring: ``score_masks(model, cache, all_masks(6), "acc_7")`` repeated, masks/s
+    (median over ``--repeats``; target >= 1,000 masks/s);
+(c) direct scoring: ``model(features, mask, lengths)`` in batches of 256 (eval, no_grad) over the
+    same samples, then the same metric (``batch_metric``), for one mask of each size 1..6; the
+    per-mask time over all 63 masks is the average of those times weighted by C(6, k) (the number
+    of masks with k active paths). The ratio cached/direct is printed (target >= 10,000x);
+(d) the full metric dict per mask (``mask_metrics``: cache -> ``compute_metrics``) over all 63
+    masks, and the direct equivalent (forward pass + ``compute_metrics``).
+
+Cached and direct outputs of the measured masks are compared as a sanity check (max |diff|).
+Everything is measured in the same run on the same machine; nothing is compared to stored figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from supernet.config import ModelConfig  # noqa: E402
+from supernet.data.dataset import ModalitySpec, Split  # noqa: E402
+from supernet.metrics import batch_metric, compute_metrics  # noqa: E402
+from supernet.model import Supernet, SupernetSpec  # noqa: E402
+from supernet.paths import all_masks, format_mask  # noqa: E402
+from supernet.scoring import batches, build_cache, mask_metrics, predict_masks, score_masks  # noqa: E402
+
+MOSEI = (ModalitySpec("text", 768, 50), ModalitySpec("audio", 74, 50), ModalitySpec("vision", 35, 50))
+METRIC = "acc_7"
+TARGET_MASKS_PER_S = 1_000
+TARGET_RATIO = 10_000
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def make_split(n: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    features = {m.name: torch.randn(n, m.length, m.dim, generator=g) for m in MOSEI}
+    labels = torch.rand(n, generator=g) * 6.0 - 3.0  # uniform in [-3, 3]
+    return Split(features=features, labels=labels)
+
+
+def make_model(head: str, seed: int) -> Supernet:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(width=256, heads=8, dropout=0.4, head=head)
+    return Supernet(SupernetSpec(MOSEI, "regression", 1), cfg).eval()
+
+
+def timed(fn) -> float:
+    return timed_value(fn)[1]
+
+
+def timed_value(fn):
+    """``(fn(), seconds)``."""
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+@torch.no_grad()
+def direct_predictions(model: Supernet, split: Split, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Masked forward passes over the whole split: (N,) regression outputs."""
+    model.eval()
+    names = [m.name for m in model.spec.modalities]
+    out = [model(features, mask, lengths).squeeze(-1) for features, lengths, _ in batches(split, names, batch_size)]
+    return torch.cat(out)
+
+
+def pick_direct_masks(n_paths: int, seed: int) -> list[torch.Tensor]:
+    """One random mask of each size 1..n_paths (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = all_masks(n_paths)
+    sizes = masks.sum(dim=1)
+    picked = []
+    for k in range(1, n_paths + 1):
+        rows = (sizes == k).nonzero().flatten()
+        picked.append(masks[rows[torch.randint(len(rows), (1,), generator=g)]][0])
+    return picked
+
+
+def bench_head(head: str, split: Split, args) -> dict:
+    model = make_model(head, args.seed)
+    masks = all_masks(model.num_paths)
+    n_masks = masks.shape[0]
+
+    # (a) the cache, once
+    cache, build_s = timed_value(lambda: build_cache(model, split, batch_size=args.batch_size))
+
+    # (b) cached scoring of all masks, repeated
+    for _ in range(args.warmup):
+        score_masks(model, cache, masks, METRIC)
+    cached_times = [timed(lambda: score_masks(model, cache, masks, METRIC)) for _ in range(args.repeats)]
+    cached_s = statistics.median(cached_times)
+    cached_rate = n_masks / cached_s
+    cached_scores = score_masks(model, cache, masks, METRIC)
+
+    # (d) full metric dict per mask from the cache (scikit-learn / SciPy reference metrics)
+    mask_list = [tuple(int(b) for b in m.tolist()) for m in masks]
+    full_times = [timed(lambda: [mask_metrics(model, cache, m) for m in mask_list]) for _ in range(args.full_repeats)]
+    full_cached_s = statistics.median(full_times)
+    full_cached_rate = n_masks / full_cached_s
+
+    # (c) direct scoring: one mask of each size, weighted by how many masks have that size
+    direct = []
+    max_diff = 0.0
+    metric_mismatch = 0.0
+    labels = split.labels
+    for mask in pick_direct_masks(model.num_paths, args.seed):
+        direct_predictions(model, split.subset(torch.arange(min(8, len(split)))), mask, args.batch_size)  # warm-up
+        pred, fwd_s = timed_value(lambda: direct_predictions(model, split, mask, args.batch_size))
+        score, metric_s = timed_value(lambda: batch_metric(pred[None], labels, METRIC))
+        _, full_s = timed_value(lambda: compute_metrics(pred, labels, "regression"))
+        # sanity: the cache reproduces the direct pass
+        row = int((masks == mask).all(dim=1).nonzero()[0, 0])
+        cached_pred = predict_masks(model, cache, mask[None]).squeeze(-1)[0]
+        max_diff = max(max_diff, float((cached_pred - pred).abs().max()))
+        metric_mismatch = max(metric_mismatch, abs(float(score[0]) - float(cached_scores[row])))
+        direct.append(
+            {
+                "mask": format_mask(mask),
+                "paths": int(mask.sum()),
+                "forward_s": fwd_s,
+                "metric_s": metric_s,
+                "seconds": fwd_s + metric_s,
+                "full_metrics_s": fwd_s + full_s,
+            }
+        )
+    weights = {k: math.comb(model.num_paths, k) for k in range(1, model.num_paths + 1)}
+    total_w = sum(weights.values())
+    direct_per_mask_s = sum(weights[d["paths"]] * d["seconds"] for d in direct) / total_w
+    direct_full_per_mask_s = sum(weights[d["paths"]] * d["full_metrics_s"] for d in direct) / total_w
+    direct_rate = 1.0 / direct_per_mask_s
+    direct_full_rate = 1.0 / direct_full_per_mask_s
+    return {
+        "head": head,
+        "masks": n_masks,
+        "build_cache_s": build_s,
+        "build_cache_samples_per_s": len(split) / build_s,
+        "cached_seconds_per_call_median": cached_s,
+        "cached_seconds_per_call_min": min(cached_times),
+        "cached_seconds_per_call_max": max(cached_times),
+        "cached_masks_per_s": cached_rate,
+        "direct": direct,
+        "direct_seconds_per_mask_weighted": direct_per_mask_s,
+        "direct_masks_per_s": direct_rate,
+        "ratio_cached_over_direct": cached_rate / direct_rate,
+        "full_metrics_cached_masks_per_s": full_cached_rate,
+        "full_metrics_direct_masks_per_s": direct_full_rate,
+        "full_metrics_ratio": full_cached_rate / direct_full_rate,
+        "max_abs_diff_cached_vs_direct": max_diff,
+        "max_metric_diff_cached_vs_direct": metric_mismatch,
+        "cache_plus_all_masks_s": build_s + cached_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1871, help="validation samples (default 1871, MOSEI valid)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed repetitions of cached scoring (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed cached-scoring calls first")
+    parser.add_argument("--full-repeats", type=int, default=3, help="repetitions of the full-metric-dict pass")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size of the forward passes")
+    parser.add_argument("--head", choices=("linear", "mlp", "both"), default="both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+
+    info = machine_info()
+    split = make_split(args.samples, args.seed)
+    heads = ("linear", "mlp") if args.head == "both" else (args.head,)
+    results = [bench_head(h, split, args) for h in heads]
+    info["loadavg_end"] = list(os.getloadavg())
+    report = {
+        "benchmark": "bench_scoring",
+        "shape": {"modalities": [[m.name, m.length, m.dim] for m in MOSEI], "width": 256, "heads": 8,
+                  "task": "regression", "samples": args.samples, "metric": METRIC},
+        "settings": vars(args),
+        "machine": info,
+        "results": results,
+        "targets": {
+            "cached_masks_per_s_min": TARGET_MASKS_PER_S,
+            "ratio_min": TARGET_RATIO,
+            "linear_cached_met": any(r["head"] == "linear" and r["cached_masks_per_s"] >= TARGET_MASKS_PER_S for r in results),
+            "linear_ratio_met": any(r["head"] == "linear" and r["ratio_cached_over_direct"] >= TARGET_RATIO for r in results),
+        },
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"bench_scoring  {info['date']}")
+    print(f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
+          f"{info['torch_threads']} threads, python {info['python']}")
+    print(f"  load average start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f}")
+    print(f"  mosei shape: text 50x768, audio 50x74, vision 50x35; width 256, 8 heads; "
+          f"{args.samples} samples; metric {METRIC}")
+    for r in results:
+        print(f"\n  head = {r['head']}")
+        print(f"    build_cache (once, {args.samples} samples, all 6 paths): {r['build_cache_s']:.2f} s "
+              f"({r['build_cache_samples_per_s']:.0f} samples/s)")
+        print(f"    cached score_masks, all {r['masks']} masks: median {r['cached_seconds_per_call_median'] * 1e3:.2f} ms "
+              f"(min {r['cached_seconds_per_call_min'] * 1e3:.2f}, max {r['cached_seconds_per_call_max'] * 1e3:.2f}, "
+              f"{args.repeats} repeats) -> {r['cached_masks_per_s']:,.0f} masks/s "
+              f"[target >= {TARGET_MASKS_PER_S:,}: {'met' if r['cached_masks_per_s'] >= TARGET_MASKS_PER_S else 'NOT met'}]")
+        for d in r["direct"]:
+            print(f"    direct mask {d['mask']} ({d['paths']} paths): forward {d['forward_s']:.2f} s + "
+                  f"metric {d['metric_s'] * 1e3:.2f} ms")
+        print(f"    direct, weighted over all 63 masks: {r['direct_seconds_per_mask_weighted']:.2f} s/mask "
+              f"-> {r['direct_masks_per_s']:.3f} masks/s")
+        print(f"    ratio cached/direct: {r['ratio_cached_over_direct']:,.0f}x "
+              f"[target >= {TARGET_RATIO:,}x: {'met' if r['ratio_cached_over_direct'] >= TARGET_RATIO else 'NOT met'}]")
+        print(f"    full metric dict (mask_metrics -> compute_metrics): cached {r['full_metrics_cached_masks_per_s']:,.0f} "
+              f"masks/s, direct {r['full_metrics_direct_masks_per_s']:.3f} masks/s, ratio {r['full_metrics_ratio']:,.0f}x")
+        print(f"    cache + all masks: {r['cache_plus_all_masks_s']:.2f} s vs direct all masks "
+              f"{r['masks'] * r['direct_seconds_per_mask_weighted']:.0f} s")
+        print(f"    sanity: max |cached - direct| output {r['max_abs_diff_cached_vs_direct']:.2e}, "
+              f"metric {r['max_metric_diff_cached_vs_direct']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Multi-objective Optuna studies over path masks, and the workers that run their trials.
+
+A study maximizes the study file's accuracy metric and minimizes MFLOPs. It records, as study
+system attributes, the path names, the pretrained prior's keep probabilities, the trial budget,
+the rank loss, the study configuration and the supernet checkpoint's SHA-256 and location; a
+worker whose checkpoint differs refuses to start. Each trial records the mask string, the active
+path names, every metric, MFLOPs and the parameter count as user attributes.
+
+Budget: a trial may complete only if fewer than ``budget`` trials with a lower number are
+running, waiting or complete when it starts. Trial numbers are assigned atomically by the
+storage, so across any number of workers and resumes there are never more COMPLETE trials than
+the budget; a trial refused this way is pruned and its worker stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from search_service.evaluator import Evaluator, objective_metric
+from search_service.sampler import BUDGET_KEY, MASK_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY, MROSampler
+from search_service.storage import mask_password, open_storage, optuna_quiet
+from search_service.study_file import Study
+from supernet.checkpoint import file_sha256
+from supernet.errors import CheckpointError, ConfigError
+from supernet.paths import format_mask
+
+log = logging.getLogger("mro_search")
+
+CHECKPOINT_SHA_KEY = "mro:checkpoint_sha256"
+CHECKPOINT_PATH_KEY = "mro:checkpoint_path"
+CONFIG_SHA_KEY = "mro:config_sha256"
+CONFIG_KEY = "mro:study_config"
+METRIC_KEY = "mro:metric"
+FLOPS_BUDGET_KEY = "mro:flops_budget"
+FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
+MFLOPS = "mflops"
+
+
+@dataclass
+class SearchStudy:
+    """An Optuna study and what the service knows about it."""
+
+    optuna_study: optuna.Study
+    url: str
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        s = self.optuna_study
+        return s._storage.get_study_system_attrs(s._study_id)
+
+    @property
+    def budget(self) -> int:
+        return int(self.attrs.get(BUDGET_KEY, 0))
+
+    def counts(self) -> dict[str, int]:
+        trials = self.optuna_study.get_trials(deepcopy=False)
+        out = {state.name.lower(): 0 for state in TrialState}
+        for t in trials:
+            out[t.state.name.lower()] += 1
+        return out
+
+
+def create_search(study: Study, url: str, evaluator: Evaluator, *, trials: int | None = None) -> SearchStudy:
+    """Create the study in storage, or load it and check it belongs to this checkpoint."""
+    optuna_quiet()
+    storage = open_storage(url)
+    name = study.name
+    checkpoint_sha = evaluator.checkpoint.file_sha256
+    existing = _find_study(storage, name)
+    if existing is not None:
+        search = SearchStudy(optuna.load_study(study_name=name, storage=storage), url)
+        _check_checkpoint(search, checkpoint_sha)
+        if trials is not None and trials != search.budget:
+            storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(trials))
+        return search
+    metric = objective_metric(study)
+    budget = int(trials if trials is not None else study.search.trials)
+    prior = [float(q) for q in evaluator.checkpoint.prior.path_probs().detach()]
+    full = evaluator.evaluate((1,) * evaluator.model.num_paths, study.search.split)
+    attrs = {
+        PATHS_KEY: evaluator.path_names,
+        PRIOR_KEY: prior,
+        BUDGET_KEY: budget,
+        RANK_LOSS_KEY: study.train.rank_loss,
+        METRIC_KEY: metric,
+        FLOPS_BUDGET_KEY: study.search.flops_budget,
+        CHECKPOINT_SHA_KEY: checkpoint_sha,
+        CHECKPOINT_PATH_KEY: str(Path(evaluator.checkpoint.path).resolve()),
+        CONFIG_SHA_KEY: study.sha256,
+        CONFIG_KEY: json.dumps(study.as_dict(), sort_keys=True),
+        FULL_MASK_KEY: {"mask": full["mask"], "metrics": full["metrics"], "mflops": full["mflops"]},
+    }
+    try:
+        # all attributes are written before any worker can see a half-made study: create the
+        # study, write them, and only then is it announced (workers wait for BUDGET_KEY)
+        created = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
+        for key, value in attrs.items():
+            storage.set_study_system_attr(created._study_id, key, value)
+        created.set_metric_names([metric, MFLOPS])
+    except Exception:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except Exception:
+            pass
+        raise
+    return SearchStudy(created, url)
+
+
+def load_search(name: str, url: str) -> SearchStudy:
+    optuna_quiet()
+    storage = open_storage(url)
+    if _find_study(storage, name) is None:
+        raise ConfigError(f"no study named {name!r} in {mask_password(url)}; create it with `mro-search run --study {name}`")
+    search = SearchStudy(optuna.load_study(study_name=name, storage=storage), url)
+    if BUDGET_KEY not in search.attrs:
+        raise ConfigError(f"study {name!r} in {mask_password(url)} was not made by mro-search (no {BUDGET_KEY} attribute)")
+    return search
+
+
+def _find_study(storage, name: str):
+    for summary in storage.get_all_studies():
+        if summary.study_name == name:
+            return summary
+    return None
+
+
+def _check_checkpoint(search: SearchStudy, checkpoint_sha: str) -> None:
+    recorded = search.attrs.get(CHECKPOINT_SHA_KEY)
+    if recorded and recorded != checkpoint_sha:
+        raise CheckpointError(
+            f"this worker's supernet checkpoint (SHA-256 {checkpoint_sha[:12]}…) differs from the one study "
+            f"{search.optuna_study.study_name!r} was created with ({recorded[:12]}…); copy that checkpoint "
+            f"here (recorded at {search.attrs.get(CHECKPOINT_PATH_KEY)})"
+        )
+
+
+class Objective:
+    """Scores a trial's mask with the pretrained supernet: (accuracy metric, MFLOPs)."""
+
+    def __init__(self, search: SearchStudy, evaluator: Evaluator, split: str = "valid") -> None:
+        self.search = search
+        self.evaluator = evaluator
+        self.split = split
+        self.paths = evaluator.path_names
+        self.metric = search.attrs.get(METRIC_KEY, evaluator.metric)
+        self.flops_budget = float(search.attrs.get(FLOPS_BUDGET_KEY, 0.0) or 0.0)
+        self.budget = search.budget
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        mask = tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
+        if not any(mask):
+            raise optuna.TrialPruned("the all-zero mask is not an architecture")
+        if not self._admitted(trial):
+            raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
+        result = self.evaluator.evaluate(mask, self.split)
+        storage = trial.storage
+        storage.set_trial_system_attr(trial._trial_id, MASK_KEY, format_mask(mask))
+        if self.flops_budget > 0:
+            # the legacy list form: Optuna reads it, and optuna-dashboard 0.21 reads only this
+            storage.set_trial_system_attr(trial._trial_id, "constraints", [result["mflops"] - self.flops_budget])
+        trial.set_user_attr("mask", result["mask"])
+        trial.set_user_attr("active_paths", result["active_paths"])
+        trial.set_user_attr("metrics", result["metrics"])
+        for name, value in result["metrics"].items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr(MFLOPS, result["mflops"])
+        trial.set_user_attr("params", result["params"])
+        value = result["metrics"][self.metric]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise optuna.TrialPruned(f"metric {self.metric} is undefined for this mask")
+        return float(value), float(result["mflops"])
+
+    def _admitted(self, trial: optuna.Trial) -> bool:
+        live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+        earlier = sum(1 for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number)
+        return earlier < self.budget
+
+
+def run_worker(
+    search: SearchStudy,
+    evaluator: Evaluator,
+    *,
+    max_trials: int | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    split: str = "valid",
+    poll_seconds: float = 2.0,
+) -> int:
+    """Run trials until the study's budget of COMPLETE trials is reached (or ``max_trials``).
+
+    While the budget is covered by trials that other workers are still running, wait: if one of
+    them dies, its trial is failed after the heartbeat grace period and retried, and this worker
+    may be the one to run it. Returns the number of trials this worker completed.
+    """
+    study = search.optuna_study
+    attrs = search.attrs
+    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
+    sampler = MROSampler(n_startup_trials=evaluator.study.search.n_startup_trials, seed=seed)
+    study.sampler = sampler
+    objective = Objective(search, evaluator, split)
+    budget = int(attrs[BUDGET_KEY])
+    done = 0
+    bar = tqdm(total=budget, desc=f"study {study.study_name}", unit="trial", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
+    try:
+        while max_trials is None or done < max_trials:
+            fail_stale_trials(study)
+            counts = search.counts()
+            bar.n = counts["complete"]
+            bar.refresh()
+            if counts["complete"] >= budget:
+                break
+            if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
+                time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
+                continue
+            before = study.get_trials(deepcopy=False)
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+            last = _own_last_trial(study, before)
+            if last is not None and last.state == TrialState.COMPLETE:
+                done += 1
+            elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
+                break
+    finally:
+        bar.close()
+    return done
+
+
+def _own_last_trial(study: optuna.Study, before) -> optuna.trial.FrozenTrial | None:
+    known = {t.number for t in before}
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number not in known]
+    return mine[-1] if mine else None
+
+
+def _budget_left(search: SearchStudy, budget: int) -> bool:
+    counts = search.counts()
+    return counts["complete"] + counts["running"] < budget
+
+
+def pareto_front(search: SearchStudy) -> list[dict[str, Any]]:
+    """The front: trial number, mask, active paths, metrics, MFLOPs; sorted by MFLOPs."""
+    rows = []
+    for t in search.optuna_study.best_trials:
+        rows.append(
+            {
+                "trial": t.number,
+                "mask": t.user_attrs.get("mask"),
+                "active_paths": t.user_attrs.get("active_paths"),
+                "metrics": t.user_attrs.get("metrics"),
+                "mflops": t.user_attrs.get(MFLOPS, t.values[1]),
+                "params": t.user_attrs.get("params"),
+                "values": list(t.values),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["mflops"], -r["values"][0]))

@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny supernets and random inputs for them.
+
+The factories are fixtures returning callables, so test modules need no imports from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from supernet.config import ModelConfig
+from supernet.data.dataset import ModalitySpec, Split
+from supernet.model import Supernet, SupernetSpec
+
+# Mixed modalities: sequences of different lengths and widths, and one vector modality.
+SEQ_A = ModalitySpec("text", 6, 5)
+SEQ_B = ModalitySpec("audio", 4, 7)
+VEC_C = ModalitySpec("view", 10, None)  # cut into tokens
+SEQ_D = ModalitySpec("vision", 3, 4)
+
+MODALITY_SETS: dict[int, tuple[ModalitySpec, ...]] = {
+    2: (SEQ_A, VEC_C),
+    3: (SEQ_A, SEQ_B, VEC_C),
+    4: (SEQ_A, SEQ_B, VEC_C, SEQ_D),
+}
+
+MakeModel = Callable[..., Supernet]
+MakeInputs = Callable[..., tuple[list[torch.Tensor], list[torch.Tensor | None]]]
+MakeSplit = Callable[..., Split]
+
+
+def _model(
+    modalities: Sequence[ModalitySpec] = MODALITY_SETS[3],
+    *,
+    task: str = "classification",
+    output_dim: int | None = None,
+    seed: int = 0,
+    **cfg: Any,
+) -> Supernet:
+    settings: dict[str, Any] = {"width": 16, "heads": 2, "ffn_mult": 2, "dropout": 0.0, "vector_tokens": 4}
+    settings.update(cfg)
+    if output_dim is None:
+        output_dim = 3 if task == "classification" else 1
+    torch.manual_seed(seed)
+    return Supernet(SupernetSpec(tuple(modalities), task, output_dim), ModelConfig(**settings))
+
+
+def _inputs(
+    modalities: Sequence[ModalitySpec],
+    batch: int = 3,
+    *,
+    seed: int = 0,
+    variable: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Random features; with ``variable``, random lengths (1..L, at least one sample full and one
+    short) for every sequence modality, None for vectors."""
+    g = torch.Generator().manual_seed(seed)
+    features: list[torch.Tensor] = []
+    lengths: list[torch.Tensor | None] = []
+    for m in modalities:
+        if m.is_sequence:
+            assert m.length is not None
+            features.append(torch.randn(batch, m.length, m.dim, generator=g))
+            if variable:
+                n = torch.randint(1, m.length + 1, (batch,), generator=g)
+                n[0] = m.length
+                n[-1] = max(1, m.length - 2)
+                lengths.append(n)
+            else:
+                lengths.append(None)
+        else:
+            features.append(torch.randn(batch, m.dim, generator=g))
+            lengths.append(None)
+    return features, lengths
+
+
+def _split(
+    modalities: Sequence[ModalitySpec],
+    n: int = 20,
+    *,
+    task: str = "classification",
+    classes: int = 3,
+    seed: int = 0,
+    variable: bool = False,
+) -> Split:
+    features, lengths = _inputs(modalities, n, seed=seed, variable=variable)
+    g = torch.Generator().manual_seed(seed + 1)
+    if task == "classification":
+        labels = torch.randint(0, classes, (n,), generator=g)
+    else:
+        labels = (torch.rand(n, generator=g) * 6 - 3).float()
+    return Split(
+        features={m.name: f for m, f in zip(modalities, features)},
+        labels=labels,
+        lengths={m.name: ln for m, ln in zip(modalities, lengths) if ln is not None},
+    )
+
+
+@pytest.fixture
+def make_model() -> MakeModel:
+    return _model
+
+
+@pytest.fixture
+def make_inputs() -> MakeInputs:
+    return _inputs
+
+
+@pytest.fixture
+def make_split() -> MakeSplit:
+    return _split
+
+
+@pytest.fixture
+def modality_sets() -> dict[int, tuple[ModalitySpec, ...]]:
+    return MODALITY_SETS
