@@ -10,9 +10,9 @@ Builds a CMU-MOSEI-shaped supernet (text 50 x 768, audio 50 x 74, vision 50 x 35
 (b) cached scoring: ``score_masks(model, cache, all_masks(6), "acc_7")`` repeated, masks/s
     (median over ``--repeats``; target >= 1,000 masks/s);
 (c) direct scoring: ``model(features, mask, lengths)`` in batches of 256 (eval, no_grad) over the
-    same samples, then the same metric (``batch_metric``), for one mask of each size 1..6; the
-    per-mask time over all 63 masks is the average of those times weighted by C(6, k) (the number
-    of masks with k active paths). The ratio cached/direct is printed (target >= 10,000x);
+    same samples, then the same metric (``batch_metric``), for one random mask of each size 1..6
+    (``--direct-sizes``); the per-mask time over all 63 masks is the average of those times
+    weighted by C(6, k) (the number of masks with k active paths). The ratio cached/direct is printed (target >= 10,000x);
 (d) the full metric dict per mask (``mask_metrics``: cache -> ``compute_metrics``) over all 63
     masks, and the direct equivalent (forward pass + ``compute_metrics``).
 
@@ -103,16 +103,40 @@ def direct_predictions(model: Supernet, split: Split, mask: torch.Tensor, batch_
     return torch.cat(out)
 
 
-def pick_direct_masks(n_paths: int, seed: int) -> list[torch.Tensor]:
-    """One random mask of each size 1..n_paths (seeded)."""
+def pick_direct_masks(n_paths: int, sizes_wanted: list[int], seed: int) -> list[torch.Tensor]:
+    """One random mask of each wanted size (seeded)."""
     g = torch.Generator().manual_seed(seed)
     masks = all_masks(n_paths)
     sizes = masks.sum(dim=1)
     picked = []
-    for k in range(1, n_paths + 1):
+    for k in sizes_wanted:
         rows = (sizes == k).nonzero().flatten()
         picked.append(masks[rows[torch.randint(len(rows), (1,), generator=g)]][0])
     return picked
+
+
+def weighted_per_mask(direct: list[dict], key: str, n_paths: int) -> float:
+    """Mean time per mask over all 2**P - 1 masks: the time of size k weighted by C(P, k), with
+    sizes not measured interpolated (or extrapolated) linearly from the measured ones."""
+    xs = [d["paths"] for d in direct]
+    ys = [d[key] for d in direct]
+
+    def at(k: int) -> float:
+        if k in xs:
+            return ys[xs.index(k)]
+        if len(xs) == 1:
+            return ys[0] * k / xs[0]
+        lo = max([x for x in xs if x < k], default=None)
+        hi = min([x for x in xs if x > k], default=None)
+        if lo is None:
+            lo, hi = xs[0], xs[1]
+        elif hi is None:
+            lo, hi = xs[-2], xs[-1]
+        y_lo, y_hi = ys[xs.index(lo)], ys[xs.index(hi)]
+        return max(y_lo + (y_hi - y_lo) * (k - lo) / (hi - lo), 0.0)
+
+    weights = {k: math.comb(n_paths, k) for k in range(1, n_paths + 1)}
+    return sum(w * at(k) for k, w in weights.items()) / sum(weights.values())
 
 
 def bench_head(head: str, split: Split, args) -> dict:
@@ -142,7 +166,8 @@ def bench_head(head: str, split: Split, args) -> dict:
     max_diff = 0.0
     metric_mismatch = 0.0
     labels = split.labels
-    for mask in pick_direct_masks(model.num_paths, args.seed):
+    sizes_wanted = sorted({int(k) for k in args.direct_sizes.split(",") if k.strip()})
+    for mask in pick_direct_masks(model.num_paths, sizes_wanted, args.seed):
         direct_predictions(model, split.subset(torch.arange(min(8, len(split)))), mask, args.batch_size)  # warm-up
         pred, fwd_s = timed_value(lambda: direct_predictions(model, split, mask, args.batch_size))
         score, metric_s = timed_value(lambda: batch_metric(pred[None], labels, METRIC))
@@ -162,10 +187,8 @@ def bench_head(head: str, split: Split, args) -> dict:
                 "full_metrics_s": fwd_s + full_s,
             }
         )
-    weights = {k: math.comb(model.num_paths, k) for k in range(1, model.num_paths + 1)}
-    total_w = sum(weights.values())
-    direct_per_mask_s = sum(weights[d["paths"]] * d["seconds"] for d in direct) / total_w
-    direct_full_per_mask_s = sum(weights[d["paths"]] * d["full_metrics_s"] for d in direct) / total_w
+    direct_per_mask_s = weighted_per_mask(direct, "seconds", model.num_paths)
+    direct_full_per_mask_s = weighted_per_mask(direct, "full_metrics_s", model.num_paths)
     direct_rate = 1.0 / direct_per_mask_s
     direct_full_rate = 1.0 / direct_full_per_mask_s
     return {
@@ -198,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-repeats", type=int, default=3, help="repetitions of the full-metric-dict pass")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size of the forward passes")
     parser.add_argument("--head", choices=("linear", "mlp", "both"), default="both")
+    parser.add_argument("--direct-sizes", default="1,2,3,4,5,6",
+                        help="mask sizes (active paths) timed directly, one random mask each; the per-mask "
+                        "time of unmeasured sizes is interpolated linearly in the size")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = machine_info()
     split = make_split(args.samples, args.seed)

@@ -29,9 +29,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common() -> argparse.ArgumentParser:
+    # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or logs")
     return common
 
 
@@ -101,6 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_pareto)
+
+    p = sub.add_parser("report", parents=[common], help="write the study's HTML report (front, relation graph, hypervolume, Spearman rho)")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("-o", "--output", metavar="FILE.html", help="where to write it (default: runs/NAME/report.html)")
+    p.add_argument("--json", action="store_true", help="print a summary of the report as one JSON object")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("dashboard", parents=[common], help="serve the study with optuna-dashboard (127.0.0.1 by default)")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others expose it without authentication)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.set_defaults(handler=cmd_dashboard)
+
+    p = sub.add_parser("export", parents=[common], help="export one trial's subnet as a standalone PyTorch model")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--trial", type=int, required=True, metavar="N", help="number of a COMPLETE trial (see `mro-search pareto`)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for model.py, weights.pt, config.json, metrics.json, README.md")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="fine-tune the subnet alone for E epochs on the train split (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier export in DIR")
+    p.add_argument("--json", action="store_true", help="print the export's metrics as one JSON object")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("validate", parents=[common], help="check a study file and report every problem")
     p.add_argument("file", metavar="FILE", help="a study .toml file or a study name")
@@ -244,6 +269,8 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
         return
     env = dict(os.environ)
     env[ENV_VAR] = url  # not on the command line, where `ps` would show a password
+    # W processes x all cores each would oversubscribe the CPU: share the cores out
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     procs = []
     for w in range(workers):
         cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", str(study.path.resolve()), "-q"]
@@ -348,6 +375,69 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_evaluator(study, search):
+    """The study's evaluator, refusing a checkpoint other than the one the study was made with."""
+    from search_service.search import _check_checkpoint
+
+    evaluator = _evaluator(study, train_if_missing=False, quiet=True)
+    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
+    return evaluator
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search_service.report import build_report
+    from search_service.search import load_search
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    search = load_search(study.name, resolve_url(study, args.storage))
+    report = build_report(search, _study_evaluator(study, search))
+    path = report.write(Path(args.output) if args.output else study.run_dir / "report.html")
+    summary = {**report.summary(), "report": str(path)}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"report: {path} ({summary['complete_trials']} completed trials, Pareto front of "
+              f"{len(summary['pareto_front'])}, hypervolume {summary['hypervolume']:.5g})")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from search_service.dashboard import serve
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    return serve(resolve_url(study, args.storage), study.name, host=args.host, port=args.port)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search_service.export import export_trial
+    from search_service.search import load_search
+    from search_service.storage import resolve_url
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)
+    search = load_search(study.name, resolve_url(study, args.storage))
+    evaluator = _study_evaluator(study, search)
+    result = export_trial(search, evaluator, args.trial, args.output, finetune_epochs=args.finetune_epochs,
+                          force=args.force, log=None if args.quiet else log.info)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"exported trial {result['trial']} (mask {result['mask']}: {', '.join(result['active_paths'])}) to {result['directory']}")
+    print(f"  {result['mflops']:.4f} MFLOPs, {result['params']} parameters; load it with "
+          f"`import model; m = model.load({str(result['directory'])!r})` (sys.path set to the folder)")
+    if result.get("before_finetune"):
+        for name, value in result["before_finetune"].items():
+            print(f"  test {name:<12}{value:.4f} -> {result['after_finetune'][name]:.4f} after {result['finetune_epochs']} epoch(s) of fine-tuning")
+    else:
+        for name, value in result["metrics"].items():
+            print(f"  test {name:<12}{value:.4f}")
+    return 0
+
+
 # --- plumbing -------------------------------------------------------------------------------------
 
 
@@ -373,6 +463,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
     _configure_logging(args)
     try:
         return int(args.handler(args) or 0)

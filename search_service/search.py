@@ -4,7 +4,8 @@ A study maximizes the study file's accuracy metric and minimizes MFLOPs. It reco
 system attributes, the path names, the pretrained prior's keep probabilities, the trial budget,
 the rank loss, the study configuration and the supernet checkpoint's SHA-256 and location; a
 worker whose checkpoint differs refuses to start. Each trial records the mask string, the active
-path names, every metric, MFLOPs and the parameter count as user attributes.
+path names, every metric, MFLOPs, the parameter count and the worker that ran it (``host:pid``)
+as user attributes.
 
 Budget: a trial may complete only if fewer than ``budget`` trials with a lower number are
 running, waiting or complete when it starts. Trial numbers are assigned atomically by the
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ METRIC_KEY = "mro:metric"
 FLOPS_BUDGET_KEY = "mro:flops_budget"
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
 MFLOPS = "mflops"
+WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process that ran the trial
 
 
 @dataclass
@@ -159,6 +163,8 @@ class Objective:
         self.budget = search.budget
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        # which process ran the trial (also for pruned and failed ones): "host:pid"
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         mask = tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
         if not any(mask):
             raise optuna.TrialPruned("the all-zero mask is not an architecture")
@@ -186,6 +192,11 @@ class Objective:
         live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
         earlier = sum(1 for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number)
         return earlier < self.budget
+
+
+def worker_id() -> str:
+    """This process as a worker: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_worker(

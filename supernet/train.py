@@ -131,6 +131,7 @@ def train_supernet(
     P = num_paths(model.k)
     eval_index = torch.randperm(len(valid), generator=g)[:RANK_EVAL_SAMPLES]
     eval_masks = all_masks(P) if 2**P - 1 <= RANK_EVAL_MASKS else uniform_masks(RANK_EVAL_MASKS, P, g)
+    eval_masks[-1] = 1.0  # the full mask, whose loss is logged as valid_loss_full (all_masks ends with it)
 
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     bar = tqdm(

@@ -5,7 +5,7 @@ The factories are fixtures returning callables, so test modules need no imports 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -40,7 +40,13 @@ def _model(
     seed: int = 0,
     **cfg: Any,
 ) -> Supernet:
-    settings: dict[str, Any] = {"width": 16, "heads": 2, "ffn_mult": 2, "dropout": 0.0, "vector_tokens": 4}
+    settings: dict[str, Any] = {
+        "width": 16,
+        "heads": 2,
+        "ffn_mult": 2,
+        "dropout": 0.0,
+        "vector_tokens": 4,
+    }
     settings.update(cfg)
     if output_dim is None:
         output_dim = 3 if task == "classification" else 1
@@ -117,3 +123,74 @@ def make_split() -> MakeSplit:
 @pytest.fixture
 def modality_sets() -> dict[int, tuple[ModalitySpec, ...]]:
     return MODALITY_SETS
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread for the test. The tensors here are tiny, and on a busy 2-core
+    machine OpenMP's spinning threads make them tens of times slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- a tiny searched study, shared by the report, dashboard and export tests ----------------------
+
+TINY_SEARCH_STUDY = """\
+# mro-search run --study {path}
+name = "tinysearch"
+
+[data]
+source = "synthetic"
+samples = [64, 32, 32]
+
+[model]
+width = 16
+heads = 2
+ffn_mult = 2
+dropout = 0.0
+vector_tokens = 4
+
+[train]
+epochs = 1
+warmup_epochs = 1
+batch_size = 32
+seed = 0
+
+[search]
+metric = "accuracy"
+trials = 10
+n_startup_trials = 10
+run_dir = "{run_dir}"
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real study made by the service: a supernet trained for one epoch on 64 synthetic
+    samples, then 10 trials in SQLite. Attributes: ``path`` (the study file), ``url``, ``study``,
+    ``evaluator``, ``search``."""
+    from types import SimpleNamespace
+
+    from search_service.evaluator import Evaluator, train_study
+    from search_service.search import create_search, run_worker
+    from search_service.study_file import load_study
+
+    folder = tmp_path_factory.mktemp("tinysearch")
+    path = folder / "tinysearch.toml"
+    path.write_text(TINY_SEARCH_STUDY.format(path=path, run_dir=folder / "run"))
+    url = f"sqlite:///{folder / 'run' / 'study.db'}"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        study = load_study(str(path))
+        train_study(study, progress=False)
+        evaluator = Evaluator(study)
+        search = create_search(study, url, evaluator)
+        run_worker(search, evaluator, seed=0)
+    finally:
+        torch.set_num_threads(before)
+    return SimpleNamespace(path=path, url=url, study=study, evaluator=evaluator, search=search)

@@ -13,6 +13,8 @@ from supernet.flops import _analysis, count_flops, flop_table, sdpa_flop_jit
 from supernet.model import Supernet, SupernetSpec
 from supernet.paths import path_pairs, touched_modalities
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MakeModel = Callable[..., Supernet]
 ModalitySets = dict[int, tuple[ModalitySpec, ...]]
 
@@ -33,7 +35,9 @@ def _random_masks(n_paths: int, count: int, seed: int) -> list[list[int]]:
 def test_table_equals_fvcore_on_the_masked_model(
     k: int, head: str, make_model: MakeModel, modality_sets: ModalitySets
 ) -> None:
-    model = make_model(modality_sets[k], head=head, layers_per_path=1)  # k=3, 4 hold a vector modality
+    model = make_model(
+        modality_sets[k], head=head, layers_per_path=1
+    )  # k=3, 4 hold a vector modality
     assert any(not m.is_sequence for m in model.spec.modalities)
     table = flop_table(model)
     assert all(c > 0 for c in table.path) and all(c > 0 for c in table.modality)
@@ -63,7 +67,9 @@ def _seq_path_flops(lq: int, lk: int, c: int, heads: int, mult: int, layers: int
 def test_hand_count(head: str) -> None:
     a, b, v = ModalitySpec("a", 3, 5), ModalitySpec("b", 4, 7), ModalitySpec("v", 10, None)
     c, heads, mult, layers, out = 16, 2, 2, 2, 3
-    cfg = ModelConfig(width=c, heads=heads, ffn_mult=mult, layers_per_path=layers, head=head, vector_tokens=4)
+    cfg = ModelConfig(
+        width=c, heads=heads, ffn_mult=mult, layers_per_path=layers, head=head, vector_tokens=4
+    )
     model = Supernet(SupernetSpec((a, b, v), "classification", out), cfg)
     tokens = [5, 7, 4]  # v: 10 features -> 4 tokens of 3
     chunk = [3, 4, 3]
@@ -78,12 +84,17 @@ def test_hand_count(head: str) -> None:
     assert count_flops(model, [1] * 6) == shared + sum(expected_paths) + sum(table.modality)
     # a single path a->b: embeddings of a and b, the path, the head
     single = [1, 0, 0, 0, 0, 0]
-    assert count_flops(model, single) == shared + expected_paths[0] + tokens[0] * 3 * c + tokens[1] * 4 * c
+    assert (
+        count_flops(model, single)
+        == shared + expected_paths[0] + tokens[0] * 3 * c + tokens[1] * 4 * c
+    )
 
 
 def test_sdpa_handle_is_used() -> None:
     a, b = ModalitySpec("a", 3, 5), ModalitySpec("b", 4, 7)
-    model = Supernet(SupernetSpec((a, b), "regression", 1), ModelConfig(width=16, heads=4, ffn_mult=1))
+    model = Supernet(
+        SupernetSpec((a, b), "regression", 1), ModelConfig(width=16, heads=4, ffn_mult=1)
+    )
     ops = _analysis(model, [1, 0]).by_operator()
     # path a->b: 4 heads, Lq = 7 (b), Lk = 5 (a), E = Ev = 4
     assert ops["scaled_dot_product_attention"] == 4 * 7 * 5 * (4 + 4)
@@ -115,7 +126,11 @@ def sdpa_flop_jit_shapes(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, .
 
 def test_mosei_full_model_matches_the_paper() -> None:
     spec = SupernetSpec(
-        (ModalitySpec("text", 768, 50), ModalitySpec("audio", 74, 50), ModalitySpec("vision", 35, 50)),
+        (
+            ModalitySpec("text", 768, 50),
+            ModalitySpec("audio", 74, 50),
+            ModalitySpec("vision", 35, 50),
+        ),
         "regression",
         1,
     )
@@ -128,7 +143,9 @@ def test_mosei_full_model_matches_the_paper() -> None:
 
 
 @pytest.mark.parametrize("k", [3, 4])
-def test_mflops_many_equals_mflops(k: int, make_model: MakeModel, modality_sets: ModalitySets) -> None:
+def test_mflops_many_equals_mflops(
+    k: int, make_model: MakeModel, modality_sets: ModalitySets
+) -> None:
     model = make_model(modality_sets[k])
     table = flop_table(model)
     g = torch.Generator().manual_seed(k)

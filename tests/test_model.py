@@ -16,6 +16,8 @@ from supernet.errors import ConfigError
 from supernet.model import Path, Supernet, SupernetSpec
 from supernet.paths import num_paths, path_pairs, touched_modalities
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MakeModel = Callable[..., Supernet]
 MakeInputs = Callable[..., Any]
 ModalitySets = dict[int, tuple[ModalitySpec, ...]]
@@ -141,8 +143,12 @@ def test_path_direction_target_gives_queries_source_gives_keys(
         w = model.paths[p].attention_weights(h[j], h[i], keep[i])
         assert w.shape == (2, 2, lengths[j], lengths[i])
     calls: list[tuple[int, int]] = []
-    block = model.paths[0].blocks[0]  # path text->audio: queries from audio (7 steps), keys from text (5)
-    block.attn.register_forward_hook(lambda _m, inp, _o: calls.append((inp[0].shape[1], inp[1].shape[1])))
+    block = model.paths[0].blocks[
+        0
+    ]  # path text->audio: queries from audio (7 steps), keys from text (5)
+    block.attn.register_forward_hook(
+        lambda _m, inp, _o: calls.append((inp[0].shape[1], inp[1].shape[1]))
+    )
     model(features, [1, 0, 0, 0, 0, 0])
     assert calls == [(7, 5)]
 
@@ -176,7 +182,11 @@ def test_vector_tokens_never_exceed_features(make_model: MakeModel) -> None:
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_padded_steps_do_not_change_the_output(
-    k: int, pooling: str, make_model: MakeModel, make_inputs: MakeInputs, modality_sets: ModalitySets
+    k: int,
+    pooling: str,
+    make_model: MakeModel,
+    make_inputs: MakeInputs,
+    modality_sets: ModalitySets,
 ) -> None:
     model = make_model(modality_sets[k], pooling=pooling, dropout=0.2).eval()
     features, lengths = make_inputs(model.spec.modalities, batch=4, variable=True, seed=3)
@@ -195,7 +205,9 @@ def test_padded_steps_do_not_change_the_output(
     assert n_padded > 0
     torch.testing.assert_close(model(changed, full, lengths), reference, rtol=1e-5, atol=1e-5)
     # every path alone, both as a source and as a target of padded sequences
-    torch.testing.assert_close(model.pooled_paths(changed, lengths), pooled_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.pooled_paths(changed, lengths), pooled_ref, rtol=1e-5, atol=1e-5
+    )
     # without lengths the padded values do matter (the test would catch ignoring lengths)
     assert not torch.allclose(model.pooled_paths(changed, None), model.pooled_paths(features, None))
 
@@ -217,7 +229,9 @@ def _count(module: nn.Module) -> int:
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 @pytest.mark.parametrize("k", [2, 3, 4])
-def test_num_parameters(k: int, head: str, make_model: MakeModel, modality_sets: ModalitySets) -> None:
+def test_num_parameters(
+    k: int, head: str, make_model: MakeModel, modality_sets: ModalitySets
+) -> None:
     model = make_model(modality_sets[k], head=head, layers_per_path=2)
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
     for mask in _random_masks(model.num_paths, 5, seed=k):

@@ -7,8 +7,8 @@ import torch
 
 from supernet.errors import ConfigError
 from supernet.paths import (
-    all_masks,
     active_paths,
+    all_masks,
     format_mask,
     iter_masks,
     mask_from_paths,

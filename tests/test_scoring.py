@@ -16,6 +16,8 @@ from supernet.model import Supernet
 from supernet.paths import all_masks
 from supernet.scoring import build_cache, mask_metrics, predict_masks, score_masks
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MakeModel = Callable[..., Supernet]
 MakeSplit = Callable[..., Split]
 ModalitySets = dict[int, tuple[ModalitySpec, ...]]
@@ -76,7 +78,9 @@ def test_cached_scores_equal_direct_forward(
     torch.testing.assert_close(predict_masks(model, cache, masks[2])[0], cached[2])
 
 
-def test_every_mask_of_k3_is_exact(make_model: MakeModel, make_split: MakeSplit, modality_sets: ModalitySets) -> None:
+def test_every_mask_of_k3_is_exact(
+    make_model: MakeModel, make_split: MakeSplit, modality_sets: ModalitySets
+) -> None:
     modalities = modality_sets[3]
     model = make_model(modalities, task="classification", head="mlp").eval()
     split = make_split(modalities, 6, variable=True)
@@ -90,7 +94,11 @@ def test_every_mask_of_k3_is_exact(make_model: MakeModel, make_split: MakeSplit,
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_build_cache_and_predict_keep_the_mode(
-    training: bool, head: str, make_model: MakeModel, make_split: MakeSplit, modality_sets: ModalitySets
+    training: bool,
+    head: str,
+    make_model: MakeModel,
+    make_split: MakeSplit,
+    modality_sets: ModalitySets,
 ) -> None:
     modalities = modality_sets[3]
     model = make_model(modalities, head=head, dropout=0.5)
@@ -103,7 +111,9 @@ def test_build_cache_and_predict_keep_the_mode(
     assert model.training is training
     # the cache was built in eval mode even from a model in train mode: dropout off, exact
     model.eval()
-    torch.testing.assert_close(predictions[0], _direct(model, split, torch.ones(model.num_paths)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        predictions[0], _direct(model, split, torch.ones(model.num_paths)), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
@@ -134,7 +144,7 @@ def test_score_masks_agrees_with_compute_metrics(
     for metric in metric_names(task):
         scores = score_masks(model, cache, masks, metric)
         assert scores.shape == (6,)
-        for m, mask in enumerate(masks):
+        for m in range(len(masks)):
             pred: Any = predictions[m].squeeze(-1) if task == "regression" else predictions[m]
             expected = compute_metrics(pred, split.labels, task)[metric]
             got = float(scores[m])

@@ -1,0 +1,328 @@
+"""Benchmark: supernet training throughput at the CMU-MOSEI shape on the CPU.
+
+Usage: python benchmarks/bench_training.py [--steps 30] [--batch-size 32] [--repeats 3] [--json]
+
+Model: text 50 x 768, audio 50 x 74, vision 50 x 35; width 256, 8 heads, dropout 0.4, linear
+regression head, L1 task loss, AdamW. Data: random features of that shape (``torch.randn``),
+labels uniform in [-3, 3], sliced into batches with ``supernet.scoring.batches`` as training does.
+
+Measured in one run, each over ``--steps`` timed steps after ``--warmup`` untimed steps:
+
+- ``supernet step``: the step of ``supernet.train.train_supernet`` with ``masks_per_step = 1``:
+  one uniform mask (``uniform_masks``), zero_grad, forward of the subnet, L1 loss, backward,
+  the per-step gradient-norm statistics (``_Statistics.gradients``), AdamW step. Target
+  >= 85 samples/s. A time breakdown (forward / backward / statistics / optimizer) is printed.
+- the same step without the gradient-norm statistics (its overhead is the difference);
+- baselines: a plain fixed full-mask step (all 6 paths) and a fixed single-path step;
+- the supernet step with random masks of exactly k active paths, k = 1..6 (a uniform mask has
+  3.05 active paths on average over the 63 masks);
+- the real loop: ``train_supernet`` on a synthetic split of ``--loop-samples`` samples, one epoch
+  (uniform warm-up masks, ``masks_per_step = 1``, the prior refined every 10 steps); its history
+  reports ``samples_per_s`` (training steps only, not the per-epoch evaluation).
+
+The supernet-step variants are interleaved over ``--repeats`` rounds and the median is reported,
+because the machine is shared. Memory: peak resident set size from
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) after each phase, plus the current
+RSS from psutil when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from supernet.config import ModelConfig, TrainConfig  # noqa: E402
+from supernet.data.dataset import ModalitySpec, MultimodalData, Split  # noqa: E402
+from supernet.model import Supernet, SupernetSpec  # noqa: E402
+from supernet.paths import all_masks  # noqa: E402
+from supernet.relation_graph import RelationGraphPrior  # noqa: E402
+from supernet.scoring import batches  # noqa: E402
+from supernet.train import _Statistics, task_loss, train_supernet, uniform_masks  # noqa: E402
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+MOSEI = [ModalitySpec("text", 768, 50), ModalitySpec("audio", 74, 50), ModalitySpec("vision", 35, 50)]
+NAMES = [m.name for m in MOSEI]
+TARGET_SAMPLES_PER_S = 85
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def memory() -> dict:
+    out = {"ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if psutil is not None:
+        out["psutil_rss_mib"] = psutil.Process().memory_info().rss / 2**20
+    return out
+
+
+def make_split(n: int, g: torch.Generator) -> Split:
+    features = {m.name: torch.randn(n, m.length, m.dim, generator=g) for m in MOSEI}
+    return Split(features=features, labels=torch.rand(n, generator=g) * 6.0 - 3.0)
+
+
+def model_cfg(args) -> ModelConfig:
+    return ModelConfig(width=args.width, heads=8, dropout=args.dropout, head="linear")
+
+
+class Trainer:
+    """One supernet and its optimizer, stepped exactly as ``train_supernet`` steps them."""
+
+    def __init__(self, args, split: Split) -> None:
+        torch.manual_seed(args.seed)
+        self.model = Supernet(SupernetSpec(tuple(MOSEI), "regression", 1), model_cfg(args)).train()
+        self.prior = RelationGraphPrior(self.model.k)
+        self.stats = _Statistics(self.model, self.prior)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.01)
+        self.split, self.batch_size = split, args.batch_size
+        self.order_g = torch.Generator().manual_seed(args.seed)
+        self._batches = iter(())
+        self.recording = False
+        self.breakdown = {"data": 0.0, "forward": 0.0, "backward": 0.0, "statistics": 0.0, "optimizer": 0.0}
+
+    def next_batch(self):
+        try:
+            return next(self._batches)
+        except StopIteration:
+            order = torch.randperm(len(self.split), generator=self.order_g)
+            self._batches = batches(self.split, NAMES, self.batch_size, order)
+            return next(self._batches)
+
+    def step(self, masks: torch.Tensor, *, statistics_on: bool = True) -> int:
+        """One training step on the next batch for ``masks`` (M, P); returns the batch size."""
+        t0 = time.perf_counter()
+        features, lengths, labels = self.next_batch()
+        t1 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        fwd = bwd = 0.0
+        loss_sum = 0.0
+        for mask in masks:
+            a = time.perf_counter()
+            loss = task_loss(self.model(features, mask, lengths), labels, "regression") / len(masks)
+            b = time.perf_counter()
+            loss.backward()
+            loss_sum += float(loss.detach()) * len(labels)
+            fwd, bwd = fwd + b - a, bwd + time.perf_counter() - b
+        t2 = time.perf_counter()
+        if statistics_on:
+            self.stats.gradients(masks.amax(dim=0).bool())
+        t3 = time.perf_counter()
+        self.optimizer.step()
+        t4 = time.perf_counter()
+        if self.recording:
+            bd = self.breakdown
+            bd["data"] += t1 - t0
+            bd["forward"] += fwd
+            bd["backward"] += bwd
+            bd["statistics"] += t3 - t2
+            bd["optimizer"] += t4 - t3
+        return len(labels)
+
+
+def run_steps(
+    trainer: Trainer, mask_fn, steps: int, warmup: int, *, statistics_on: bool = True, record: bool = False
+) -> float:
+    """samples/s over ``steps`` timed steps after ``warmup`` untimed ones; ``record`` adds the
+    timed steps' phases to ``trainer.breakdown``."""
+    for _ in range(warmup):
+        trainer.step(mask_fn(), statistics_on=statistics_on)
+    seen = 0
+    trainer.recording = record
+    start = time.perf_counter()
+    for _ in range(steps):
+        seen += trainer.step(mask_fn(), statistics_on=statistics_on)
+    elapsed = time.perf_counter() - start
+    trainer.recording = False
+    return seen / elapsed
+
+
+def uniform_fn(seed: int, n_paths: int):
+    g = torch.Generator().manual_seed(seed)
+    return lambda: uniform_masks(1, n_paths, g)
+
+
+def size_fn(k: int, seed: int, n_paths: int):
+    """A random mask with exactly k active paths on every call."""
+    masks = all_masks(n_paths)
+    rows = masks[masks.sum(dim=1) == k]
+    g = torch.Generator().manual_seed(seed + k)
+    return lambda: rows[torch.randint(len(rows), (1,), generator=g)]
+
+
+def run_loop(args, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    splits = {"train": make_split(args.loop_samples, g), "valid": make_split(256, g), "test": make_split(32, g)}
+    data = MultimodalData(modalities=list(MOSEI), task="regression", splits=splits)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, masks_per_step=1, seed=seed)
+    start = time.perf_counter()
+    result = train_supernet(data, model_cfg(args), cfg, progress=False)
+    wall = time.perf_counter() - start
+    h = result.history[0]
+    return {"samples_per_s": h["samples_per_s"], "train_seconds": h["seconds"], "wall_seconds": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the supernet-step measurements (median)")
+    parser.add_argument("--size-steps", type=int, default=10, help="timed steps per mask size 1..6")
+    parser.add_argument("--loop-samples", type=int, default=640, help="train samples of the train_supernet run")
+    parser.add_argument("--loop-repeats", type=int, default=2, help="train_supernet runs (median)")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--dropout", type=float, default=0.4)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of the supernet step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    info = machine_info()
+    mem = {"start": memory()}
+    g = torch.Generator().manual_seed(args.seed)
+    split = make_split(max(args.loop_samples, args.batch_size * 4), g)
+    trainer = Trainer(args, split)
+    P = trainer.model.num_paths
+    mem["after_setup"] = memory()
+
+    # the supernet step with and without statistics, interleaved so that both see the same noise
+    with_stats, without_stats = [], []
+    for r in range(args.repeats):
+        with_stats.append(run_steps(trainer, uniform_fn(args.seed + r, P), args.steps, args.warmup, record=True))
+        without_stats.append(
+            run_steps(trainer, uniform_fn(args.seed + r, P), args.steps, args.warmup, statistics_on=False)
+        )
+    mem["after_supernet_steps"] = memory()
+    timed_steps = args.repeats * args.steps
+    breakdown_ms = {k: 1e3 * v / timed_steps for k, v in trainer.breakdown.items()}
+
+    # baselines: fixed masks
+    full = torch.ones(1, P)
+    single = torch.zeros(1, P)
+    single[0, 0] = 1.0
+    full_rate = run_steps(trainer, lambda: full, args.steps, args.warmup, statistics_on=False)
+    single_rate = run_steps(trainer, lambda: single, args.steps, args.warmup, statistics_on=False)
+    mem["after_fixed_masks"] = memory()
+
+    # per mask size
+    sizes = {k: run_steps(trainer, size_fn(k, args.seed, P), args.size_steps, 1) for k in range(1, P + 1)}
+    weights = {k: math.comb(P, k) for k in sizes}
+    # expected time per sample of a uniform mask, from the per-size rates
+    expected_rate = sum(weights.values()) / sum(w / sizes[k] for k, w in weights.items())
+
+    profile_table = None
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn = uniform_fn(args.seed, P)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(10):
+                trainer.step(fn())
+        profile_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+
+    # the real loop
+    loops = [run_loop(args, args.seed + r) for r in range(args.loop_repeats)]
+    mem["after_train_supernet"] = memory()
+    info["loadavg_end"] = list(os.getloadavg())
+
+    median_with = statistics.median(with_stats)
+    median_without = statistics.median(without_stats)
+    loop_rate = statistics.median(l["samples_per_s"] for l in loops)
+    report = {
+        "benchmark": "bench_training",
+        "settings": vars(args),
+        "machine": info,
+        "supernet_step_samples_per_s": median_with,
+        "supernet_step_samples_per_s_all": with_stats,
+        "supernet_step_no_statistics_samples_per_s": median_without,
+        "supernet_step_no_statistics_samples_per_s_all": without_stats,
+        "statistics_overhead_fraction": 1.0 - median_with / median_without,
+        "step_breakdown_ms": breakdown_ms,
+        "full_mask_samples_per_s": full_rate,
+        "single_path_samples_per_s": single_rate,
+        "per_size_samples_per_s": sizes,
+        "uniform_expected_from_sizes_samples_per_s": expected_rate,
+        "train_supernet_samples_per_s": loop_rate,
+        "train_supernet_runs": loops,
+        "memory": mem,
+        "memory_source": "ru_maxrss = resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak RSS); "
+        + ("psutil_rss = psutil.Process().memory_info().rss (current RSS)" if psutil else "psutil not installed"),
+        "target_samples_per_s": TARGET_SAMPLES_PER_S,
+        "target_met_supernet_step": median_with >= TARGET_SAMPLES_PER_S,
+        "target_met_train_supernet": loop_rate >= TARGET_SAMPLES_PER_S,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    ok = lambda x: "met" if x >= TARGET_SAMPLES_PER_S else "NOT met"  # noqa: E731
+    fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    print(f"bench_training  {info['date']}")
+    print(f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
+          f"{info['torch_threads']} threads, python {info['python']}")
+    print(f"  load average start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f}")
+    print(f"  mosei shape, width {args.width}, 8 heads, dropout {args.dropout}, batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} rounds (median)")
+    print(f"  supernet step (uniform mask, as train_supernet, with grad-norm statistics): "
+          f"{median_with:.1f} samples/s  [{fmt(with_stats)}]  target >= {TARGET_SAMPLES_PER_S}: {ok(median_with)}")
+    print(f"  same step without the grad-norm statistics:                          "
+          f"{median_without:.1f} samples/s  [{fmt(without_stats)}]  "
+          f"(statistics overhead {100 * report['statistics_overhead_fraction']:.1f}%)")
+    print("  step breakdown (ms/step, supernet step): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in breakdown_ms.items()))
+    print(f"  baseline fixed full mask (6 paths):   {full_rate:.1f} samples/s  "
+          f"(supernet step / full = {median_with / full_rate:.2f}x)")
+    print(f"  baseline fixed single path (text->audio): {single_rate:.1f} samples/s")
+    print("  per mask size (random masks of k paths, with statistics, "
+          f"{args.size_steps} steps each): "
+          + ", ".join(f"{k}: {v:.1f}" for k, v in sizes.items()) + " samples/s")
+    print(f"  uniform mask expected from the per-size rates (C(6,k)-weighted): {expected_rate:.1f} samples/s")
+    print(f"  train_supernet() ({args.loop_samples} samples, 1 epoch, history samples_per_s): "
+          f"{loop_rate:.1f} samples/s  [{fmt(l['samples_per_s'] for l in loops)}]  "
+          f"target >= {TARGET_SAMPLES_PER_S}: {ok(loop_rate)}")
+    print(f"  memory ({report['memory_source']}):")
+    for phase, m in mem.items():
+        print(f"    {phase:22s} ru_maxrss {m['ru_maxrss_mib']:.0f} MiB"
+              + (f", psutil rss {m['psutil_rss_mib']:.0f} MiB" if "psutil_rss_mib" in m else ""))
+    if profile_table:
+        print("\n  torch.profiler, 10 supernet steps, by self CPU time:\n" + profile_table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

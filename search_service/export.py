@@ -1,0 +1,361 @@
+"""Export one trial's subnet as a standalone PyTorch model (``mro-search export``).
+
+``export_trial`` reads the trial's mask from the study and writes a folder that needs torch and
+nothing else:
+
+- ``model.py``: the building blocks of ``supernet.model`` for one subnet (``Subnet``, ``load``);
+- ``weights.pt``: a state_dict with only the active paths, the embeddings of the modalities they
+  touch and the head (a subset of the supernet's state_dict, same names), loadable with
+  ``torch.load(weights_only=True)``;
+- ``config.json``: modalities and shapes, mask, active paths, model settings, task, the trial's
+  values; ``metrics.json``: test-split metrics (``compute_metrics``), MFLOPs, parameters, and
+  after ``--finetune-epochs E`` the metrics before and after fine-tuning;
+- ``README.md``: how to load and call it.
+
+Before anything is written, the standalone model is checked against the supernet's masked
+forward pass on test samples; an export that disagrees is refused. Fine-tuning trains the
+standalone subnet alone on the train split: AdamW with the study's learning rate and weight
+decay, the study's batch size and seed, the task loss of pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from optuna.trial import TrialState
+
+from search_service._subnet_template import MODEL_PY
+from search_service.sampler import MASK_KEY
+from search_service.storage import mask_password
+from supernet.errors import ConfigError, MROError
+from supernet.metrics import compute_metrics
+from supernet.paths import active_paths, format_mask, parse_mask, path_pairs
+from supernet.scoring import batches
+from supernet.train import task_loss
+
+if TYPE_CHECKING:
+    from search_service.evaluator import Evaluator
+    from search_service.search import SearchStudy
+    from supernet.model import Supernet
+
+FORMAT = "mro-search-subnet/1"
+FILES = ("model.py", "weights.pt", "config.json", "metrics.json", "README.md")
+CHECK_SAMPLES = 64  # test samples on which the export must reproduce the supernet
+TOLERANCE = 1e-5
+EVAL_BATCH = 256
+
+
+# 1. what a trial selects ---------------------------------------------------------------------------
+
+
+def trial_mask(search: SearchStudy, number: int, path_names: list[str]) -> tuple[tuple[int, ...], Any]:
+    """The mask of COMPLETE trial ``number`` and the trial itself."""
+    study = search.optuna_study
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == number]
+    if not found:
+        span = f"0 to {trials[-1].number}" if trials else "none yet"
+        raise ConfigError(f"study {study.study_name!r} has no trial {number} (trials: {span}); see `mro-search pareto --study {study.study_name}`")
+    trial = found[0]
+    if trial.state != TrialState.COMPLETE:
+        raise ConfigError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, not COMPLETE; export a completed trial (see `mro-search pareto`)")
+    bits = trial.user_attrs.get("mask") or trial.system_attrs.get(MASK_KEY)
+    if bits is None:
+        bits = [int(trial.params.get(name, 0)) for name in path_names]
+    return parse_mask(bits, len(path_names)), trial
+
+
+def subnet_state_dict(model: Supernet, mask: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The supernet's parameters that the subnet uses: active paths, touched embeddings, head."""
+    keep = [f"paths.{p}." for p, bit in enumerate(mask) if bit]
+    keep += [f"embeddings.{m}." for m in model.modalities_of(mask)]
+    keep.append("head.")
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items() if k.startswith(tuple(keep))}
+
+
+def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: SearchStudy) -> dict[str, Any]:
+    model = evaluator.model
+    cfg = model.cfg
+    used = set(model.modalities_of(mask))
+    modalities = []
+    for m, (spec, embed) in enumerate(zip(model.spec.modalities, model.embeddings)):
+        shape = ["B", spec.length, spec.dim] if spec.is_sequence else ["B", spec.dim]
+        modalities.append(
+            {"index": m, "name": spec.name, "dim": spec.dim, "length": spec.length, "shape": shape,
+             "tokens": embed.tokens, "chunk": embed.chunk, "used": m in used}
+        )
+    names = [m.name for m in model.spec.modalities]
+    paths = [
+        {"index": p, "name": model.path_names[p], "source": i, "target": j}
+        for p, (i, j) in enumerate(path_pairs(model.k)) if mask[p]
+    ]
+    metric = (search.optuna_study.metric_names or [evaluator.metric])[0]
+    return {
+        "format": FORMAT,
+        "study": search.optuna_study.study_name,
+        "trial": trial.number,
+        "mask": format_mask(mask),
+        "active_paths": active_paths(mask, names),
+        "all_paths": list(model.path_names),
+        "path_convention": "i->j: information flows from source i into target j (j gives the queries, i the keys and values)",
+        "modalities": modalities,
+        "paths": paths,
+        "task": model.spec.task,
+        "output_dim": model.spec.output_dim,
+        "model": {k: getattr(cfg, k) for k in ("width", "heads", "layers_per_path", "ffn_mult", "dropout", "pooling", "head", "vector_tokens")},
+        "objectives": {metric: trial.values[0], "mflops": trial.values[1]},
+        "search_split": evaluator.study.search.split,
+        "search_metrics": trial.user_attrs.get("metrics"),
+        "mflops": evaluator.flops.mflops(mask),
+        "params": model.num_parameters(mask),
+        "supernet_checkpoint_sha256": evaluator.checkpoint.file_sha256,
+        "study_config_sha256": evaluator.study.sha256,
+        "storage": mask_password(search.url),
+    }
+
+
+# 2. the standalone module --------------------------------------------------------------------------
+
+
+def load_module(source: str = MODEL_PY, name: str = "mro_exported_subnet", filename: str = "model.py") -> types.ModuleType:
+    """``model.py`` as a module, without touching ``sys.path`` or writing ``__pycache__``."""
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module  # dataclasses and pickling look modules up here
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def build_subnet(config: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    module = load_module()
+    subnet = module.Subnet(config)
+    subnet.load_state_dict(state)
+    return subnet.eval()
+
+
+@torch.no_grad()
+def max_difference(subnet: torch.nn.Module, model: Supernet, mask: tuple[int, ...], split, names: list[str]) -> float:
+    """Largest |subnet - supernet masked forward| on the first ``CHECK_SAMPLES`` samples."""
+    index = torch.arange(min(len(split), CHECK_SAMPLES))
+    features, lengths, _ = next(batches(split, names, CHECK_SAMPLES, index))
+    was_training = model.training
+    model.eval()
+    expected = model(features, mask, lengths)
+    model.train(was_training)
+    got = subnet(features, lengths)
+    return float((got - expected).abs().max())
+
+
+@torch.no_grad()
+def split_metrics(subnet: torch.nn.Module, split, names: list[str], task: str, device: torch.device) -> dict[str, float]:
+    subnet.eval()
+    outputs, labels = [], []
+    for features, lengths, y in batches(split, names, EVAL_BATCH):
+        features = [f.to(device) for f in features]
+        lengths = [None if n is None else n.to(device) for n in lengths]
+        outputs.append(subnet(features, lengths).float().cpu())
+        labels.append(y)
+    out = torch.cat(outputs)
+    if task == "regression":
+        out = out.squeeze(-1)
+    return compute_metrics(out, torch.cat(labels), task)
+
+
+def finetune(subnet: torch.nn.Module, data, train_cfg, epochs: int, device: torch.device, log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+    """Train the subnet alone on the train split; returns the per-epoch train loss."""
+    torch.manual_seed(train_cfg.seed)
+    g = torch.Generator().manual_seed(train_cfg.seed)
+    optimizer = torch.optim.AdamW(subnet.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    train = data.splits["train"]
+    names = data.modality_names
+    history = []
+    for epoch in range(epochs):
+        subnet.train()
+        total, seen = 0.0, 0
+        for features, lengths, labels in batches(train, names, train_cfg.batch_size, torch.randperm(len(train), generator=g)):
+            features = [f.to(device) for f in features]
+            lengths = [None if n is None else n.to(device) for n in lengths]
+            labels = labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = task_loss(subnet(features, lengths), labels, data.task)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
+        if log:
+            log(f"fine-tuning epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}")
+    subnet.eval()
+    return history
+
+
+# 3. the export -------------------------------------------------------------------------------------
+
+
+def export_trial(
+    search: SearchStudy,
+    evaluator: Evaluator,
+    number: int,
+    directory: str | Path,
+    *,
+    finetune_epochs: int = 0,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write trial ``number``'s subnet to ``directory``; returns what metrics.json holds and more."""
+    if finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be 0 or more, got {finetune_epochs}")
+    directory = Path(directory)
+    _check_directory(directory, force)
+    from search_service.search import _check_checkpoint
+
+    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
+    model = evaluator.model
+    mask, trial = trial_mask(search, number, evaluator.path_names)
+    config = subnet_config(evaluator, mask, trial, search)
+    state = subnet_state_dict(model, mask)
+    subnet = build_subnet(config, state)
+
+    data = evaluator.data
+    names = data.modality_names
+    test = data.splits["test"]
+    diff = max_difference(subnet, model, mask, test, names)
+    if not diff <= TOLERANCE:
+        raise MROError(f"the exported subnet does not reproduce the supernet (max |difference| {diff:.3g} > {TOLERANCE:g} on test samples); nothing written")
+    device = _device(evaluator.study.train.device, log)
+    subnet.to(device)
+    before = split_metrics(subnet, test, names, data.task, device)
+    metrics: dict[str, Any] = {
+        "study": config["study"],
+        "trial": number,
+        "mask": config["mask"],
+        "split": "test",
+        "metrics": before,
+        "mflops": config["mflops"],
+        "params": config["params"],
+        "max_abs_difference_vs_supernet": diff,
+        "finetune_epochs": finetune_epochs,
+    }
+    if finetune_epochs:
+        history = finetune(subnet, data, evaluator.study.train, finetune_epochs, device, log)
+        after = split_metrics(subnet, test, names, data.task, device)
+        state = {k: v.detach().clone().cpu() for k, v in subnet.state_dict().items()}
+        metrics.update(metrics=after, before_finetune=before, after_finetune=after, finetune_history=history,
+                       finetune={"optimizer": "AdamW", "lr": evaluator.study.train.lr, "weight_decay": evaluator.study.train.weight_decay,
+                                 "batch_size": evaluator.study.train.batch_size, "seed": evaluator.study.train.seed})
+    config["finetune_epochs"] = finetune_epochs
+
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_text(directory / "model.py", MODEL_PY)
+    _write_bytes(directory / "weights.pt", lambda f: torch.save(state, f))
+    _write_text(directory / "config.json", json.dumps(config, indent=2, default=_json_default) + "\n")
+    _write_text(directory / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    _write_text(directory / "README.md", _readme(config, metrics, directory))
+    return {**metrics, "directory": str(directory), "files": [str(directory / f) for f in FILES], "active_paths": config["active_paths"]}
+
+
+def _check_directory(directory: Path, force: bool) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} exists and is not a directory; give -o a folder")
+    if directory.is_dir() and not force:
+        clashes = [f for f in FILES if (directory / f).exists()]
+        if clashes:
+            raise ConfigError(f"{directory} already holds an export ({', '.join(clashes)}); pass --force to overwrite it or choose another -o")
+
+
+def _device(name: str, log) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if log:
+            log(f"[train] device {name} is not available here: using the CPU")
+        return torch.device("cpu")
+    return device
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text), "w")
+
+
+def _write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    _atomic(path, write, "wb")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _readme(config: dict[str, Any], metrics: dict[str, Any], directory: Path) -> str:
+    rows = []
+    for m in config["modalities"]:
+        shape = "(" + ", ".join(str(s) for s in m["shape"]) + ")"
+        rows.append(f"| {m['name']} | {shape} | {'yes' if m['used'] else 'no (may be left out)'} |")
+    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics["metrics"].items() if isinstance(v, (int, float)))
+    tuned = ""
+    if metrics.get("finetune_epochs"):
+        before = metrics["before_finetune"]
+        tuned = (
+            f"\nFine-tuned for {metrics['finetune_epochs']} epoch(s) on the train split (AdamW, lr "
+            f"{metrics['finetune']['lr']:g}); the weights are the fine-tuned ones. Before fine-tuning: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in before.items() if isinstance(v, (int, float))) + ".\n"
+        )
+    output = "class logits `(B, C)`; `m.predict(...)` gives class ids" if config["task"] == "classification" else "regression values `(B, 1)`; `m.predict(...)` gives `(B,)`"
+    example = ", ".join(f'"{m["name"]}": x_{m["name"]}' for m in config["modalities"] if m["used"])
+    return f"""# Subnet {config['mask']} of study `{config['study']}` (trial {config['trial']})
+
+Exported by `mro-search export`. Active paths (`i->j`: modality i informs modality j):
+{', '.join(f'`{p}`' for p in config['active_paths'])}. {config['mflops']:.4f} MFLOPs per sample
+(fvcore, one multiply-add = one FLOP), {config['params']} parameters.
+
+Only torch is needed:
+
+```python
+import sys
+sys.path.insert(0, "{directory}")
+import model
+m = model.load("{directory}")          # eval mode, CPU; model.load(DIR, map_location="cuda")
+out = m({{{example}}})   # {output}
+```
+
+Inputs (float32; a sequence modality may also get `lengths`, int64 `(B,)`, for padded steps):
+
+| modality | shape | read by this subnet |
+|---|---|---|
+{chr(10).join(rows)}
+
+Files: `model.py` (the module), `weights.pt` (state_dict, `torch.load(weights_only=True)`),
+`config.json` (shapes, mask, settings), `metrics.json` (metrics on the test split).
+
+Test-split metrics:
+
+| metric | value |
+|---|---|
+{metric_rows}
+{tuned}"""

@@ -1,0 +1,298 @@
+"""Fixtures for the search-service tests: a tiny study trained once, and real storages.
+
+Everything here is real: the supernet is trained by ``mro-search train`` in a subprocess, the
+studies live in SQLite files or in a fresh PostgreSQL database per test, and workers are
+``mro-search`` processes. Helpers reach test modules through the ``mro`` fixture, so test
+modules import nothing from here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PATHS_K3 = ["text->audio", "text->vision", "audio->text", "audio->vision", "vision->text", "vision->audio"]
+
+
+def study_toml(name: str, run_dir: Path, **search: object) -> str:
+    """A tiny synthetic study: 3 modalities, 6 paths, 63 non-empty masks, a 1-epoch supernet.
+
+    ``search`` adds keys to ``[search]``; everything the checkpoint depends on ([data], [model],
+    [train]) is the same for every call, so all variants share one trained supernet."""
+    lines = [
+        f'name = "{name}"',
+        "",
+        "[data]",
+        'source = "synthetic"',
+        'modalities = ["text", "audio", "vision"]',
+        "dims = [17, 9, 8]  # text: source of audio->text (9) + target of text->vision (8)",
+        "length = 4",
+        "samples = [256, 128, 128]",
+        'planted_paths = ["audio->text", "text->vision"]',
+        'task = "classification"',
+        "noise = 0.1",
+        "seed = 0",
+        "",
+        "[model]",
+        "width = 16",
+        "heads = 2",
+        "ffn_mult = 2",
+        "dropout = 0.0",
+        "",
+        "[train]",
+        "epochs = 1",
+        "warmup_epochs = 1",
+        "batch_size = 64",
+        "seed = 0",
+        "",
+        "[search]",
+        'metric = "accuracy"',
+        "trials = 20",
+        "n_startup_trials = 5",
+        f'run_dir = "{run_dir.as_posix()}"',
+    ]
+    for key, value in search.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+@dataclass
+class TinyStudy:
+    """The trained tiny study: its file, name, run directory and checkpoint."""
+
+    file: Path
+    name: str
+    run_dir: Path
+    root: Path  # a scratch directory of the session (working directory of the subprocesses)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "supernet.pt"
+
+    def variant(self, directory: Path, filename: str = "variant.toml", *, run_dir: Path | None = None, **search: object) -> Path:
+        """Another study file for the same supernet (same name), with other [search] keys."""
+        path = directory / filename
+        path.write_text(study_toml(self.name, run_dir or self.run_dir, **search), encoding="utf-8")
+        return path
+
+
+def mro_command() -> list[str]:
+    """The ``mro-search`` console script of this interpreter's environment (else ``-m``)."""
+    script = Path(sys.executable).parent / "mro-search"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("mro-search")
+    return [found] if found else [sys.executable, "-m", "search_service.cli"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess: no inherited MRO_STORAGE, one torch thread each
+    (several workers share this machine's cores; torch's thread pool would oversubscribe them)."""
+    env = {k: v for k, v in os.environ.items() if k != "MRO_STORAGE"}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*mro_command(), *args], cwd=cwd, env=env or child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``mro-search ARGS`` in its own process group (so a test can signal all of it)."""
+    return subprocess.Popen(
+        [*mro_command(), *args], cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal a process group started by ``start_cli`` (if it still runs) and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- the trained tiny study ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """The tiny study file, its supernet trained once per session by ``mro-search train``."""
+    root = tmp_path_factory.mktemp("tiny")
+    run_dir = root / "run"
+    file = root / "tiny.toml"
+    file.write_text(study_toml("tiny", run_dir), encoding="utf-8")
+    result = run_cli(["train", "--study", str(file), "-q"], cwd=root, timeout=300)
+    assert result.returncode == 0, f"mro-search train failed:\n{result.stdout}\n{result.stderr}"
+    assert (run_dir / "supernet.pt").is_file()
+    return TinyStudy(file=file, name="tiny", run_dir=run_dir, root=root)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """In-process sampler and evaluator work is tiny: one torch thread is much faster on a
+    shared machine than a pool that spins on busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's MRO_STORAGE must not redirect the tests' studies."""
+    monkeypatch.delenv("MRO_STORAGE", raising=False)
+
+
+# --- storages -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{(tmp_path / 'study.db').resolve()}"
+
+
+def _pg_admin_engine():
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+
+
+_PG_STATUS: dict[str, str | None] = {}
+
+
+def _pg_unreachable() -> str | None:
+    """None when the PostgreSQL server answers, else why not (checked once per session)."""
+    if "reason" not in _PG_STATUS:
+        from sqlalchemy import text
+
+        try:
+            engine = _pg_admin_engine()
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            _PG_STATUS["reason"] = None
+        except Exception as exc:  # any failure to connect means: no server for these tests
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _PG_STATUS["reason"] = f"PostgreSQL at 127.0.0.1:5432 (database test) is unreachable: {first[:200]}"
+    return _PG_STATUS["reason"]
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (dropped WITH (FORCE) afterwards); its name."""
+    reason = _pg_unreachable()
+    if reason:
+        pytest.skip(reason)
+    from sqlalchemy import text
+
+    name = f"mro_test_{uuid.uuid4().hex[:12]}"
+    engine = _pg_admin_engine()
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield name
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_database}"
+
+
+# --- reading studies back -----------------------------------------------------------------------
+
+
+def open_study(url: str, name: str = "tiny"):
+    """The study as a plain Optuna client sees it (no heartbeat: a reader, not a worker)."""
+    import optuna
+
+    from search_service.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url, heartbeat=False)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def complete_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def trial_mask(trial, paths: Sequence[str] = PATHS_K3) -> str:
+    return "".join(str(int(trial.params[p])) for p in paths)
+
+
+def create_tiny_search(file: Path, url: str, *, trials: int):
+    """Create the study in storage as ``mro-search run`` does, without running trials."""
+    from search_service.evaluator import Evaluator
+    from search_service.search import create_search
+    from search_service.study_file import load_study
+
+    study = load_study(str(file))
+    return create_search(study, url, Evaluator(study), trials=trials)
+
+
+class MroHelpers:
+    """What the tests need from here, as one fixture (``mro``)."""
+
+    paths = PATHS_K3
+    study_toml = staticmethod(study_toml)
+    command = staticmethod(mro_command)
+    env = staticmethod(child_env)
+    run = staticmethod(run_cli)
+    start = staticmethod(start_cli)
+    stop = staticmethod(stop_group)
+    wait_for = staticmethod(wait_for)
+    open_study = staticmethod(open_study)
+    complete = staticmethod(complete_trials)
+    mask = staticmethod(trial_mask)
+    create = staticmethod(create_tiny_search)
+
+
+@pytest.fixture(scope="session")
+def mro() -> type[MroHelpers]:
+    return MroHelpers

@@ -1,0 +1,168 @@
+"""The first commands of the CLI, run as a user runs them: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES = sorted((REPO / "studies").glob("*.toml"))
+
+TINY_STUDY = """\
+# mro-search train --study {path}
+name = "tiny"
+
+[data]
+source = "synthetic"
+modalities = ["text", "audio", "vision"]
+dims = [17, 9, 8]
+length = 4
+samples = [128, 64, 64]
+planted_paths = ["audio->text", "text->vision"]
+seed = 0
+
+[model]
+width = 16
+heads = 2
+dropout = 0.0
+
+[train]
+epochs = 2
+warmup_epochs = 1
+batch_size = 32
+seed = 0
+
+[search]
+run_dir = "{run_dir}"
+"""
+
+
+def mro(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "search_service.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+    )
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("mro-search: error: ")
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    path = folder / "tiny.toml"
+    path.write_text(TINY_STUDY.format(path=path, run_dir=folder / "run"))
+    out = mro("train", "--study", str(path), "--json", "-q")
+    assert out.returncode == 0, out.stderr
+    return path
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_shipped_study_validates(study: Path) -> None:
+    out = mro("validate", str(study), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] and result["name"] == study.stem
+    assert study.read_text().startswith(f"# mro-search run --study {study.stem}")
+
+
+def test_validate_reports_every_problem_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('colour = 1\n[model]\nwidth = "wide"\nheads = 0\n[train]\nrank_loss = "l3"\n')
+    out = mro("validate", str(bad))
+    assert_one_line_error(out, "4 problems", "colour", "width", "heads", "rank_loss")
+
+
+def test_unknown_study_and_bad_toml(tmp_path: Path) -> None:
+    assert_one_line_error(mro("train", "--study", "no-such-study"), "no study named 'no-such-study'")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[data\n")
+    assert_one_line_error(mro("validate", str(broken)), "not valid TOML")
+
+
+def test_debug_shows_the_traceback() -> None:
+    out = mro("--debug", "train", "--study", "no-such-study")
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "ConfigError" in out.stderr
+
+
+def test_flops_of_the_mosei_study_is_within_one_percent_of_the_paper() -> None:
+    out = mro("flops", "--study", "mosei", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["mask"] == "111111"
+    assert abs(result["mflops"] - 254.94) / 254.94 < 0.01
+    assert len(result["path_mflops"]) == 6
+    partial = json.loads(mro("flops", "--study", "mosei", "--mask", "011011", "--json").stdout)
+    # four paths and all three embeddings: the table is additive
+    expected = result["shared_mflops"] + sum(result["modality_mflops"].values()) + 4 * result["path_mflops"]["text->audio"]
+    assert partial["mflops"] == pytest.approx(expected)
+
+
+def test_train_then_evaluate_by_cache_and_direct(tiny: Path) -> None:
+    cached = mro("evaluate", "--study", str(tiny), "--mask", "011000", "--json")
+    assert cached.returncode == 0, cached.stderr
+    direct = mro("evaluate", "--study", str(tiny), "--mask", "011000", "--direct", "--json")
+    assert direct.returncode == 0, direct.stderr
+    a, b = json.loads(cached.stdout), json.loads(direct.stdout)
+    assert a["method"] == "cache" and b["method"] == "direct"
+    assert a["active_paths"] == ["text->vision", "audio->text"]
+    assert set(a["metrics"]) == {"accuracy", "f1_weighted", "f1_macro"}
+    for name in a["metrics"]:
+        assert a["metrics"][name] == pytest.approx(b["metrics"][name], abs=1e-6)
+    assert a["mflops"] > 0 and a["params"] > 0
+    test = json.loads(mro("evaluate", "--study", str(tiny), "--mask", "111111", "--split", "test", "--json").stdout)
+    assert test["split"] == "test"
+
+
+def test_human_output_of_evaluate(tiny: Path) -> None:
+    out = mro("evaluate", "--study", str(tiny), "--mask", "100000")
+    assert out.returncode == 0, out.stderr
+    assert "text->audio" in out.stdout and "accuracy" in out.stdout and "MFLOPs" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("mask", "needle"),
+    [("0110", "has 4 bits but this study has 6 paths"), ("000000", "all-zero mask"), ("01a011", "only 0 and 1")],
+)
+def test_bad_masks_are_one_line_errors(tiny: Path, mask: str, needle: str) -> None:
+    assert_one_line_error(mro("evaluate", "--study", str(tiny), "--mask", mask), needle)
+
+
+def test_evaluate_without_a_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
+    path = tmp_path / "untrained.toml"
+    path.write_text(TINY_STUDY.format(path=path, run_dir=tmp_path / "run"))
+    assert_one_line_error(mro("evaluate", "--study", str(path), "--mask", "111111"), "mro-search train")
+
+
+def test_checkpoint_of_another_configuration_is_refused(tiny: Path, tmp_path: Path) -> None:
+    other = tmp_path / "tiny.toml"
+    other.write_text(tiny.read_text().replace("lr = ", "lr = ").replace("epochs = 2", "epochs = 3"))
+    assert_one_line_error(mro("evaluate", "--study", str(other), "--mask", "111111"), "another study configuration")
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tiny: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    source = Path(str(tiny.parent / "run" / "supernet.pt"))
+    (run / "supernet.pt").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny.read_text().replace(str(tiny.parent / "run"), str(run)))
+    assert_one_line_error(mro("evaluate", "--study", str(path), "--mask", "111111"), "truncated or corrupt")
+
+
+def test_help_of_every_command() -> None:
+    for command in ("train", "flops", "evaluate", "validate", "run", "worker", "resume", "pareto"):
+        out = mro(command, "--help")
+        assert out.returncode == 0 and "usage: mro-search" in out.stdout, command

@@ -1,0 +1,222 @@
+"""One-shot supernet training on tiny synthetic data: history, rank losses, seeding, the prior."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+import supernet.train as train_module
+from supernet.config import RANK_LOSSES, DataConfig, ModelConfig, TrainConfig
+from supernet.data import load_data
+from supernet.data.dataset import MultimodalData
+from supernet.relation_graph import RelationGraphPrior
+from supernet.train import TrainResult, train_supernet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _data(task: str = "classification", modalities: list[str] | None = None) -> MultimodalData:
+    if modalities is None:
+        cfg = DataConfig(dims=[17, 9, 8], length=4, samples=[64, 32, 32], task=task, seed=0)
+    else:  # no planted paths: any small dims do
+        cfg = DataConfig(
+            modalities=modalities,
+            dims=[3] * len(modalities),
+            length=3,
+            samples=[32, 16, 16],
+            planted_paths=[],
+            task=task,
+        )
+    return load_data(cfg)
+
+
+def _model_cfg(**kw: Any) -> ModelConfig:
+    settings: dict[str, Any] = {"width": 16, "heads": 2, "ffn_mult": 1, "dropout": 0.1}
+    settings.update(kw)
+    return ModelConfig(**settings)
+
+
+def _train_cfg(**kw: Any) -> TrainConfig:
+    settings: dict[str, Any] = {
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "batch_size": 16,
+        "masks_per_step": 2,
+        "rank_every": 1,
+        "rank_masks": 6,
+        "seed": 0,
+    }
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def data() -> MultimodalData:
+    return _data()
+
+
+@pytest.fixture(scope="module")
+def trained(data: MultimodalData) -> TrainResult:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the single_thread fixture does, which is per test
+    try:
+        return train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_history_has_one_record_per_epoch(trained: TrainResult) -> None:
+    history = trained.history
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["phase"] for r in history] == ["warmup", "prior"]
+    for record in history:
+        assert math.isfinite(record["spearman"]) and -1.0 <= record["spearman"] <= 1.0
+        assert math.isfinite(record["valid_loss_full"]) and record["valid_loss_full"] > 0
+        assert math.isfinite(record["train_loss"]) and math.isfinite(record["rank_loss"])
+        assert len(record["edge_probs"]) == 6
+    assert not trained.model.training  # handed back in eval mode
+
+
+def test_training_logs_a_line_per_epoch(data: MultimodalData) -> None:
+    lines: list[str] = []
+    train_supernet(
+        data, _model_cfg(), _train_cfg(epochs=1, warmup_epochs=1), progress=False, log=lines.append
+    )
+    assert len(lines) == 1 and "epoch 1/1" in lines[0] and "\n" not in lines[0]
+
+
+@pytest.mark.parametrize("kind", RANK_LOSSES)
+def test_every_rank_loss_runs(kind: str, data: MultimodalData) -> None:
+    result = train_supernet(
+        data, _model_cfg(), _train_cfg(rank_loss=kind, rank_masks=4), progress=False
+    )
+    assert len(result.history) == 2
+    assert all(math.isfinite(r["rank_loss"]) for r in result.history)
+    assert all(math.isfinite(r["spearman"]) for r in result.history)
+
+
+@pytest.mark.parametrize(
+    ("task", "modalities"),
+    [("regression", None), ("classification", ["a", "b"]), ("regression", ["a", "b", "c", "d"])],
+)
+def test_other_tasks_and_k(task: str, modalities: list[str] | None) -> None:
+    data = _data(task, modalities)
+    result = train_supernet(data, _model_cfg(head="mlp"), _train_cfg(rank_masks=4), progress=False)
+    k = len(data.modalities)
+    assert result.model.num_paths == k * (k - 1)
+    assert all(math.isfinite(r["valid_loss_full"]) for r in result.history)
+
+
+def _state(result: TrainResult) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in result.model.state_dict().items()}
+    out.update({f"prior.{k}": v for k, v in result.prior.state_dict().items()})
+    return out
+
+
+def test_same_seed_same_weights_other_seed_other_weights(
+    data: MultimodalData, trained: TrainResult
+) -> None:
+    again = train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+    a, b = _state(trained), _state(again)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["valid_loss_full"] for r in trained.history] == [
+        r["valid_loss_full"] for r in again.history
+    ]
+    other = _state(train_supernet(data, _model_cfg(), _train_cfg(seed=1), progress=False))
+    assert any(not torch.equal(a[key], other[key]) for key in a if key.startswith("model."))
+
+
+def test_warmup_is_uniform_then_masks_come_from_the_prior(
+    data: MultimodalData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, int]] = []
+    original_sample = RelationGraphPrior.sample
+    original_uniform = train_module.uniform_masks
+    original_evaluate = train_module._evaluate_epoch
+
+    def sample(
+        self: RelationGraphPrior, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        events.append(("prior", n))
+        return original_sample(self, n, generator)
+
+    def uniform(n: int, n_paths: int, generator: torch.Generator) -> torch.Tensor:
+        events.append(("uniform", n))
+        return original_uniform(n, n_paths, generator)
+
+    def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        events.append(("epoch_end", 0))
+        return original_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(RelationGraphPrior, "sample", sample)
+    monkeypatch.setattr(train_module, "uniform_masks", uniform)
+    monkeypatch.setattr(train_module, "_evaluate_epoch", evaluate)
+    # 64 samples / 16 = 4 steps per epoch; rank_every large: the prior is refined at step 0 only
+    cfg = _train_cfg(epochs=3, warmup_epochs=2, masks_per_step=3, rank_every=1000, rank_masks=6)
+    train_supernet(data, _model_cfg(), cfg, progress=False)
+    ends = [i for i, e in enumerate(events) if e[0] == "epoch_end"]
+    assert len(ends) == 3
+    epochs = [events[: ends[0]], events[ends[0] + 1 : ends[1]], events[ends[1] + 1 : ends[2]]]
+    for warm in epochs[:2]:
+        assert not [e for e in warm if e[0] == "prior" and e[1] > 0]  # nothing drawn from the prior
+        assert [e for e in warm if e == ("uniform", 3)] == [("uniform", 3)] * 4  # one per step
+    # the rank-loss refinement at step 0 (warm-up) ranks uniform masks only
+    assert ("uniform", 6) in epochs[0]
+    after = epochs[2]
+    assert [e for e in after if e[0] == "prior"] == [("prior", 3)] * 4  # one draw per step
+    assert not [e for e in after if e[0] == "uniform"]
+
+
+def test_refinement_after_warmup_mixes_prior_and_uniform(
+    data: MultimodalData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original_sample = RelationGraphPrior.sample
+
+    def sample(
+        self: RelationGraphPrior, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        calls.append(n)
+        return original_sample(self, n, generator)
+
+    monkeypatch.setattr(RelationGraphPrior, "sample", sample)
+    cfg = _train_cfg(epochs=1, warmup_epochs=0, masks_per_step=2, rank_every=1, rank_masks=6)
+    train_supernet(data, _model_cfg(), cfg, progress=False)
+    # every one of the 4 steps: 2 masks for training, then 6 // 2 = 3 for the rank loss
+    assert calls == [2, 3] * 4
+
+
+def test_the_prior_learns_and_its_statistics_fill(
+    data: MultimodalData, trained: TrainResult
+) -> None:
+    fresh = RelationGraphPrior(3)
+    learned = trained.prior
+    changed = {
+        name
+        for name, p in learned.named_parameters()
+        if not torch.equal(p.detach(), dict(fresh.named_parameters())[name])
+    }
+    assert changed & {"alpha", "beta", "gamma"}, changed
+    assert any(name.startswith("gat.") for name in changed), changed
+    assert "node_embeddings" in changed
+    raw = learned.statistics.raw_features()
+    assert raw.shape == (6, 3)
+    assert torch.isfinite(raw).all(), raw
+    assert bool((learned.statistics.grad_count >= 2).all())
+    assert bool((learned.statistics.cosine_count > 0).all())
+    # the prior is still a proper distribution over masks
+    from supernet.paths import all_masks
+
+    total = learned.log_prob(all_masks(6)).exp().sum()
+    assert float(total) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_trained_model_matches_its_spec(data: MultimodalData, trained: TrainResult) -> None:
+    assert [m.name for m in trained.model.spec.modalities] == data.modality_names
+    assert trained.model.spec.output_dim == 2
+    assert trained.prior.k == 3
