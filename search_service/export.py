@@ -82,8 +82,8 @@ def subnet_state_dict(model: Supernet, mask: tuple[int, ...]) -> dict[str, torch
     return {k: v.detach().clone().cpu() for k, v in model.state_dict().items() if k.startswith(tuple(keep))}
 
 
-def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: SearchStudy) -> dict[str, Any]:
-    model = evaluator.model
+def architecture_config(model: Supernet, mask: tuple[int, ...]) -> dict[str, Any]:
+    """What ``model.py`` needs to rebuild the subnet: modalities, active paths, settings, output."""
     cfg = model.cfg
     used = set(model.modalities_of(mask))
     modalities = []
@@ -98,11 +98,8 @@ def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: Se
         {"index": p, "name": model.path_names[p], "source": i, "target": j}
         for p, (i, j) in enumerate(path_pairs(model.k)) if mask[p]
     ]
-    metric = (search.optuna_study.metric_names or [evaluator.metric])[0]
     return {
         "format": FORMAT,
-        "study": search.optuna_study.study_name,
-        "trial": trial.number,
         "mask": format_mask(mask),
         "active_paths": active_paths(mask, names),
         "all_paths": list(model.path_names),
@@ -112,11 +109,22 @@ def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: Se
         "task": model.spec.task,
         "output_dim": model.spec.output_dim,
         "model": {k: getattr(cfg, k) for k in ("width", "heads", "layers_per_path", "ffn_mult", "dropout", "pooling", "head", "vector_tokens")},
+        "params": model.num_parameters(mask),
+    }
+
+
+def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: SearchStudy) -> dict[str, Any]:
+    """``architecture_config`` plus where the subnet comes from and how it scored."""
+    metric = (search.optuna_study.metric_names or [evaluator.metric])[0]
+    return {
+        "format": FORMAT,
+        "study": search.optuna_study.study_name,
+        "trial": trial.number,
+        **architecture_config(evaluator.model, mask),
         "objectives": {metric: trial.values[0], "mflops": trial.values[1]},
         "search_split": evaluator.study.search.split,
         "search_metrics": trial.user_attrs.get("metrics"),
         "mflops": evaluator.flops.mflops(mask),
-        "params": model.num_parameters(mask),
         "supernet_checkpoint_sha256": evaluator.checkpoint.file_sha256,
         "study_config_sha256": evaluator.study.sha256,
         "storage": mask_password(search.url),

@@ -98,7 +98,7 @@ class Report:
     hypervolume: list[tuple[int, float]]  # (trial number, HV after it)
     spearman_trials: list[tuple[int, int, float]]  # (trial number, n, rho over the first n)
     spearman_epochs: list[tuple[int, float]]  # (epoch, rho) from training
-    generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def summary(self) -> dict[str, Any]:
         return {

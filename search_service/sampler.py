@@ -17,8 +17,9 @@ The relative search space is one ``{0, 1}`` categorical per path, named after th
 
 No state lives only in one process: the prior and the budget are study system attributes; every
 proposal is recomputed from the study's trials. Concurrent workers claim a mask by writing it
-to their trial's system attribute ``mro:mask``; if two trials claim the same mask, the one with
-the lower trial number keeps it and the other proposes again. Random numbers come from a
+to their trial's system attribute ``mro:mask`` and then reading the claims back; a trial that
+finds another live trial holding its mask gives it up and proposes again (the later of two
+claims always sees the earlier one, so a mask is never kept twice). Random numbers come from a
 generator seeded with ``(seed, trial number)``, so different trials (and different workers) get
 different draws and a rerun with the same seed repeats them.
 
@@ -149,18 +150,23 @@ class MROSampler(BaseSampler):
 
     def _propose_and_claim(self, study: Study, trial: FrozenTrial, paths: list[str], rng: np.random.Generator) -> tuple[int, ...]:
         storage = study._storage
+        live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
         excluded: set[tuple[int, ...]] = set()
         mask: tuple[int, ...] = ()
         for _ in range(_CLAIM_ROUNDS):
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
             mask = self._propose(study, trial, trials, paths, rng, excluded)
             storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
-            # another live trial with a lower number holding the same mask wins it
+            if any(t.number != trial.number and t.state in live and _trial_mask(t, paths) == mask for t in trials):
+                return mask  # no untried mask was left: this repeat is deliberate
+            # Any other live trial holding the same mask is a rival, whatever its number. Of two
+            # claims, the one written later always sees the earlier one here; the earlier one
+            # may have been checked, and kept, before the later one was written, so "the lower
+            # number wins" would let both keep the mask. Whoever sees a rival gives the mask up
+            # (at worst both do, and both propose again).
             rival = any(
-                t.number < trial.number
-                and t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
-                and _trial_mask(t, paths) == mask
-                for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE))
+                t.number != trial.number and _trial_mask(t, paths) == mask
+                for t in storage.get_all_trials(study._study_id, deepcopy=False, states=live)
             )
             if not rival:
                 return mask

@@ -32,10 +32,16 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from search_service.evaluator import Evaluator, objective_metric
-from search_service.sampler import BUDGET_KEY, MASK_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY, MROSampler
+from search_service.sampler import (
+    BUDGET_KEY,
+    MASK_KEY,
+    PATHS_KEY,
+    PRIOR_KEY,
+    RANK_LOSS_KEY,
+    MROSampler,
+)
 from search_service.storage import mask_password, open_storage, optuna_quiet
 from search_service.study_file import Study
-from supernet.checkpoint import file_sha256
 from supernet.errors import CheckpointError, ConfigError
 from supernet.paths import format_mask
 
@@ -103,7 +109,7 @@ def create_search(study: Study, url: str, evaluator: Evaluator, *, trials: int |
         CHECKPOINT_SHA_KEY: checkpoint_sha,
         CHECKPOINT_PATH_KEY: str(Path(evaluator.checkpoint.path).resolve()),
         CONFIG_SHA_KEY: study.sha256,
-        CONFIG_KEY: json.dumps(study.as_dict(), sort_keys=True),
+        CONFIG_KEY: json.dumps(_stored_config(study), sort_keys=True),
         FULL_MASK_KEY: {"mask": full["mask"], "metrics": full["metrics"], "mflops": full["mflops"]},
     }
     try:
@@ -120,6 +126,15 @@ def create_search(study: Study, url: str, evaluator: Evaluator, *, trials: int |
             pass
         raise
     return SearchStudy(created, url)
+
+
+def _stored_config(study: Study) -> dict[str, Any]:
+    """The study configuration as the study records it: a storage URL's password masked (the
+    attributes are shown by optuna-dashboard and copied into reports)."""
+    config = study.as_dict()
+    if config["search"].get("storage"):
+        config["search"]["storage"] = mask_password(config["search"]["storage"])
+    return config
 
 
 def load_search(name: str, url: str) -> SearchStudy:

@@ -44,13 +44,20 @@ def mask_password(url: str) -> str:
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from any text (error messages quote URLs)."""
+    """Remove the password of ``url`` from any text (error messages quote URLs), decoded or as
+    it is written in the URL (percent-encoded)."""
+    secrets = set()
     try:
         password = make_url(url).password
     except (ArgumentError, ValueError):
         password = None
     if password:
-        text = text.replace(str(password), "***")
+        secrets.add(str(password))
+    written = re.search(r"://[^:/@]*:([^@]*)@", url)
+    if written and written.group(1):
+        secrets.add(written.group(1))
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -64,7 +71,10 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the folder of SQLite storage {mask_password(url)}: {exc.strerror or exc}; check the path") from exc
     elif parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)

@@ -15,7 +15,13 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 
 from search_service.cli import main
-from search_service.export import export_trial, load_module
+from search_service.export import (
+    architecture_config,
+    build_subnet,
+    export_trial,
+    load_module,
+    subnet_state_dict,
+)
 from supernet.flops import example_inputs, sdpa_flop_jit
 from supernet.paths import parse_mask
 
@@ -68,6 +74,41 @@ def test_weights_hold_only_the_active_paths(exported, tiny_search: Any) -> None:
         assert torch.equal(value, supernet[key])
     assert sum(v.numel() for v in state.values()) == model.num_parameters(mask)
     assert any(not bit for bit in mask)  # the check above is not vacuous
+
+
+def test_one_path_keeps_two_embeddings_and_the_head(tiny_search: Any) -> None:
+    model = tiny_search.evaluator.model
+    state = subnet_state_dict(model, (0, 0, 1, 0, 0, 0))  # audio->text: vision is not read
+    prefixes = {".".join(k.split(".")[:2]) if not k.startswith("head.") else "head" for k in state}
+    assert prefixes == {"paths.2", "embeddings.0", "embeddings.1", "head"}
+
+
+@pytest.mark.parametrize(
+    ("k", "settings"),
+    [
+        (3, {"head": "linear", "pooling": "mean"}),
+        (3, {"head": "mlp", "pooling": "max", "task": "regression"}),
+        (4, {"layers_per_path": 2, "pooling": "max"}),
+        (2, {"head": "mlp", "task": "regression", "layers_per_path": 2}),
+    ],
+)
+def test_standalone_subnet_equals_masked_supernet(make_model, make_inputs, modality_sets, k: int, settings: dict) -> None:
+    """Every head, pooling, task and depth; sequences with padding and a vector modality."""
+    modalities = modality_sets[k]
+    model = make_model(modalities, seed=k, **settings).eval()
+    features, lengths = make_inputs(modalities, 5, seed=k, variable=True)
+    g = torch.Generator().manual_seed(k)
+    for _ in range(4):
+        mask = tuple(int(b) for b in torch.randint(0, 2, (model.num_paths,), generator=g))
+        if not any(mask):
+            continue
+        subnet = build_subnet(architecture_config(model, mask), subnet_state_dict(model, mask))
+        with torch.no_grad():
+            expected = model(features, mask, lengths)
+            got = subnet(features, lengths)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+        assert sum(v.numel() for v in subnet.state_dict().values()) == model.num_parameters(mask)
 
 
 def test_metrics_match_the_supernet(exported, tiny_search: Any) -> None:

@@ -25,7 +25,7 @@ PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PATHS_K3 = ["text->audio", "text->vision", "audio->text", "audio->vision", "vision->text", "vision->audio"]
 
 
-def study_toml(name: str, run_dir: Path, **search: object) -> str:
+def study_toml(name: str, run_dir: Path | None, **search: object) -> str:
     """A tiny synthetic study: 3 modalities, 6 paths, 63 non-empty masks, a 1-epoch supernet.
 
     ``search`` adds keys to ``[search]``; everything the checkpoint depends on ([data], [model],
@@ -60,8 +60,9 @@ def study_toml(name: str, run_dir: Path, **search: object) -> str:
         'metric = "accuracy"',
         "trials = 20",
         "n_startup_trials = 5",
-        f'run_dir = "{run_dir.as_posix()}"',
     ]
+    if run_dir is not None:  # else: runs/NAME under the working directory
+        lines.append(f'run_dir = "{run_dir.as_posix()}"')
     for key, value in search.items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
@@ -125,18 +126,23 @@ def start_cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = No
     )
 
 
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal a process group started by ``start_cli`` (if it still runs) and reap it."""
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> tuple[str, str]:
+    """Signal a process group started by ``start_cli`` (if it still runs), reap it, and return
+    what it wrote (stdout, stderr) that nobody read yet."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
+    if proc.stdout is None or proc.stdout.closed:
+        proc.wait()
+        return "", ""
     try:
-        proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        out, err = proc.communicate()
+    return out or "", err or ""
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):

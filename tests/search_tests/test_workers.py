@@ -1,0 +1,86 @@
+"""Several worker processes on one study: they share the budget, never score a mask twice, and
+stop at exactly the budget. PostgreSQL: the study is created once, then two ``mro-search worker``
+processes join it as two machines would. SQLite: ``mro-search run --workers 2``."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+
+import pytest
+from optuna.trial import TrialState
+
+N_MASKS = 63
+
+
+def _assert_shared_fairly(mro, study, budget: int) -> dict[str, list[int]]:
+    """Exactly ``budget`` COMPLETE trials with distinct masks, none failed; the trial numbers
+    each worker ran."""
+    done = mro.complete(study)
+    assert len(done) == budget, Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    assert budget <= N_MASKS
+    masks = [mro.mask(t) for t in done]
+    assert len(set(masks)) == budget, f"masks scored twice: {[m for m, n in Counter(masks).items() if n > 1]}"
+    assert all(m == t.user_attrs["mask"] for m, t in zip(masks, done))
+    assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+    by_worker: dict[str, list[int]] = {}
+    for t in done:
+        by_worker.setdefault(t.user_attrs["worker"], []).append(t.number)
+    return by_worker
+
+
+def _interleaved(a: list[int], b: list[int]) -> bool:
+    """Neither worker ran all its trials before the other one's first."""
+    return min(a) < max(b) and min(b) < max(a)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_worker_processes_on_a_postgres_study(tiny, mro, pg_url, tmp_path):
+    budget = 40
+    mro.create(tiny.file, pg_url, trials=budget)
+    # two "machines": one gets the URL on its command line, the other from MRO_STORAGE; each
+    # takes at most 25 trials, so both must work for the study to reach its budget
+    args = ["worker", "--study", str(tiny.file), "--trials", "25", "-q"]
+    procs = [
+        mro.start([*args, "--storage", pg_url, "--seed", "1"], cwd=tmp_path),
+        mro.start([*args, "--seed", "2"], cwd=tmp_path, env=mro.env(MRO_STORAGE=pg_url)),
+    ]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            mro.stop(p)
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
+        assert "Traceback" not in err
+
+    study = mro.open_study(pg_url)
+    by_worker = _assert_shared_fairly(mro, study, budget)
+    host = socket.gethostname()
+    assert set(by_worker) == {f"{host}:{p.pid}" for p in procs}, by_worker.keys()
+    a, b = by_worker.values()
+    assert len(a) >= budget - 25 and len(b) >= budget - 25
+    assert _interleaved(a, b), f"the workers ran one after the other: {sorted(a)} / {sorted(b)}"
+
+
+@pytest.mark.slow
+def test_run_with_two_workers_on_sqlite(tiny, mro, sqlite_url, tmp_path):
+    budget = 30
+    result = mro.run(
+        ["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", str(budget), "--workers", "2", "--seed", "7", "--no-report", "--json", "-q"],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    summary = json.loads(result.stdout)
+    assert summary["budget"] == budget
+    assert summary["counts"]["complete"] == budget
+    assert summary["pareto_front"], "an empty Pareto front"
+
+    study = mro.open_study(sqlite_url)
+    by_worker = _assert_shared_fairly(mro, study, budget)
+    assert len(by_worker) == 2, f"expected both worker processes to complete trials: {by_worker}"
+    front = {row["mask"] for row in summary["pareto_front"]}
+    assert front == {t.user_attrs["mask"] for t in study.best_trials}
