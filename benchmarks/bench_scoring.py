@@ -44,7 +44,11 @@ from supernet.model import Supernet, SupernetSpec  # noqa: E402
 from supernet.paths import all_masks, format_mask  # noqa: E402
 from supernet.scoring import batches, build_cache, mask_metrics, predict_masks, score_masks  # noqa: E402
 
-MOSEI = (ModalitySpec("text", 768, 50), ModalitySpec("audio", 74, 50), ModalitySpec("vision", 35, 50))
+MOSEI = (
+    ModalitySpec("text", 768, 50),
+    ModalitySpec("audio", 74, 50),
+    ModalitySpec("vision", 35, 50),
+)
 METRIC = "acc_7"
 TARGET_MASKS_PER_S = 1_000
 TARGET_RATIO = 10_000
@@ -83,23 +87,28 @@ def make_model(head: str, seed: int) -> Supernet:
     return Supernet(SupernetSpec(MOSEI, "regression", 1), cfg).eval()
 
 
-def timed(fn) -> float:
-    return timed_value(fn)[1]
+def timed(fn, *args) -> float:
+    return timed_value(fn, *args)[1]
 
 
-def timed_value(fn):
-    """``(fn(), seconds)``."""
+def timed_value(fn, *args):
+    """``(fn(*args), seconds)``."""
     start = time.perf_counter()
-    value = fn()
+    value = fn(*args)
     return value, time.perf_counter() - start
 
 
 @torch.no_grad()
-def direct_predictions(model: Supernet, split: Split, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+def direct_predictions(
+    model: Supernet, split: Split, mask: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """Masked forward passes over the whole split: (N,) regression outputs."""
     model.eval()
     names = [m.name for m in model.spec.modalities]
-    out = [model(features, mask, lengths).squeeze(-1) for features, lengths, _ in batches(split, names, batch_size)]
+    out = [
+        model(features, mask, lengths).squeeze(-1)
+        for features, lengths, _ in batches(split, names, batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -150,14 +159,32 @@ def bench_head(head: str, split: Split, args) -> dict:
     # (b) cached scoring of all masks, repeated
     for _ in range(args.warmup):
         score_masks(model, cache, masks, METRIC)
-    cached_times = [timed(lambda: score_masks(model, cache, masks, METRIC)) for _ in range(args.repeats)]
+    cached_times = [
+        timed(lambda: score_masks(model, cache, masks, METRIC)) for _ in range(args.repeats)
+    ]
     cached_s = statistics.median(cached_times)
     cached_rate = n_masks / cached_s
     cached_scores = score_masks(model, cache, masks, METRIC)
+    # the same with one intra-op thread: on a loaded machine, tiny parallel ops wait for a
+    # descheduled worker thread, and one thread is then faster and far steadier
+    threads = torch.get_num_threads()
+    one_thread_s = None
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            score_masks(model, cache, masks, METRIC)
+            one_thread_s = statistics.median(
+                timed(score_masks, model, cache, masks, METRIC) for _ in range(args.repeats)
+            )
+        finally:
+            torch.set_num_threads(threads)
 
     # (d) full metric dict per mask from the cache (scikit-learn / SciPy reference metrics)
     mask_list = [tuple(int(b) for b in m.tolist()) for m in masks]
-    full_times = [timed(lambda: [mask_metrics(model, cache, m) for m in mask_list]) for _ in range(args.full_repeats)]
+    full_times = [
+        timed(lambda: [mask_metrics(model, cache, m) for m in mask_list])
+        for _ in range(args.full_repeats)
+    ]
     full_cached_s = statistics.median(full_times)
     full_cached_rate = n_masks / full_cached_s
 
@@ -168,10 +195,12 @@ def bench_head(head: str, split: Split, args) -> dict:
     labels = split.labels
     sizes_wanted = sorted({int(k) for k in args.direct_sizes.split(",") if k.strip()})
     for mask in pick_direct_masks(model.num_paths, sizes_wanted, args.seed):
-        direct_predictions(model, split.subset(torch.arange(min(8, len(split)))), mask, args.batch_size)  # warm-up
-        pred, fwd_s = timed_value(lambda: direct_predictions(model, split, mask, args.batch_size))
-        score, metric_s = timed_value(lambda: batch_metric(pred[None], labels, METRIC))
-        _, full_s = timed_value(lambda: compute_metrics(pred, labels, "regression"))
+        direct_predictions(
+            model, split.subset(torch.arange(min(8, len(split)))), mask, args.batch_size
+        )  # warm-up
+        pred, fwd_s = timed_value(direct_predictions, model, split, mask, args.batch_size)
+        score, metric_s = timed_value(batch_metric, pred[None], labels, METRIC)
+        _, full_s = timed_value(compute_metrics, pred, labels, "regression")
         # sanity: the cache reproduces the direct pass
         row = int((masks == mask).all(dim=1).nonzero()[0, 0])
         cached_pred = predict_masks(model, cache, mask[None]).squeeze(-1)[0]
@@ -200,6 +229,7 @@ def bench_head(head: str, split: Split, args) -> dict:
         "cached_seconds_per_call_min": min(cached_times),
         "cached_seconds_per_call_max": max(cached_times),
         "cached_masks_per_s": cached_rate,
+        "cached_masks_per_s_1_thread": None if one_thread_s is None else n_masks / one_thread_s,
         "direct": direct,
         "direct_seconds_per_mask_weighted": direct_per_mask_s,
         "direct_masks_per_s": direct_rate,
@@ -215,16 +245,29 @@ def bench_head(head: str, split: Split, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=1871, help="validation samples (default 1871, MOSEI valid)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed repetitions of cached scoring (median)")
+    parser.add_argument(
+        "--samples", type=int, default=1871, help="validation samples (default 1871, MOSEI valid)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=30, help="timed repetitions of cached scoring (median)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed cached-scoring calls first")
-    parser.add_argument("--full-repeats", type=int, default=3, help="repetitions of the full-metric-dict pass")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch size of the forward passes")
+    parser.add_argument(
+        "--full-repeats", type=int, default=3, help="repetitions of the full-metric-dict pass"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="batch size of the forward passes"
+    )
     parser.add_argument("--head", choices=("linear", "mlp", "both"), default="both")
-    parser.add_argument("--direct-sizes", default="1,2,3,4,5,6",
-                        help="mask sizes (active paths) timed directly, one random mask each; the per-mask "
-                        "time of unmeasured sizes is interpolated linearly in the size")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    parser.add_argument(
+        "--direct-sizes",
+        default="1,2,3,4,5,6",
+        help="mask sizes (active paths) timed directly, one random mask each; the per-mask "
+        "time of unmeasured sizes is interpolated linearly in the size",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
@@ -238,48 +281,84 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = list(os.getloadavg())
     report = {
         "benchmark": "bench_scoring",
-        "shape": {"modalities": [[m.name, m.length, m.dim] for m in MOSEI], "width": 256, "heads": 8,
-                  "task": "regression", "samples": args.samples, "metric": METRIC},
+        "shape": {
+            "modalities": [[m.name, m.length, m.dim] for m in MOSEI],
+            "width": 256,
+            "heads": 8,
+            "task": "regression",
+            "samples": args.samples,
+            "metric": METRIC,
+        },
         "settings": vars(args),
         "machine": info,
         "results": results,
         "targets": {
             "cached_masks_per_s_min": TARGET_MASKS_PER_S,
             "ratio_min": TARGET_RATIO,
-            "linear_cached_met": any(r["head"] == "linear" and r["cached_masks_per_s"] >= TARGET_MASKS_PER_S for r in results),
-            "linear_ratio_met": any(r["head"] == "linear" and r["ratio_cached_over_direct"] >= TARGET_RATIO for r in results),
+            "linear_cached_met": any(
+                r["head"] == "linear" and r["cached_masks_per_s"] >= TARGET_MASKS_PER_S
+                for r in results
+            ),
+            "linear_ratio_met": any(
+                r["head"] == "linear" and r["ratio_cached_over_direct"] >= TARGET_RATIO
+                for r in results
+            ),
         },
     }
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"bench_scoring  {info['date']}")
-    print(f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
-          f"{info['torch_threads']} threads, python {info['python']}")
+    print(
+        f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
+        f"{info['torch_threads']} threads, python {info['python']}"
+    )
     print(f"  load average start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f}")
-    print(f"  mosei shape: text 50x768, audio 50x74, vision 50x35; width 256, 8 heads; "
-          f"{args.samples} samples; metric {METRIC}")
+    print(
+        f"  mosei shape: text 50x768, audio 50x74, vision 50x35; width 256, 8 heads; "
+        f"{args.samples} samples; metric {METRIC}"
+    )
     for r in results:
         print(f"\n  head = {r['head']}")
-        print(f"    build_cache (once, {args.samples} samples, all 6 paths): {r['build_cache_s']:.2f} s "
-              f"({r['build_cache_samples_per_s']:.0f} samples/s)")
-        print(f"    cached score_masks, all {r['masks']} masks: median {r['cached_seconds_per_call_median'] * 1e3:.2f} ms "
-              f"(min {r['cached_seconds_per_call_min'] * 1e3:.2f}, max {r['cached_seconds_per_call_max'] * 1e3:.2f}, "
-              f"{args.repeats} repeats) -> {r['cached_masks_per_s']:,.0f} masks/s "
-              f"[target >= {TARGET_MASKS_PER_S:,}: {'met' if r['cached_masks_per_s'] >= TARGET_MASKS_PER_S else 'NOT met'}]")
+        print(
+            f"    build_cache (once, {args.samples} samples, all 6 paths): {r['build_cache_s']:.2f} s "
+            f"({r['build_cache_samples_per_s']:.0f} samples/s)"
+        )
+        print(
+            f"    cached score_masks, all {r['masks']} masks: median {r['cached_seconds_per_call_median'] * 1e3:.2f} ms "
+            f"(min {r['cached_seconds_per_call_min'] * 1e3:.2f}, max {r['cached_seconds_per_call_max'] * 1e3:.2f}, "
+            f"{args.repeats} repeats) -> {r['cached_masks_per_s']:,.0f} masks/s "
+            f"[target >= {TARGET_MASKS_PER_S:,}: {'met' if r['cached_masks_per_s'] >= TARGET_MASKS_PER_S else 'NOT met'}]"
+        )
+        if r["cached_masks_per_s_1_thread"] is not None:
+            print(
+                f"    cached score_masks with 1 thread: {r['cached_masks_per_s_1_thread']:,.0f} masks/s (median)"
+            )
         for d in r["direct"]:
-            print(f"    direct mask {d['mask']} ({d['paths']} paths): forward {d['forward_s']:.2f} s + "
-                  f"metric {d['metric_s'] * 1e3:.2f} ms")
-        print(f"    direct, weighted over all 63 masks: {r['direct_seconds_per_mask_weighted']:.2f} s/mask "
-              f"-> {r['direct_masks_per_s']:.3f} masks/s")
-        print(f"    ratio cached/direct: {r['ratio_cached_over_direct']:,.0f}x "
-              f"[target >= {TARGET_RATIO:,}x: {'met' if r['ratio_cached_over_direct'] >= TARGET_RATIO else 'NOT met'}]")
-        print(f"    full metric dict (mask_metrics -> compute_metrics): cached {r['full_metrics_cached_masks_per_s']:,.0f} "
-              f"masks/s, direct {r['full_metrics_direct_masks_per_s']:.3f} masks/s, ratio {r['full_metrics_ratio']:,.0f}x")
-        print(f"    cache + all masks: {r['cache_plus_all_masks_s']:.2f} s vs direct all masks "
-              f"{r['masks'] * r['direct_seconds_per_mask_weighted']:.0f} s")
-        print(f"    sanity: max |cached - direct| output {r['max_abs_diff_cached_vs_direct']:.2e}, "
-              f"metric {r['max_metric_diff_cached_vs_direct']:.2e}")
+            print(
+                f"    direct mask {d['mask']} ({d['paths']} paths): forward {d['forward_s']:.2f} s + "
+                f"metric {d['metric_s'] * 1e3:.2f} ms"
+            )
+        print(
+            f"    direct, weighted over all 63 masks: {r['direct_seconds_per_mask_weighted']:.2f} s/mask "
+            f"-> {r['direct_masks_per_s']:.3f} masks/s"
+        )
+        print(
+            f"    ratio cached/direct: {r['ratio_cached_over_direct']:,.0f}x "
+            f"[target >= {TARGET_RATIO:,}x: {'met' if r['ratio_cached_over_direct'] >= TARGET_RATIO else 'NOT met'}]"
+        )
+        print(
+            f"    full metric dict (mask_metrics -> compute_metrics): cached {r['full_metrics_cached_masks_per_s']:,.0f} "
+            f"masks/s, direct {r['full_metrics_direct_masks_per_s']:.3f} masks/s, ratio {r['full_metrics_ratio']:,.0f}x"
+        )
+        print(
+            f"    cache + all masks: {r['cache_plus_all_masks_s']:.2f} s vs direct all masks "
+            f"{r['masks'] * r['direct_seconds_per_mask_weighted']:.0f} s"
+        )
+        print(
+            f"    sanity: max |cached - direct| output {r['max_abs_diff_cached_vs_direct']:.2e}, "
+            f"metric {r['max_metric_diff_cached_vs_direct']:.2e}"
+        )
     return 0
 
 

@@ -45,6 +45,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,14 +109,22 @@ def machine_info() -> dict:
     }
 
 
+def problem_config() -> dict:
+    data_cfg, model_cfg, train_cfg = problem()
+    return {"bench": "bench_search", "data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(train_cfg)}
+
+
+def checkpoint_path() -> Path:
+    """Where the problem's trained supernet is cached (named by its configuration's SHA-256)."""
+    return CACHE_DIR / f"supernet-{config_sha256(problem_config())[:12]}.pt"
+
+
 def trained_problem(log=print) -> dict:
     """Train (or load the cached) supernet; score every mask. Returns the lookup table."""
-    from dataclasses import asdict
-
     data_cfg, model_cfg, train_cfg = problem()
-    config = {"bench": "bench_search", "data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(train_cfg)}
+    config = problem_config()
     sha = config_sha256(config)
-    path = CACHE_DIR / f"supernet-{sha[:12]}.pt"
+    path = checkpoint_path()
     data = load_data(data_cfg)
     train_s = 0.0
     if path.is_file():

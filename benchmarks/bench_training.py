@@ -57,7 +57,11 @@ try:
 except ImportError:  # pragma: no cover
     psutil = None
 
-MOSEI = [ModalitySpec("text", 768, 50), ModalitySpec("audio", 74, 50), ModalitySpec("vision", 35, 50)]
+MOSEI = [
+    ModalitySpec("text", 768, 50),
+    ModalitySpec("audio", 74, 50),
+    ModalitySpec("vision", 35, 50),
+]
 NAMES = [m.name for m in MOSEI]
 TARGET_SAMPLES_PER_S = 85
 
@@ -111,7 +115,13 @@ class Trainer:
         self.order_g = torch.Generator().manual_seed(args.seed)
         self._batches = iter(())
         self.recording = False
-        self.breakdown = {"data": 0.0, "forward": 0.0, "backward": 0.0, "statistics": 0.0, "optimizer": 0.0}
+        self.breakdown = {
+            "data": 0.0,
+            "forward": 0.0,
+            "backward": 0.0,
+            "statistics": 0.0,
+            "optimizer": 0.0,
+        }
 
     def next_batch(self):
         try:
@@ -153,20 +163,32 @@ class Trainer:
 
 
 def run_steps(
-    trainer: Trainer, mask_fn, steps: int, warmup: int, *, statistics_on: bool = True, record: bool = False
-) -> float:
-    """samples/s over ``steps`` timed steps after ``warmup`` untimed ones; ``record`` adds the
-    timed steps' phases to ``trainer.breakdown``."""
+    trainer: Trainer,
+    mask_fn,
+    steps: int,
+    warmup: int,
+    *,
+    statistics_on: bool = True,
+    record: bool = False,
+) -> dict:
+    """``steps`` timed steps after ``warmup`` untimed ones: samples/s over the whole window and the
+    median step time (robust to bursts of load from other processes). ``record`` adds the timed
+    steps' phases to ``trainer.breakdown``."""
     for _ in range(warmup):
         trainer.step(mask_fn(), statistics_on=statistics_on)
-    seen = 0
+    seen, times = 0, []
     trainer.recording = record
-    start = time.perf_counter()
     for _ in range(steps):
-        seen += trainer.step(mask_fn(), statistics_on=statistics_on)
-    elapsed = time.perf_counter() - start
+        mask = mask_fn()
+        start = time.perf_counter()
+        seen += trainer.step(mask, statistics_on=statistics_on)
+        times.append(time.perf_counter() - start)
     trainer.recording = False
-    return seen / elapsed
+    return {
+        "samples_per_s": seen / sum(times),
+        "median_step_s": statistics.median(times),
+        "median_step_samples_per_s": trainer.batch_size / statistics.median(times),
+    }
 
 
 def uniform_fn(seed: int, n_paths: int):
@@ -184,29 +206,49 @@ def size_fn(k: int, seed: int, n_paths: int):
 
 def run_loop(args, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    splits = {"train": make_split(args.loop_samples, g), "valid": make_split(256, g), "test": make_split(32, g)}
+    splits = {
+        "train": make_split(args.loop_samples, g),
+        "valid": make_split(256, g),
+        "test": make_split(32, g),
+    }
     data = MultimodalData(modalities=list(MOSEI), task="regression", splits=splits)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, masks_per_step=1, seed=seed)
     start = time.perf_counter()
     result = train_supernet(data, model_cfg(args), cfg, progress=False)
     wall = time.perf_counter() - start
     h = result.history[0]
-    return {"samples_per_s": h["samples_per_s"], "train_seconds": h["seconds"], "wall_seconds": wall}
+    return {
+        "samples_per_s": h["samples_per_s"],
+        "train_seconds": h["seconds"],
+        "wall_seconds": wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps before each measurement"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the supernet-step measurements (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of the supernet-step measurements (median)"
+    )
     parser.add_argument("--size-steps", type=int, default=10, help="timed steps per mask size 1..6")
-    parser.add_argument("--loop-samples", type=int, default=640, help="train samples of the train_supernet run")
+    parser.add_argument(
+        "--loop-samples", type=int, default=640, help="train samples of the train_supernet run"
+    )
     parser.add_argument("--loop-repeats", type=int, default=2, help="train_supernet runs (median)")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--dropout", type=float, default=0.4)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
-    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of the supernet step")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print a torch.profiler table of the supernet step",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
@@ -224,27 +266,38 @@ def main(argv: list[str] | None = None) -> int:
     # the supernet step with and without statistics, interleaved so that both see the same noise
     with_stats, without_stats = [], []
     for r in range(args.repeats):
-        with_stats.append(run_steps(trainer, uniform_fn(args.seed + r, P), args.steps, args.warmup, record=True))
-        without_stats.append(
-            run_steps(trainer, uniform_fn(args.seed + r, P), args.steps, args.warmup, statistics_on=False)
-        )
+        order = (True, False) if r % 2 == 0 else (False, True)
+        for on in order:
+            res = run_steps(
+                trainer,
+                uniform_fn(args.seed + r, P),
+                args.steps,
+                args.warmup,
+                statistics_on=on,
+                record=on,
+            )
+            (with_stats if on else without_stats).append(res)
     mem["after_supernet_steps"] = memory()
-    timed_steps = args.repeats * args.steps
-    breakdown_ms = {k: 1e3 * v / timed_steps for k, v in trainer.breakdown.items()}
+    breakdown_ms = {k: 1e3 * v / (args.repeats * args.steps) for k, v in trainer.breakdown.items()}
 
-    # baselines: fixed masks
+    # baselines: fixed masks, the plain step (no statistics)
     full = torch.ones(1, P)
     single = torch.zeros(1, P)
     single[0, 0] = 1.0
-    full_rate = run_steps(trainer, lambda: full, args.steps, args.warmup, statistics_on=False)
-    single_rate = run_steps(trainer, lambda: single, args.steps, args.warmup, statistics_on=False)
+    full_res = run_steps(trainer, lambda: full, args.steps, args.warmup, statistics_on=False)
+    single_res = run_steps(trainer, lambda: single, args.steps, args.warmup, statistics_on=False)
     mem["after_fixed_masks"] = memory()
 
-    # per mask size
-    sizes = {k: run_steps(trainer, size_fn(k, args.seed, P), args.size_steps, 1) for k in range(1, P + 1)}
+    # per mask size, the supernet step with statistics
+    sizes = {
+        k: run_steps(trainer, size_fn(k, args.seed, P), args.size_steps, 1) for k in range(1, P + 1)
+    }
     weights = {k: math.comb(P, k) for k in sizes}
-    # expected time per sample of a uniform mask, from the per-size rates
-    expected_rate = sum(weights.values()) / sum(w / sizes[k] for k, w in weights.items())
+    # a uniform mask's expected step time is the C(P,k)-weighted mean of the per-size step times
+    expected_step_s = sum(w * sizes[k]["median_step_s"] for k, w in weights.items()) / sum(
+        weights.values()
+    )
+    expected_rate = args.batch_size / expected_step_s
 
     profile_table = None
     if args.profile:
@@ -261,28 +314,35 @@ def main(argv: list[str] | None = None) -> int:
     mem["after_train_supernet"] = memory()
     info["loadavg_end"] = list(os.getloadavg())
 
-    median_with = statistics.median(with_stats)
-    median_without = statistics.median(without_stats)
-    loop_rate = statistics.median(l["samples_per_s"] for l in loops)
+    rates_with = [x["samples_per_s"] for x in with_stats]
+    rates_without = [x["samples_per_s"] for x in without_stats]
+    median_with, median_without = statistics.median(rates_with), statistics.median(rates_without)
+    loop_rates = [x["samples_per_s"] for x in loops]
+    loop_rate = statistics.median(loop_rates)
     report = {
         "benchmark": "bench_training",
         "settings": vars(args),
         "machine": info,
         "supernet_step_samples_per_s": median_with,
-        "supernet_step_samples_per_s_all": with_stats,
+        "supernet_step_samples_per_s_rounds": rates_with,
         "supernet_step_no_statistics_samples_per_s": median_without,
-        "supernet_step_no_statistics_samples_per_s_all": without_stats,
+        "supernet_step_no_statistics_samples_per_s_rounds": rates_without,
         "statistics_overhead_fraction": 1.0 - median_with / median_without,
         "step_breakdown_ms": breakdown_ms,
-        "full_mask_samples_per_s": full_rate,
-        "single_path_samples_per_s": single_rate,
-        "per_size_samples_per_s": sizes,
-        "uniform_expected_from_sizes_samples_per_s": expected_rate,
+        "full_mask": full_res,
+        "single_path": single_res,
+        "per_size": sizes,
+        "uniform_expected_from_size_medians_samples_per_s": expected_rate,
         "train_supernet_samples_per_s": loop_rate,
         "train_supernet_runs": loops,
         "memory": mem,
-        "memory_source": "ru_maxrss = resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak RSS); "
-        + ("psutil_rss = psutil.Process().memory_info().rss (current RSS)" if psutil else "psutil not installed"),
+        "memory_source": "ru_maxrss_mib = resource.getrusage(RUSAGE_SELF).ru_maxrss / 1024 (peak RSS of the process "
+        "so far); "
+        + (
+            "psutil_rss_mib = psutil.Process().memory_info().rss (current RSS)"
+            if psutil
+            else "psutil not installed"
+        ),
         "target_samples_per_s": TARGET_SAMPLES_PER_S,
         "target_met_supernet_step": median_with >= TARGET_SAMPLES_PER_S,
         "target_met_train_supernet": loop_rate >= TARGET_SAMPLES_PER_S,
@@ -293,32 +353,60 @@ def main(argv: list[str] | None = None) -> int:
     ok = lambda x: "met" if x >= TARGET_SAMPLES_PER_S else "NOT met"  # noqa: E731
     fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     print(f"bench_training  {info['date']}")
-    print(f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
-          f"{info['torch_threads']} threads, python {info['python']}")
+    print(
+        f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
+        f"{info['torch_threads']} threads, python {info['python']}"
+    )
     print(f"  load average start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f}")
-    print(f"  mosei shape, width {args.width}, 8 heads, dropout {args.dropout}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} rounds (median)")
-    print(f"  supernet step (uniform mask, as train_supernet, with grad-norm statistics): "
-          f"{median_with:.1f} samples/s  [{fmt(with_stats)}]  target >= {TARGET_SAMPLES_PER_S}: {ok(median_with)}")
-    print(f"  same step without the grad-norm statistics:                          "
-          f"{median_without:.1f} samples/s  [{fmt(without_stats)}]  "
-          f"(statistics overhead {100 * report['statistics_overhead_fraction']:.1f}%)")
-    print("  step breakdown (ms/step, supernet step): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in breakdown_ms.items()))
-    print(f"  baseline fixed full mask (6 paths):   {full_rate:.1f} samples/s  "
-          f"(supernet step / full = {median_with / full_rate:.2f}x)")
-    print(f"  baseline fixed single path (text->audio): {single_rate:.1f} samples/s")
-    print("  per mask size (random masks of k paths, with statistics, "
-          f"{args.size_steps} steps each): "
-          + ", ".join(f"{k}: {v:.1f}" for k, v in sizes.items()) + " samples/s")
-    print(f"  uniform mask expected from the per-size rates (C(6,k)-weighted): {expected_rate:.1f} samples/s")
-    print(f"  train_supernet() ({args.loop_samples} samples, 1 epoch, history samples_per_s): "
-          f"{loop_rate:.1f} samples/s  [{fmt(l['samples_per_s'] for l in loops)}]  "
-          f"target >= {TARGET_SAMPLES_PER_S}: {ok(loop_rate)}")
+    print(
+        f"  mosei shape, width {args.width}, 8 heads, dropout {args.dropout}, batch {args.batch_size}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} rounds (median; rounds in [])"
+    )
+    print(
+        f"  supernet step (uniform mask, as train_supernet, with grad-norm statistics): "
+        f"{median_with:.1f} samples/s [{fmt(rates_with)}]  target >= {TARGET_SAMPLES_PER_S}: {ok(median_with)}"
+    )
+    print(
+        f"  same step without the grad-norm statistics: {median_without:.1f} samples/s [{fmt(rates_without)}]  "
+        f"(statistics overhead {100 * report['statistics_overhead_fraction']:.1f}%)"
+    )
+    print(
+        "  step breakdown, ms/step of the supernet step: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in breakdown_ms.items())
+    )
+    print(
+        f"  baseline fixed full mask (6 paths, plain step): {full_res['samples_per_s']:.1f} samples/s "
+        f"(median step: {full_res['median_step_samples_per_s']:.1f})"
+    )
+    print(
+        f"  baseline fixed single path (text->audio, plain step): {single_res['samples_per_s']:.1f} samples/s "
+        f"(median step: {single_res['median_step_samples_per_s']:.1f})"
+    )
+    print(
+        f"  per mask size k (random k-path masks, supernet step, {args.size_steps} steps each), "
+        "samples/s (median step):"
+    )
+    print(
+        "    "
+        + ", ".join(
+            f"k={k}: {v['samples_per_s']:.1f} ({v['median_step_samples_per_s']:.1f})"
+            for k, v in sizes.items()
+        )
+    )
+    print(
+        f"  uniform mask expected from the per-size median step times (C(6,k)-weighted): "
+        f"{expected_rate:.1f} samples/s  target >= {TARGET_SAMPLES_PER_S}: {ok(expected_rate)}"
+    )
+    print(
+        f"  train_supernet() ({args.loop_samples} samples, 1 epoch, history samples_per_s): "
+        f"{loop_rate:.1f} samples/s [{fmt(loop_rates)}]  target >= {TARGET_SAMPLES_PER_S}: {ok(loop_rate)}"
+    )
     print(f"  memory ({report['memory_source']}):")
     for phase, m in mem.items():
-        print(f"    {phase:22s} ru_maxrss {m['ru_maxrss_mib']:.0f} MiB"
-              + (f", psutil rss {m['psutil_rss_mib']:.0f} MiB" if "psutil_rss_mib" in m else ""))
+        print(
+            f"    {phase:22s} ru_maxrss {m['ru_maxrss_mib']:.0f} MiB"
+            + (f", psutil rss {m['psutil_rss_mib']:.0f} MiB" if "psutil_rss_mib" in m else "")
+        )
     if profile_table:
         print("\n  torch.profiler, 10 supernet steps, by self CPU time:\n" + profile_table)
     return 0

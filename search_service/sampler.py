@@ -42,7 +42,7 @@ from optuna.study import StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState
 
-from supernet.rank_loss import RANK_LOSSES, rank_loss
+from supernet.rank_loss import L0_EPSILON, RANK_LOSSES
 from supernet.relation_graph import mask_log_prob
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ class MROSampler(BaseSampler):
         refine_trials: int = 64,
         anchor: float = 0.05,
         exploration: float = 0.1,
+        local: float = 0.5,
         seed: int | None = None,
     ) -> None:
         if n_startup_trials < 0:
@@ -102,6 +103,8 @@ class MROSampler(BaseSampler):
             raise ValueError(f"prior_keep_probs must lie strictly between 0 and 1, got {list(prior_keep_probs)}")
         if not 0.0 <= exploration <= 1.0:
             raise ValueError(f"exploration must be in [0, 1], got {exploration}")
+        if not 0.0 <= local <= 1.0:
+            raise ValueError(f"local must be in [0, 1], got {local}")
         self._paths = list(paths) if paths is not None else None
         self._prior = list(prior_keep_probs) if prior_keep_probs is not None else None
         self._n_startup_trials = n_startup_trials
@@ -111,11 +114,13 @@ class MROSampler(BaseSampler):
         self._refine_trials = refine_trials
         self._anchor = anchor
         self._exploration = exploration
+        self._local = local
         self._seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self._intersection = IntersectionSearchSpace(include_pruned=True)
         self._fallback = RandomSampler(seed=seed)
         # derived and recomputable: the last refined theta, to warm-start the next refinement
         self._theta_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._refined_cache: dict[tuple, torch.Tensor] = {}
 
     # --- Optuna's contract -------------------------------------------------------------------
 
@@ -205,34 +210,43 @@ class MROSampler(BaseSampler):
         if len(complete) < self._n_startup_trials or rng.random() < self._exploration:
             return _sample(np.zeros(P), taken, rng, untried)
 
-        # 3. from the prior refined on the completed trials
-        theta = self._refined(study, complete, paths, theta0)
-        return _sample(theta.numpy(), taken, rng, untried)
+        # 3. from the prior refined on the completed trials: a one-bit neighbour of a front
+        #    member, or a mask of a drawn size from the refined keep probabilities
+        losses = _performance_losses(study, complete) if len(complete) >= 2 else np.zeros(len(complete))
+        theta = self._refined(study, complete, paths, theta0, losses).numpy()
+        if rng.random() < self._local:
+            front = [_trial_mask(complete[i], paths) for i in np.flatnonzero(losses < 1.0)]
+            mask = _front_neighbour(theta, front, taken, rng)
+            if mask is not None:
+                return mask
+        return _sample_by_size(theta, taken, rng, untried)
 
     # --- refinement ------------------------------------------------------------------------------
 
-    def _refined(self, study: Study, complete: list[FrozenTrial], paths: list[str], theta0: torch.Tensor) -> torch.Tensor:
+    def _refined(self, study: Study, complete: list[FrozenTrial], paths: list[str], theta0: torch.Tensor, losses: np.ndarray | None = None) -> torch.Tensor:
+        """``theta`` fitted by the rank loss to the completed trials' ranking, with an L2 pull
+        towards the pretrained prior (Adam, warm-started from this process's last fit)."""
         if len(complete) < 2:
             return theta0
-        losses = _performance_losses(study, complete)
+        key = (tuple(paths), tuple(sorted(t.number for t in complete)))
+        cached = self._refined_cache.get(key)
+        if cached is not None:  # claim retries of one proposal see the same trials
+            return cached
+        if losses is None:
+            losses = _performance_losses(study, complete)
         order = np.argsort(losses, kind="stable")[: self._refine_trials]
-        masks = torch.tensor([_trial_mask(complete[i], paths) for i in order], dtype=torch.float64)
-        target = torch.as_tensor(losses[order], dtype=torch.float64)
+        target = np.asarray(losses[order], dtype=np.float64)
         if float(target.max() - target.min()) == 0.0:
             return theta0
-        key = tuple(paths)
-        start = self._theta_cache.get(key, theta0)
-        theta = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([theta], lr=0.1)
-        kind = self._study_rank_loss(study)
-        for _ in range(self._refine_steps):
-            optimizer.zero_grad()
-            loss = rank_loss(mask_log_prob(masks, theta), target, kind) + self._anchor * (theta - theta0).pow(2).sum()
-            loss.backward()
-            optimizer.step()
-        theta = theta.detach()
-        self._theta_cache[key] = theta
-        return theta
+        masks = np.array([_trial_mask(complete[i], paths) for i in order], dtype=np.float64)
+        start = self._theta_cache.get(key[0])
+        if start is None or start.shape != theta0.shape:
+            start = theta0
+        theta = _fit_theta(masks, target, theta0.numpy(), start.numpy(), self._study_rank_loss(study), self._refine_steps, self._anchor)
+        refined = torch.as_tensor(theta, dtype=torch.float64)
+        self._theta_cache[key[0]] = refined
+        self._refined_cache = {key: refined}
+        return refined
 
     # --- study attributes ------------------------------------------------------------------------
 
@@ -321,14 +335,160 @@ def _sample(theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Gener
     return best
 
 
-def _best_untried(theta: torch.Tensor, taken: set[tuple[int, ...]], P: int) -> tuple[int, ...]:
-    """The untried mask with the highest prior score (ties: fewer paths first)."""
+def _best_untried(theta: torch.Tensor, taken: set[tuple[int, ...]], P: int, size: int | None = None) -> tuple[int, ...]:
+    """The untried mask with the highest prior score (ties: fewer paths first); of ``size``
+    paths when given."""
     from supernet.paths import all_masks
 
     masks = all_masks(P).to(torch.float64)
+    if size is not None:
+        masks = masks[masks.sum(dim=1) == size]
     scores = mask_log_prob(masks, theta.to(torch.float64)) - 1e-9 * masks.sum(dim=1)
     for index in torch.argsort(scores, descending=True).tolist():
         bits = tuple(int(b) for b in masks[index].tolist())
         if bits not in taken:
             return bits
     return tuple(int(b) for b in masks[int(torch.argmax(scores))].tolist())
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def _mask_scores(masks: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mask_log_prob(masks, theta)`` (the prior score of each mask under independent keeps
+    ``q = sigmoid(theta)`` given a non-empty mask) and ``d score / d theta`` per path, shared by
+    all masks up to ``masks`` itself: ``d s_i / d theta_p = b_ip - q_p / (1 - prod(1 - q))``."""
+    log_keep, log_drop = _log_sigmoid(theta), _log_sigmoid(-theta)
+    log_empty = float(log_drop.sum())
+    nonempty = -math.expm1(log_empty)
+    scores = masks @ log_keep + (1.0 - masks) @ log_drop - math.log(nonempty)
+    return scores, np.exp(log_keep) / nonempty
+
+
+def _rank_loss_grad(scores: np.ndarray, target: np.ndarray, perf_ranks: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
+    """Gradient with respect to ``scores`` of ``supernet.rank_loss.rank_loss(scores, target,
+    kind)`` (the same surrogates, written out so that a refinement step costs microseconds, not
+    the milliseconds of an autograd step)."""
+    n = len(scores)
+    if kind == "hinge":
+        i, j = np.triu_indices(n, 1)
+        t = np.tanh((scores[i] - scores[j]) / temperature)
+        coef = 0.5 * (target[i] - target[j]) * (1.0 - t * t) / temperature / len(i)
+        grad = np.zeros(n)
+        np.add.at(grad, i, coef)
+        np.add.at(grad, j, -coef)
+        return grad
+    x = (scores[None, :] - scores[:, None]) / temperature  # [i, j] = s_j - s_i
+    sig = 0.5 * (1.0 + np.tanh(0.5 * x))  # sigmoid, overflow-free
+    d = 0.5 + sig.sum(axis=1) - perf_ranks  # soft rank (1 = highest score) - rank of the loss
+    if kind == "l1":
+        g = np.sign(d) / n
+    elif kind == "l2":
+        g = 2.0 * d / n
+    elif kind == "l0":
+        g = 2.0 * d * L0_EPSILON / (d * d + L0_EPSILON) ** 2 / n
+    else:  # linf: the gradient is shared by the worst-ranked subnets
+        a = np.abs(d)
+        worst = a == a.max()
+        g = np.sign(d) * worst / worst.sum()
+    slope = sig * (1.0 - sig)
+    np.fill_diagonal(slope, 0.0)
+    return (slope.T @ g - g * slope.sum(axis=1)) / temperature
+
+
+def _fit_theta(masks: np.ndarray, target: np.ndarray, theta0: np.ndarray, start: np.ndarray, kind: str, steps: int, anchor: float, lr: float = 0.1) -> np.ndarray:
+    """Adam on ``rank_loss(mask_log_prob(masks, theta), target, kind) + anchor * |theta - theta0|^2``
+    (torch's Adam defaults: betas 0.9, 0.999, eps 1e-8), from ``start``."""
+    from scipy.stats import rankdata
+
+    perf_ranks = rankdata(target, method="average")
+    theta = np.array(start, dtype=np.float64)
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(1, steps + 1):
+        scores, shared = _mask_scores(masks, theta)
+        g_s = _rank_loss_grad(scores, target, perf_ranks, kind)
+        grad = masks.T @ g_s - shared * g_s.sum() + 2.0 * anchor * (theta - theta0)
+        m = beta1 * m + (1.0 - beta1) * grad
+        v = beta2 * v + (1.0 - beta2) * grad * grad
+        denom = np.sqrt(v) / math.sqrt(1.0 - beta2**step) + eps
+        theta = theta - lr / (1.0 - beta1**step) * m / denom
+    return theta
+
+
+def _front_neighbour(theta: np.ndarray, front: list[tuple[int, ...]], taken: set[tuple[int, ...]], rng: np.random.Generator) -> tuple[int, ...] | None:
+    """An untried one-bit neighbour of a Pareto-front member, or None when they are all tried.
+
+    The member is drawn uniformly (among those with untried neighbours); the flipped bit with
+    probability ``softmax(score)``, where adding path p scores ``theta[p]`` and dropping it
+    ``-theta[p]``: the change of the mask's refined prior score (log-odds) that the flip makes.
+    """
+    for index in rng.permutation(len(front)):
+        member = front[index]
+        candidates, scores = [], []
+        for p in range(len(member)):
+            bits = list(member)
+            bits[p] ^= 1
+            flipped = tuple(bits)
+            if any(flipped) and flipped not in taken:
+                candidates.append(flipped)
+                scores.append(theta[p] if flipped[p] else -theta[p])
+        if candidates:
+            w = np.exp(np.asarray(scores) - max(scores))
+            return candidates[int(rng.choice(len(candidates), p=w / w.sum()))]
+    return None
+
+
+def _conditional_bernoulli(theta: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """A mask with exactly ``size`` paths, drawn with probability proportional to
+    ``prod(odds of its paths)``, odds ``exp(theta)``: independent keeps ``sigmoid(theta)``
+    conditioned on the number of kept paths (exact, sequentially, via elementary symmetric
+    polynomials in log space)."""
+    P = len(theta)
+    # log_e[r, i] = log e_r(odds[i:]), r = 0..size
+    log_e = np.full((size + 1, P + 1), -np.inf)
+    log_e[0, :] = 0.0
+    for i in range(P - 1, -1, -1):
+        log_e[1:, i] = np.logaddexp(log_e[1:, i + 1], theta[i] + log_e[:-1, i + 1])
+    bits, r = [], size
+    for i in range(P):
+        if r == 0:
+            bits.append(0)
+            continue
+        keep = math.exp(theta[i] + log_e[r - 1, i + 1] - log_e[r, i]) if np.isfinite(log_e[r, i]) else 1.0
+        b = int(rng.random() < keep)
+        bits.append(b)
+        r -= b
+    return tuple(bits)
+
+
+def _sample_by_size(theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Generator, untried: float) -> tuple[int, ...]:
+    """A mask whose number of paths is uniform over the sizes that still have untried masks, and
+    whose paths, given the size, follow the refined keep probabilities (conditional Bernoulli).
+
+    The Pareto front needs masks of every cost, and cost grows with the number of paths; sampling
+    the size first spends the trials evenly over the front instead of around ``sum(q)`` paths.
+    """
+    P = len(theta)
+    theta = np.clip(theta, -30.0, 30.0)
+    avoid = untried > 0
+    if P <= _MAX_ENUMERATED_PATHS:
+        per_size = np.zeros(P + 1, dtype=np.int64)
+        for m in taken:
+            per_size[sum(m)] += 1
+        sizes = [c for c in range(1, P + 1) if not avoid or per_size[c] < math.comb(P, c)]
+    else:
+        sizes = list(range(1, P + 1))
+    draw: tuple[int, ...] | None = None
+    while sizes:
+        size = sizes[int(rng.integers(len(sizes)))]
+        for _ in range(64):
+            draw = _conditional_bernoulli(theta, size, rng)
+            if not avoid or draw not in taken:
+                return draw
+        if P <= _MAX_ENUMERATED_PATHS:  # nearly exhausted size: its best untried mask
+            return _best_untried(torch.as_tensor(theta, dtype=torch.float64), taken, P, size=size)
+        sizes.remove(size)
+    return draw if draw is not None else _sample(theta, taken, rng, untried)

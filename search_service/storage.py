@@ -7,6 +7,7 @@ output: print ``mask_password(url)``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -93,7 +94,21 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
 
 
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C (or SIGTERM turned into KeyboardInterrupt) as a
+    failure with a traceback; keep the line, drop the traceback (the CLI says "interrupted")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def optuna_quiet() -> None:
     """Optuna's per-trial INFO lines and experimental-API warnings are noise in our output."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
+            handler.addFilter(_NoInterruptTraceback())

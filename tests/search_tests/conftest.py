@@ -171,10 +171,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     return TinyStudy(file=file, name="tiny", run_dir=run_dir, root=root)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """In-process sampler and evaluator work is tiny: one torch thread is much faster on a
-    shared machine than a pool that spins on busy cores."""
+    shared machine than a pool that spins on busy cores (restored after this package)."""
     import torch
 
     before = torch.get_num_threads()

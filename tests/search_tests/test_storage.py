@@ -88,7 +88,7 @@ def test_mask_password():
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_password_never_printed_nor_stored(tiny, mro, pg_database, tmp_path, capfd):
+def test_password_never_printed_nor_stored(tiny, mro, pg_database, tmp_path, capfd, monkeypatch):
     url = _pw_url(pg_database)
     # the URL in the study file, as a user of a private cluster might write it
     study_file = tiny.variant(tmp_path, "secret.toml", storage=url)
@@ -114,10 +114,11 @@ def test_password_never_printed_nor_stored(tiny, mro, pg_database, tmp_path, cap
     from search_service.search import BUDGET_KEY
 
     study._storage.set_study_system_attr(study._study_id, BUDGET_KEY, 6)
-    env = mro.env(MRO_STORAGE=url)
-    worker = mro.run(["worker", "--study", str(tiny.file)], cwd=tmp_path, env=env)
-    assert worker.returncode == 0, worker.stderr
-    assert SECRET not in worker.stdout + worker.stderr
+    monkeypatch.setenv(ENV_VAR, url)
+    assert main(["worker", "--study", str(tiny.file), "--debug"]) == 0
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err
+    assert "worker finished: 2 trials" in err
     assert len(mro.complete(study)) == 6
 
 
