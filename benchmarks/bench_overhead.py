@@ -59,7 +59,9 @@ TARGET_MS = 20.0
 class Timings:
     def __init__(self) -> None:
         self.score_start: list[float] = []
+        self.score_cpu_start: list[float] = []
         self.score_s: list[float] = []
+        self.score_cpu_s: list[float] = []
         self.sampler_s: list[float] = []
         self.objective_s: list[float] = []  # whole Objective.__call__, scoring included
 
@@ -69,10 +71,12 @@ def instrument(evaluator: Evaluator, timings: Timings):
     original_evaluate = evaluator.evaluate
 
     def evaluate(mask, split="valid", **kw):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = original_evaluate(mask, split, **kw)
         timings.score_start.append(start)
+        timings.score_cpu_start.append(cpu)
         timings.score_s.append(time.perf_counter() - start)
+        timings.score_cpu_s.append(time.process_time() - cpu)
         return out
 
     evaluator.evaluate = evaluate
@@ -123,6 +127,7 @@ def run_backend(name: str, url: str, study: Study, evaluator: Evaluator, trials:
     total_s = time.perf_counter() - started
     starts, score = np.array(timings.score_start), np.array(timings.score_s)
     overhead_ms = (np.diff(starts) - score[:-1]) * 1e3  # trial i -> i+1: one loop turn, scoring removed
+    cpu_ms = (np.diff(np.array(timings.score_cpu_start)) - np.array(timings.score_cpu_s)[:-1]) * 1e3  # this process's CPU time
     objective_ms = (np.array(timings.objective_s[: len(score)]) - score) * 1e3
     sampler_ms = np.array(timings.sampler_s) * 1e3
     rows = {}
@@ -134,6 +139,7 @@ def run_backend(name: str, url: str, study: Study, evaluator: Evaluator, trials:
         rows[end] = {
             "median_ms": float(np.median(window)),
             "p95_ms": float(np.percentile(window, 95)),
+            "cpu_median_ms": float(np.median(cpu_ms[lo:hi])),
             "sampler_median_ms": float(np.median(sampler_ms[lo:hi])),
             "objective_median_ms": float(np.median(objective_ms[lo:hi])),
             "score_median_ms": float(np.median(score[lo:hi] * 1e3)),
@@ -174,7 +180,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     optuna_quiet()
     info = bench_search.machine_info()
-    print(f"# bench_overhead  {info['date']}  {info['cpu_model']} x{info['cpu_count']}  torch {info['torch']}  optuna {info['optuna']}")
+    print(f"# bench_overhead  {info['date']}  {info['cpu_model']} x{info['cpu_count']}  torch {info['torch']}  optuna {info['optuna']}  "
+          f"load average {os.getloadavg()[0]:.2f}")
     bench_search.trained_problem(log=lambda m: print(m))  # trains and caches the checkpoint if needed
     data_cfg, _, _ = bench_search.problem()
     checkpoint = load_checkpoint(bench_search.checkpoint_path())
@@ -199,9 +206,11 @@ def main() -> int:
                 raise SystemExit(f"unknown backend {backend!r}")
     for r in results:
         print(f"\n{r['backend']} ({r['url']}): {r['completed']} trials completed in {r['total_s']:.1f} s; states {r['counts']}")
-        print(f"  {'finished':>8} {'median ms':>10} {'p95 ms':>8} {'sampler':>8} {'objective':>10} {'scoring':>8}   (per-trial overhead, window of the last 100 trials; sampler/objective/scoring medians)")
+        print(f"  {'finished':>8} {'median ms':>10} {'p95 ms':>8} {'cpu ms':>7} {'sampler':>8} {'objective':>10} {'scoring':>8}")
         for end, w in r["windows"].items():
-            print(f"  {end:>8} {w['median_ms']:10.2f} {w['p95_ms']:8.2f} {w['sampler_median_ms']:8.2f} {w['objective_median_ms']:10.2f} {w['score_median_ms']:8.2f}")
+            print(f"  {end:>8} {w['median_ms']:10.2f} {w['p95_ms']:8.2f} {w['cpu_median_ms']:7.2f} {w['sampler_median_ms']:8.2f} {w['objective_median_ms']:10.2f} {w['score_median_ms']:8.2f}")
+        print("  (per-trial overhead over the last 100 trials: wall median and p95, this process's CPU median; then medians of the"
+              " sampler's sample_relative, the Objective without scoring, and the scoring itself, which is excluded)")
         ws = r["windows"]
         if 1000 in ws:
             met = ws[1000]["median_ms"] <= TARGET_MS

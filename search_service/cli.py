@@ -19,6 +19,7 @@ from supernet.errors import ConfigError, MROError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED = "mro-search: interrupted"  # the one line a stopped command prints
 log = logging.getLogger("mro_search")
 
 
@@ -258,6 +259,7 @@ def _evaluator(study, *, train_if_missing: bool, quiet: bool):
 def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool) -> None:
     import os
     import subprocess
+    import threading
 
     from search_service.search import run_worker
     from search_service.storage import ENV_VAR
@@ -276,18 +278,59 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
         cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", str(study.path.resolve()), "-q"]
         if seed is not None:
             cmd += ["--seed", str(seed + w)]
-        procs.append(subprocess.Popen(cmd, env=env))
+        # same process group (Ctrl-C and `kill -- -PGID` reach every worker); stderr relayed
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"))
+    relays = [threading.Thread(target=_relay_stderr, args=(p.stderr,), daemon=True) for p in procs]
+    for relay in relays:
+        relay.start()
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            _stop_workers(procs)
+            raise
+    finally:
+        for relay in relays:
+            relay.join(timeout=5)
     failed = [c for c in codes if c != 0]
     if failed:
         raise MROError(f"{len(failed)} of {workers} workers failed (exit codes {failed}); run `mro-search resume --study {study.name}` to finish")
+
+
+def _relay_stderr(stream) -> None:
+    """Copy a local worker's stderr to ours, less its "interrupted" line: on Ctrl-C every
+    worker stops with it, and this process says it once for all."""
+    for line in stream:
+        if line.strip() == INTERRUPTED:
+            continue
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _stop_workers(procs, grace: float = 5.0) -> None:
+    """After Ctrl-C: the workers got it too (one process group) and finish their trial's
+    bookkeeping (the trial is marked failed, for ``resume``). Any still running after ``grace``
+    seconds (this process alone was interrupted) gets SIGINT, and is killed if that fails too;
+    a killed worker's trial is failed and retried by the heartbeat."""
+    import signal
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=3 * grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
@@ -476,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("mro-search: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

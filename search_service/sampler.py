@@ -17,9 +17,11 @@ The relative search space is one ``{0, 1}`` categorical per path, named after th
 
 No state lives only in one process: the prior and the budget are study system attributes; every
 proposal is recomputed from the study's trials. Concurrent workers claim a mask by writing it
-to their trial's system attribute ``mro:mask`` and then reading the claims back; a trial that
-finds another live trial holding its mask gives it up and proposes again (the later of two
-claims always sees the earlier one, so a mask is never kept twice). Random numbers come from a
+to their trial's system attribute ``mro:mask`` and then reading the claims back. Of two trials
+claiming one mask, the lower trial number keeps it; the other claims a random untried mask
+instead. A trial that sees only higher-numbered rivals waits briefly for them to move on, since
+they may have checked (and kept the mask) before its own claim was written; so a mask is never
+kept twice (see ``_keeps_claim``). Random numbers come from a
 generator seeded with ``(seed, trial number)``, so different trials (and different workers) get
 different draws and a rerun with the same seed repeats them.
 
@@ -30,6 +32,7 @@ infer them from the completed trials) and leave the prior out (uniform prior).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +62,10 @@ MASK_KEY = "mro:mask"  # trial system attribute: the mask this trial claimed
 
 _MAX_ENUMERATED_PATHS = 20  # 2**20 masks: beyond this the space is never enumerated
 _CLAIM_ROUNDS = 8
+_CLAIM_WAIT_S = 1.0  # how long a claim waits for higher-numbered rivals to move on
+_CLAIM_POLL_S = 0.02
+_LIVE = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+_ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
 
 
 class MROSampler(BaseSampler):
@@ -121,6 +128,7 @@ class MROSampler(BaseSampler):
         # derived and recomputable: the last refined theta, to warm-start the next refinement
         self._theta_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._refined_cache: dict[tuple, torch.Tensor] = {}
+        self._attrs_cache: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
 
     # --- Optuna's contract -------------------------------------------------------------------
 
@@ -139,11 +147,20 @@ class MROSampler(BaseSampler):
         if not search_space:
             return {}
         paths = self._study_paths(study) or list(search_space)
-        fixed = trial.system_attrs.get("fixed_params", {})
+        # an enqueued trial's fixed parameters, and the parameters a retried trial copied from
+        # the one that failed (only some paths, when that one died between two suggestions)
+        fixed = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
         if all(name in fixed for name in paths):  # an enqueued or retried trial: its mask is given
             mask = tuple(int(fixed[name]) for name in paths)
             study._storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
             return {}
+        claimed = trial.system_attrs.get(MASK_KEY)  # a retry copies the failed trial's claim too
+        if fixed and isinstance(claimed, str) and len(claimed) == len(paths) and all(
+            int(fixed[name]) == int(bit) for name, bit in zip(paths, claimed) if name in fixed
+        ):
+            # finish the failed trial's mask: a fresh proposal would keep the copied bits and
+            # take the others from another mask, which may be one already tried
+            return {name: int(bit) for name, bit in zip(paths, claimed)}
         rng = np.random.default_rng([self._seed, trial.number])
         mask = self._propose_and_claim(study, trial, paths, rng)
         return dict(zip(paths, mask))
@@ -155,25 +172,22 @@ class MROSampler(BaseSampler):
 
     def _propose_and_claim(self, study: Study, trial: FrozenTrial, paths: list[str], rng: np.random.Generator) -> tuple[int, ...]:
         storage = study._storage
-        live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
         excluded: set[tuple[int, ...]] = set()
         mask: tuple[int, ...] = ()
-        for _ in range(_CLAIM_ROUNDS):
+        for claim_round in range(_CLAIM_ROUNDS):
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            mask = self._propose(study, trial, trials, paths, rng, excluded)
+            held = _held_masks(trial, trials, paths)
+            if claim_round == 0:
+                mask = self._propose(study, trial, trials, paths, rng, excluded)
+            else:
+                # after a collision, a uniformly random untried mask from this trial's own
+                # generator: two trials that collided in lock-step (the same enumerated mask at
+                # the same moment) would otherwise collide again on the next one
+                mask = _random_untried(held, excluded, len(paths), rng)
             storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
-            if any(t.number != trial.number and t.state in live and _trial_mask(t, paths) == mask for t in trials):
+            if mask in held:
                 return mask  # no untried mask was left: this repeat is deliberate
-            # Any other live trial holding the same mask is a rival, whatever its number. Of two
-            # claims, the one written later always sees the earlier one here; the earlier one
-            # may have been checked, and kept, before the later one was written, so "the lower
-            # number wins" would let both keep the mask. Whoever sees a rival gives the mask up
-            # (at worst both do, and both propose again).
-            rival = any(
-                t.number != trial.number and _trial_mask(t, paths) == mask
-                for t in storage.get_all_trials(study._study_id, deepcopy=False, states=live)
-            )
-            if not rival:
+            if _keeps_claim(study, trial, paths, mask):
                 return mask
             excluded.add(mask)
         return mask
@@ -184,15 +198,15 @@ class MROSampler(BaseSampler):
         complete: list[FrozenTrial] = []
         running = 0
         for t in trials:
-            if t.number == trial.number:
+            if t.number == trial.number or t.state not in _LIVE:
                 continue
-            if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING):
-                m = _trial_mask(t, paths)
-                if m is not None:
-                    taken.add(m)
-            if t.state == TrialState.COMPLETE and t.values is not None and _trial_mask(t, paths) is not None:
-                complete.append(t)
-            elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+            m = _trial_mask(t, paths)
+            if m is not None:
+                taken.add(m)
+            if t.state == TrialState.COMPLETE:
+                if t.values is not None and m is not None:
+                    complete.append(t)
+            else:
                 running += 1
         space = 2**P - 1
         untried = space - len(taken) if P <= 62 else math.inf
@@ -250,16 +264,28 @@ class MROSampler(BaseSampler):
 
     # --- study attributes ------------------------------------------------------------------------
 
+    def _study_attrs(self, study: Study) -> dict[str, Any]:
+        """The study's system attributes, read at most every ``_ATTRS_TTL_S`` seconds: they are
+        written once when the study is created (only the budget may change, on a resume), and
+        reading them is a database round trip that every proposal would otherwise pay 4 times."""
+        key = (id(study._storage), study._study_id)
+        now = time.monotonic()
+        cached = self._attrs_cache.get(key)
+        if cached is None or now - cached[0] > _ATTRS_TTL_S:
+            cached = (now, study._storage.get_study_system_attrs(study._study_id))
+            self._attrs_cache = {key: cached}
+        return cached[1]
+
     def _study_paths(self, study: Study) -> list[str] | None:
         if self._paths is not None:
             return self._paths
-        paths = study._storage.get_study_system_attrs(study._study_id).get(PATHS_KEY)
+        paths = self._study_attrs(study).get(PATHS_KEY)
         return list(paths) if paths else None
 
     def _prior_logits(self, study: Study, P: int) -> torch.Tensor:
         probs = self._prior
         if probs is None:
-            probs = study._storage.get_study_system_attrs(study._study_id).get(PRIOR_KEY)
+            probs = self._study_attrs(study).get(PRIOR_KEY)
         if not probs or len(probs) != P:
             return torch.zeros(P, dtype=torch.float64)
         p = torch.tensor(probs, dtype=torch.float64).clamp(1e-4, 1 - 1e-4)
@@ -268,13 +294,13 @@ class MROSampler(BaseSampler):
     def _study_budget(self, study: Study) -> int | None:
         if self._budget is not None:
             return self._budget
-        value = study._storage.get_study_system_attrs(study._study_id).get(BUDGET_KEY)
+        value = self._study_attrs(study).get(BUDGET_KEY)
         return int(value) if value is not None else None
 
     def _study_rank_loss(self, study: Study) -> str:
         if self._rank_loss is not None:
             return self._rank_loss
-        kind = study._storage.get_study_system_attrs(study._study_id).get(RANK_LOSS_KEY)
+        kind = self._study_attrs(study).get(RANK_LOSS_KEY)
         return kind if kind in RANK_LOSSES else "l1"
 
 
@@ -289,13 +315,76 @@ def _to_str(mask: Sequence[int]) -> str:
     return "".join(str(int(b)) for b in mask)
 
 
+# Masks of finished trials, by id(trial): a finished trial never changes, and every proposal
+# looks at every trial's mask several times (a per-process cache of derived values).
+_FINISHED_MASKS: dict[int, tuple[FrozenTrial, list[str], tuple[int, ...] | None]] = {}
+_FINISHED_MASKS_MAX = 200_000
+
+
 def _trial_mask(trial: FrozenTrial, paths: list[str]) -> tuple[int, ...] | None:
-    if all(name in trial.params for name in paths):
-        return tuple(int(trial.params[name]) for name in paths)
-    claimed = trial.system_attrs.get(MASK_KEY)
-    if isinstance(claimed, str) and len(claimed) == len(paths):
-        return tuple(int(c) for c in claimed)
-    return None
+    hit = _FINISHED_MASKS.get(id(trial))
+    if hit is not None and hit[0] is trial and hit[1] == paths:
+        return hit[2]
+    params = trial.params
+    mask: tuple[int, ...] | None
+    try:
+        mask = tuple(int(params[name]) for name in paths)
+    except KeyError:
+        claimed = trial.system_attrs.get(MASK_KEY)
+        mask = tuple(int(c) for c in claimed) if isinstance(claimed, str) and len(claimed) == len(paths) else None
+    if trial.state.is_finished():
+        if len(_FINISHED_MASKS) >= _FINISHED_MASKS_MAX:
+            _FINISHED_MASKS.clear()
+        _FINISHED_MASKS[id(trial)] = (trial, list(paths), mask)
+    return mask
+
+
+def _held_masks(trial: FrozenTrial, trials: list[FrozenTrial], paths: list[str]) -> set[tuple[int, ...]]:
+    """The masks of the other live (running, waiting or complete) trials."""
+    held = set()
+    for t in trials:
+        if t.number != trial.number and t.state in _LIVE:
+            m = _trial_mask(t, paths)
+            if m is not None:
+                held.add(m)
+    return held
+
+
+def _random_untried(held: set[tuple[int, ...]], excluded: set[tuple[int, ...]], P: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """A uniformly random non-empty mask outside ``held`` and ``excluded``; outside ``held``
+    only when ``excluded`` covers the rest (the rivals may have moved on); any mask when every
+    mask is held."""
+    space = 2**P - 1 if P <= 62 else math.inf
+    taken = held | excluded
+    if len(taken) >= space:
+        taken = held
+    return _sample(np.zeros(P), taken, rng, space - len(taken))
+
+
+def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple[int, ...]) -> bool:
+    """Whether ``trial`` keeps ``mask``, which it has just claimed (its claim is written).
+
+    Of two trials claiming one mask, the one whose claim was written later always sees the other
+    claim here. The lower trial number wins: a trial that sees a rival with a lower number gives
+    the mask up at once. A trial that sees only rivals with higher numbers cannot tell whether
+    they checked (and kept the mask) before its own claim was written, or will see its claim and
+    give the mask up; so it waits for them to claim something else, and gives the mask up if
+    they do not within ``_CLAIM_WAIT_S``. A mask is never kept twice, and two trials that claim
+    one mask at the same moment settle it in one round (the lower number keeps it).
+    """
+    storage = study._storage
+    deadline = time.monotonic() + _CLAIM_WAIT_S
+    while True:
+        rivals = [
+            t.number
+            for t in storage.get_all_trials(study._study_id, deepcopy=False, states=_LIVE)
+            if t.number != trial.number and _trial_mask(t, paths) == mask
+        ]
+        if not rivals:
+            return True
+        if min(rivals) < trial.number or time.monotonic() >= deadline:
+            return False
+        time.sleep(_CLAIM_POLL_S)
 
 
 def _performance_losses(study: Study, trials: list[FrozenTrial]) -> np.ndarray:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -40,7 +41,18 @@ from search_service.sampler import (
     RANK_LOSS_KEY,
     MROSampler,
 )
-from search_service.storage import mask_password, open_storage, optuna_quiet
+from search_service.storage import (
+    OUTAGE_RETRIES,
+    StorageError,
+    StorageOutage,
+    is_storage_outage,
+    mask_password,
+    open_storage,
+    optuna_quiet,
+    outage_reason,
+    set_trial_attrs,
+    set_trial_params,
+)
 from search_service.study_file import Study
 from supernet.errors import CheckpointError, ConfigError
 from supernet.paths import format_mask
@@ -75,11 +87,14 @@ class SearchStudy:
         return int(self.attrs.get(BUDGET_KEY, 0))
 
     def counts(self) -> dict[str, int]:
-        trials = self.optuna_study.get_trials(deepcopy=False)
-        out = {state.name.lower(): 0 for state in TrialState}
-        for t in trials:
-            out[t.state.name.lower()] += 1
-        return out
+        return _count_states(self.optuna_study.get_trials(deepcopy=False))
+
+
+def _count_states(trials) -> dict[str, int]:
+    out = {state.name.lower(): 0 for state in TrialState}
+    for t in trials:
+        out[t.state.name.lower()] += 1
+    return out
 
 
 def create_search(study: Study, url: str, evaluator: Evaluator, *, trials: int | None = None) -> SearchStudy:
@@ -178,30 +193,59 @@ class Objective:
         self.budget = search.budget
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        try:
+            return self._score(trial)
+        except Exception as exc:
+            if is_storage_outage(exc):  # leave the trial RUNNING: its heartbeat stops, it is retried
+                raise StorageOutage(outage_reason(exc, self.search.url)) from exc
+            raise
+
+    def _score(self, trial: optuna.Trial) -> tuple[float, float]:
         # which process ran the trial (also for pruned and failed ones): "host:pid"
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        mask = tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
+        mask = self._suggest_mask(trial)
         if not any(mask):
             raise optuna.TrialPruned("the all-zero mask is not an architecture")
         if not self._admitted(trial):
             raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
         result = self.evaluator.evaluate(mask, self.split)
-        storage = trial.storage
-        storage.set_trial_system_attr(trial._trial_id, MASK_KEY, format_mask(mask))
+        system_attrs: dict[str, Any] = {MASK_KEY: format_mask(mask)}
         if self.flops_budget > 0:
             # the legacy list form: Optuna reads it, and optuna-dashboard 0.21 reads only this
-            storage.set_trial_system_attr(trial._trial_id, "constraints", [result["mflops"] - self.flops_budget])
-        trial.set_user_attr("mask", result["mask"])
-        trial.set_user_attr("active_paths", result["active_paths"])
-        trial.set_user_attr("metrics", result["metrics"])
-        for name, value in result["metrics"].items():
-            trial.set_user_attr(name, value)
-        trial.set_user_attr(MFLOPS, result["mflops"])
-        trial.set_user_attr("params", result["params"])
+            system_attrs["constraints"] = [result["mflops"] - self.flops_budget]
+        user_attrs: dict[str, Any] = {"mask": result["mask"], "active_paths": result["active_paths"], "metrics": result["metrics"]}
+        user_attrs.update(result["metrics"])
+        user_attrs[MFLOPS] = result["mflops"]
+        user_attrs["params"] = result["params"]
+        # one transaction for all of them: each separate write is a commit (bench_overhead.py)
+        set_trial_attrs(trial.storage, trial._trial_id, user_attrs, system_attrs)
         value = result["metrics"][self.metric]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise optuna.TrialPruned(f"metric {self.metric} is undefined for this mask")
         return float(value), float(result["mflops"])
+
+    def _suggest_mask(self, trial: optuna.Trial) -> tuple[int, ...]:
+        """The trial's mask, one ``suggest_categorical(path, (0, 1))`` per path.
+
+        The sampler proposes the whole mask at once (``relative_params``); its bits are written
+        in one transaction instead of one commit per path (``bench_overhead.py``) and put in the
+        trial's cache, so that ``suggest_categorical`` then finds them and writes nothing more.
+        If that is not possible (another storage, an enqueued mask, other Optuna internals),
+        ``suggest_categorical`` samples and writes them as usual.
+        """
+        bit = CategoricalDistribution((0, 1))
+        try:
+            relative = trial.relative_params
+            cached = trial._cached_frozen_trial
+            if all(name in relative for name in self.paths) and not any(name in cached.params for name in self.paths):
+                values = {name: relative[name] for name in self.paths}
+                if set_trial_params(trial.storage, trial._trial_id, {name: (bit.to_internal_repr(v), bit) for name, v in values.items()}):
+                    for name, value in values.items():
+                        cached.distributions[name] = bit
+                        cached.params[name] = value
+        except AttributeError:
+            pass
+        return tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
 
     def _admitted(self, trial: optuna.Trial) -> bool:
         live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
@@ -239,33 +283,46 @@ def run_worker(
     budget = int(attrs[BUDGET_KEY])
     done = 0
     bar = tqdm(total=budget, desc=f"study {study.study_name}", unit="trial", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
+    outages = 0  # consecutive turns that failed because the storage was unreachable
     try:
         while max_trials is None or done < max_trials:
-            fail_stale_trials(study)
-            counts = search.counts()
-            bar.n = counts["complete"]
-            bar.refresh()
-            if counts["complete"] >= budget:
-                break
-            if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
-                time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
-                continue
-            before = study.get_trials(deepcopy=False)
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
-            last = _own_last_trial(study, before)
-            if last is not None and last.state == TrialState.COMPLETE:
-                done += 1
-            elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
-                break
+            try:
+                fail_stale_trials(study)
+                counts = _count_states(study.get_trials(deepcopy=False))  # one read per turn
+                outages = 0
+                bar.n = counts["complete"]
+                bar.refresh()
+                if counts["complete"] >= budget:
+                    break
+                if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
+                    time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
+                    continue
+                finished: list[optuna.trial.FrozenTrial] = []  # this worker's trial, as told
+                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, callbacks=[lambda _s, t, out=finished: out.append(t)])
+                last = finished[-1] if finished else None
+                if last is not None and last.state == TrialState.COMPLETE:
+                    done += 1
+                elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
+                    break
+            except (Exception, StorageOutage) as exc:
+                # the database restarted or the network dropped: wait and go on. A trial cut off
+                # this way stays RUNNING without heartbeats; it is failed and retried after the
+                # grace period (storage.RetryStaleTrialCallback), so no mask is lost
+                if not is_storage_outage(exc):
+                    raise
+                outages += 1
+                reason = outage_reason(exc, search.url)
+                if outages > OUTAGE_RETRIES:
+                    raise StorageError(
+                        f"storage {mask_password(search.url)} unreachable for {OUTAGE_RETRIES} tries in a row ({reason}); "
+                        f"the study is intact: run `mro-search resume --study {study.study_name}` when the database is back"
+                    ) from exc
+                delay = min(2.0 ** (outages - 1), 10.0)
+                log.warning(f"mro-search: storage {mask_password(search.url)} unreachable ({reason}); retry {outages}/{OUTAGE_RETRIES} in {delay:.0f} s")
+                time.sleep(delay)
     finally:
         bar.close()
     return done
-
-
-def _own_last_trial(study: optuna.Study, before) -> optuna.trial.FrozenTrial | None:
-    known = {t.number for t in before}
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number not in known]
-    return mine[-1] if mine else None
 
 
 def _budget_left(search: SearchStudy, budget: int) -> bool:

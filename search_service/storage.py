@@ -7,19 +7,24 @@ output: print ``mask_password(url)``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search_service.study_file import Study
-from supernet.errors import ConfigError
+from supernet.errors import ConfigError, MROError
+
+log = logging.getLogger("mro_search")
 
 ENV_VAR = "MRO_STORAGE"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
@@ -63,7 +68,8 @@ def scrub(text: str, url: str) -> str:
 
 
 def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
-    """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``."""
+    """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``
+    (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`)."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
@@ -85,23 +91,151 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         kwargs = {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": RetryStaleTrialCallback(max_retry=MAX_RETRY),
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=False, **kwargs)
+        storage = FaultTolerantRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=False, **kwargs)
     except Exception as exc:  # sqlalchemy/psycopg raise many types for unreachable servers
         reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
+    _fast_commits(storage, parsed.get_backend_name(), parsed.database)
+    return storage
+
+
+def _fast_commits(storage: RDBStorage, backend: str, database: str | None) -> None:
+    """Make the many small commits of a trial cheap (``benchmarks/bench_overhead.py``).
+
+    A trial commits about 20 small transactions (its parameters one by one, its attributes,
+    its state). Waiting for the disk on each dominated the per-trial time:
+
+    * SQLite: write-ahead log with ``synchronous=NORMAL``: commits no longer fsync (checkpoints
+      do); an application crash loses nothing, a power loss may lose the last commits but never
+      corrupts the file. Readers no longer block the writer, which also helps local workers.
+      (WAL needs a local file system; use PostgreSQL for workers on several machines.)
+    * PostgreSQL: ``synchronous_commit = off`` for this service's sessions only: a commit
+      returns before its WAL record is flushed; a server crash may lose the last fraction of a
+      second of commits (a trial then looks unfinished and is retried), never consistency.
+    """
+    from sqlalchemy import event
+
+    if backend == "sqlite":
+        file_db = bool(database) and database != ":memory:"
+
+        def on_connect(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                if file_db:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            except Exception:  # e.g. a read-only file: keep SQLite's defaults
+                pass
+            finally:
+                cursor.close()
+
+    elif backend == "postgresql":
+
+        def on_connect(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SET SESSION synchronous_commit TO OFF")
+                dbapi_connection.commit()
+            except Exception:
+                dbapi_connection.rollback()
+            finally:
+                cursor.close()
+
+    else:
+        return
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while creating the tables get the settings too
+
+
+def set_trial_attrs(storage, trial_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
+    """Write several trial attributes at once: one transaction, not one per attribute.
+
+    Optuna's storage API writes one attribute per transaction (a commit and four statements
+    each). On an ``RDBStorage`` (also behind Optuna's caching wrapper) with SQLite or PostgreSQL
+    this writes them all with one multi-row upsert per table, the statement Optuna itself uses.
+    Anything else, or any error there, falls back to the public one-by-one calls.
+    """
+    system_attrs = system_attrs or {}
+    if not _write_trial_rows(storage, trial_id, {}, user_attrs, system_attrs):
+        for key, value in user_attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in system_attrs.items():
+            storage.set_trial_system_attr(trial_id, key, value)
+
+
+def set_trial_params(storage, trial_id: int, params: dict[str, tuple[float, Any]]) -> bool:
+    """Write a new trial's parameters ``{name: (internal value, distribution)}`` in one
+    transaction. False when that was not possible (nothing is written then): write them the
+    usual way. A parameter the trial already has makes the whole write fail (False)."""
+    return bool(params) and _write_trial_rows(storage, trial_id, params, {}, {})
+
+
+def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> bool:
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage) or backend.engine.name not in ("sqlite", "postgresql"):
+        return False
+    try:
+        import json
+
+        import sqlalchemy
+        from optuna import distributions
+        from optuna.storages._rdb import models
+
+        if backend.engine.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+    except ImportError:
+        return False
+    session = backend.scoped_session()
+    try:
+        state = session.execute(sqlalchemy.select(models.TrialModel.state).where(models.TrialModel.trial_id == trial_id)).scalar_one()
+        backend.check_trial_is_updatable(trial_id, state)  # raises for a finished trial, as Optuna does
+        if params:
+            rows = [
+                {"trial_id": trial_id, "param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(dist)}
+                for name, (value, dist) in params.items()
+            ]
+            session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
+        for model, attrs in ((models.TrialUserAttributeModel, user_attrs), (models.TrialSystemAttributeModel, system_attrs)):
+            if attrs:
+                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
+                stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key], set_={"value_json": stmt.excluded.value_json})
+                session.execute(stmt)
+        session.commit()
+        return True
+    except optuna.exceptions.UpdateFinishedTrialError:
+        session.rollback()
+        raise
+    except Exception:
+        session.rollback()
+        return False
 
 
 class _NoInterruptTraceback(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C (or SIGTERM turned into KeyboardInterrupt) as a
-    failure with a traceback; keep the line, drop the traceback (the CLI says "interrupted")."""
+    failure: a warning with the traceback, then "Trial N failed with value None.". A stop is not
+    a failure, and the CLI says "interrupted" in one line: drop both records (the trial is FAIL
+    in the study, where ``resume`` finds it)."""
+
+    _FAILED = re.compile(r"Trial (\d+) failed with ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._interrupted: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        found = self._FAILED.match(str(record.msg))
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            record.exc_info = None
-            record.exc_text = None
+            if found:
+                self._interrupted.add(found.group(1))
+            return False
+        if found and found.group(1) in self._interrupted and str(record.msg).startswith(f"Trial {found.group(1)} failed with value"):
+            self._interrupted.discard(found.group(1))
+            return False
         return True
 
 
@@ -112,3 +246,142 @@ def optuna_quiet() -> None:
     for handler in logging.getLogger("optuna").handlers:
         if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
             handler.addFilter(_NoInterruptTraceback())
+
+
+# --- faults: killed workers, a database that goes away -------------------------------------------
+
+OUTAGE_RETRIES = 12  # consecutive failed turns a worker rides out (back-off 1, 2, 4, 8, 10, ... s)
+
+
+class StorageError(MROError):
+    """The storage stayed unreachable for longer than a worker waits."""
+
+
+class StorageOutage(BaseException):
+    """Raised out of an objective when the storage is unreachable.
+
+    Not an ``Exception``, so Optuna neither catches it nor tries to write the trial as FAIL (that
+    write cannot reach the database either, and a FAIL written this way is never retried): the
+    trial stays RUNNING, its heartbeat stops, and after the grace period a worker fails it and
+    ``RetryStaleTrialCallback`` queues it again, exactly as for the trial of a killed worker.
+    """
+
+
+def is_storage_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc`` comes from the storage being unreachable: a refused or dropped connection,
+    a server shutting down or restarting, a locked SQLite file, a deadlock. Optuna wraps such
+    errors (``StorageInternalError``) and can raise another one while handling them, so the
+    whole chain (``__cause__``, ``__context__``) is searched."""
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageOutage | OperationalError | InterfaceError | DisconnectionError):
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def outage_reason(exc: BaseException, url: str) -> str:
+    """The database's own words for an outage in ``exc``'s chain (the driver's message, else the
+    deepest message), first line only, password removed."""
+    from sqlalchemy.exc import DBAPIError
+
+    messages: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        source = current.orig if isinstance(current, DBAPIError) and current.orig is not None else current
+        text = str(source).strip()
+        if text and text not in ("()", "None"):
+            if source is not current:  # the driver's message: the most precise one
+                return scrub(text.splitlines()[0], url)[:200]
+            messages.append(text.splitlines()[0])
+        current = current.__cause__ or current.__context__
+    return scrub(messages[-1] if messages else type(exc).__name__, url)[:200]
+
+
+class FaultTolerantRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` with two changes that keep a study whole under faults.
+
+    * Every RUNNING trial has a heartbeat from the moment it exists. Optuna writes the first
+      heartbeat only when the objective starts, and never fails a RUNNING trial without one: a
+      worker killed (or cut off from the database) while its sampler was still proposing left a
+      trial RUNNING forever, and the study never reached its budget. The heartbeat row is added
+      in the transaction that creates the trial (no extra commit); a WAITING trial (a retry)
+      gets one when a worker takes it.
+    * A heartbeat that cannot be written (the database is restarting) is skipped, not fatal to
+      the heartbeat thread (which used to die with a traceback, so that a trial that outlived
+      the outage was later failed as stale while its worker still ran it).
+    """
+
+    def _get_prepared_new_trial(self, study_id, template_trial, session):  # type: ignore[override]
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        if self.heartbeat_interval is not None and trial.state == TrialState.RUNNING:
+            from optuna.storages._rdb import models
+
+            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == TrialState.RUNNING and self.heartbeat_interval is not None:
+            self.record_heartbeat(trial_id)  # a WAITING trial taken by a worker
+        return changed
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_storage_outage(exc):
+                raise
+            log.debug(f"heartbeat of trial id {trial_id} not written (storage unreachable); the next one retries")
+
+
+class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, which keeps the trial's mask.
+
+    Optuna queues the retry with the stale trial's *parameters*. A worker killed after its
+    sampler claimed a mask (trial system attribute ``mro:mask``) but before the path parameters
+    were written would lose that mask: the retry would get no or some parameters and propose
+    another mask. Here the retry gets the claimed mask as its parameters, unless another live
+    trial holds that mask by now (then the retry proposes a fresh one, and its stale claim is
+    dropped so that the waiting retry does not block the mask).
+    """
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            trial = _with_claimed_mask(study, trial)
+        except Exception as exc:  # never lose the retry itself over this
+            if is_storage_outage(exc):
+                raise
+            log.debug(f"retry of trial {trial.number}: claimed mask not applied ({exc!r})")
+        super().__call__(study, trial)
+
+
+def _with_claimed_mask(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial:
+    from optuna.distributions import CategoricalDistribution
+
+    from search_service.sampler import MASK_KEY, PATHS_KEY, _trial_mask
+
+    paths = study._storage.get_study_system_attrs(study._study_id).get(PATHS_KEY)
+    if not paths or all(name in trial.params for name in paths):
+        return trial
+    claimed = trial.system_attrs.get(MASK_KEY)
+    mask = tuple(int(c) for c in claimed) if isinstance(claimed, str) and len(claimed) == len(paths) and set(claimed) <= {"0", "1"} else None
+    agrees = mask is not None and any(mask) and all(int(trial.params[p]) == b for p, b in zip(paths, mask) if p in trial.params)
+    if agrees:
+        live = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE))
+        agrees = not any(t.number != trial.number and _trial_mask(t, list(paths)) == mask for t in live)
+    trial = copy.deepcopy(trial)
+    if agrees:
+        bit = CategoricalDistribution((0, 1))
+        trial.params = {**trial.params, **dict(zip(paths, mask))}
+        trial.distributions = {**trial.distributions, **{p: bit for p in paths}}
+    else:
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != MASK_KEY}
+    return trial

@@ -48,6 +48,45 @@ def test_interrupted_run_resumes_to_its_budget(tiny, mro, sqlite_url, tmp_path):
     assert study._storage.get_study_system_attrs(study._study_id)[BUDGET_KEY] == 45
 
 
+@pytest.mark.slow
+def test_killed_workers_trials_are_failed_and_retried(tiny, mro, sqlite_url, tmp_path):
+    """SIGTERM to ``run --workers 2`` kills every process at once, leaving trials RUNNING.
+    ``resume`` waits for their heartbeats to go stale, fails them, retries them (Optuna's
+    RetryHeartbeatStaleTrialCallback) and still ends at exactly the budget."""
+    from search_service.sampler import MASK_KEY
+    from search_service.storage import GRACE_PERIOD
+
+    budget = 20
+    proc = mro.start(["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", str(budget), "--workers", "2", "--no-report", "-q"], cwd=tmp_path)
+    try:
+        study = mro.wait_for(lambda: _study_if_exists(mro, sqlite_url), timeout=180, what="the study to be created")
+
+        def mid_trial() -> bool:  # some trials done, one running with its mask claimed
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state == TrialState.COMPLETE for t in trials)
+            return proc.poll() is not None or (done >= 3 and any(t.state == TrialState.RUNNING and MASK_KEY in t.system_attrs for t in trials))
+
+        mro.wait_for(mid_trial, timeout=180, interval=0.02, what="a running trial")
+        assert proc.poll() is None, "the run finished before it could be killed"
+        mro.stop(proc, signal.SIGTERM)
+    finally:
+        mro.stop(proc)
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert orphans, "no trial was left running"
+    assert len(mro.complete(study)) < budget
+
+    result = mro.run(["resume", "--study", str(tiny.file), "--storage", sqlite_url, "-q"], cwd=tmp_path, timeout=GRACE_PERIOD + 240)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    _check(mro, study, budget)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for orphan in orphans:
+        assert trials[orphan.number].state == TrialState.FAIL
+        retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
+        assert retries, f"trial {orphan.number} was not retried"
+        if len(orphan.params) == len(mro.paths):  # a retry runs the very same mask
+            assert any(t.state == TrialState.COMPLETE and t.params == orphan.params for t in retries)
+
+
 def _study_if_exists(mro, url: str):
     try:
         study = mro.open_study(url)

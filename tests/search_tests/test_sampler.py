@@ -157,6 +157,31 @@ def test_two_open_trials_never_share_a_mask():
         assert len(set(seen)) == len(seen), [m for m, n in Counter(seen).items() if n > 1]
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_retried_trial_finishes_the_failed_trials_mask():
+    """A worker killed between two suggestions leaves a trial with a claimed mask and only some
+    of its bits; the heartbeat's retry (Optuna's RetryHeartbeatStaleTrialCallback) copies both.
+    The retry must run that mask, not the copied bits completed from another proposal, which
+    may be a mask already tried (here: 101111, the only other mask beginning 10111)."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import create_trial
+
+    bits = CategoricalDistribution((0, 1))
+    for seed in range(8):
+        study = new_study(MROSampler(paths=PATHS, n_startup_trials=2, seed=seed))
+        for mask in ("101111", "010000", "000011"):
+            params = {p: int(b) for p, b in zip(PATHS, mask)}
+            study.add_trial(create_trial(params=params, distributions=dict.fromkeys(PATHS, bits), values=list(toy_values(params))))
+        partial = {p: int(b) for p, b in zip(PATHS[:5], "10111")}
+        study.add_trial(
+            create_trial(state=TrialState.FAIL, params=partial, distributions=dict.fromkeys(partial, bits), system_attrs={MASK_KEY: "101110"})
+        )
+        RetryHeartbeatStaleTrialCallback()(study, study.get_trials(deepcopy=False)[-1])
+        retried = run_toy(study, 1)
+        assert retried == ["101110"], f"seed {seed}: the retry ran {retried[0]}"
+
+
 class _RacingStorage(RDBStorage):
     """A real SQLite storage that runs ``before_claim`` once, just before this process writes
     its first mask claim: what another worker does between this worker's read of the study and

@@ -1,0 +1,102 @@
+"""``set_trial_params`` / ``set_trial_attrs``: one transaction per trial instead of one per value,
+with exactly what Optuna's own one-by-one writes store (SQLite, PostgreSQL, in-memory fallback)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+
+from search_service.storage import open_storage, set_trial_attrs, set_trial_params
+
+BIT = CategoricalDistribution((0, 1))
+PARAMS = {"a->b": 1, "a->c": 0, "b->a": 1}
+USER = {"mask": "101", "active_paths": ["a->b", "b->a"], "metrics": {"accuracy": 0.75, "f1": 0.5}, "accuracy": 0.75, "mflops": 1.25, "params": 1234}
+SYSTEM = {"mro:mask": "101", "constraints": [-0.5]}
+
+
+def _study(storage) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+
+
+def _written(study: optuna.Study, batched: bool) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    storage, tid = study._storage, trial._trial_id
+    if batched:
+        assert set_trial_params(storage, tid, {n: (BIT.to_internal_repr(v), BIT) for n, v in PARAMS.items()})
+        set_trial_attrs(storage, tid, USER, SYSTEM)
+    else:
+        for n, v in PARAMS.items():
+            storage.set_trial_param(tid, n, BIT.to_internal_repr(v), BIT)
+        for k, v in USER.items():
+            storage.set_trial_user_attr(tid, k, v)
+        for k, v in SYSTEM.items():
+            storage.set_trial_system_attr(tid, k, v)
+    study.tell(trial, (0.75, 1.25))
+    return study._storage.get_trial(tid)
+
+
+def _check_same(url: str) -> None:
+    study = _study(open_storage(url, heartbeat=False))
+    batched, plain = _written(study, True), _written(study, False)
+    reread = optuna.load_study(study_name=study.study_name, storage=open_storage(url, heartbeat=False))
+    a, b = (t for t in reread.get_trials() if t.number in (batched.number, plain.number))
+    assert a.params == b.params == PARAMS
+    assert a.distributions == b.distributions
+    assert a.user_attrs == b.user_attrs == USER
+    assert a.system_attrs == b.system_attrs
+    assert a.values == b.values
+
+
+def _check_edge_cases(url: str) -> None:
+    study = _study(open_storage(url, heartbeat=False))
+    trial = study.ask()
+    storage, tid = study._storage, trial._trial_id
+    set_trial_attrs(storage, tid, {"x": 1}, {"s": "a"})
+    set_trial_attrs(storage, tid, {"x": 2, "y": [1, 2]}, {"s": "b"})  # upsert: the last value wins
+    storage.set_trial_param(tid, "a->b", 1.0, BIT)
+    # a parameter the trial already has: nothing of the batch is written
+    assert not set_trial_params(storage, tid, {"a->c": (0.0, BIT), "a->b": (1.0, BIT)})
+    got = storage.get_trial(tid)
+    assert got.user_attrs == {"x": 2, "y": [1, 2]}
+    assert got.system_attrs["s"] == "b"
+    assert got.params == {"a->b": 1}
+    study.tell(trial, (0.5, 1.0))
+    with pytest.raises(UpdateFinishedTrialError):
+        set_trial_attrs(storage, tid, {"late": 1})
+
+
+def test_sqlite_batched_writes_store_what_optuna_stores(tmp_path):
+    _check_same(f"sqlite:///{tmp_path / 'a.db'}")
+    _check_edge_cases(f"sqlite:///{tmp_path / 'b.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_batched_writes_store_what_optuna_stores(pg_url):
+    from sqlalchemy import text
+
+    _check_same(pg_url)
+    _check_edge_cases(pg_url)
+    with open_storage(pg_url, heartbeat=False).engine.connect() as conn:
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+
+
+def test_in_memory_storage_falls_back_to_one_by_one_writes():
+    study = _study(None)
+    trial = study.ask()
+    assert not set_trial_params(study._storage, trial._trial_id, {"a->b": (1.0, BIT)})
+    set_trial_attrs(study._storage, trial._trial_id, USER, SYSTEM)
+    got = study._storage.get_trial(trial._trial_id)
+    assert got.user_attrs == USER and got.params == {}
+    assert all(got.system_attrs[k] == v for k, v in SYSTEM.items())
+
+
+def test_sqlite_storage_commits_to_a_write_ahead_log(tmp_path):
+    from sqlalchemy import text
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=False)
+    with storage.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
