@@ -171,23 +171,28 @@ def run_steps(
     statistics_on: bool = True,
     record: bool = False,
 ) -> dict:
-    """``steps`` timed steps after ``warmup`` untimed ones: samples/s over the whole window and the
-    median step time (robust to bursts of load from other processes). ``record`` adds the timed
-    steps' phases to ``trainer.breakdown``."""
+    """``steps`` timed steps after ``warmup`` untimed ones: samples/s over the whole window, the
+    median step time (robust to bursts of load from other processes) and samples per CPU-second
+    of this process (all its threads; with ``--threads 1`` it estimates the uncontended
+    single-thread rate even on a loaded machine). ``record`` adds the timed steps' phases to
+    ``trainer.breakdown``."""
     for _ in range(warmup):
         trainer.step(mask_fn(), statistics_on=statistics_on)
     seen, times = 0, []
     trainer.recording = record
+    cpu_start = time.process_time()
     for _ in range(steps):
         mask = mask_fn()
         start = time.perf_counter()
         seen += trainer.step(mask, statistics_on=statistics_on)
         times.append(time.perf_counter() - start)
+    cpu = time.process_time() - cpu_start
     trainer.recording = False
     return {
         "samples_per_s": seen / sum(times),
         "median_step_s": statistics.median(times),
         "median_step_samples_per_s": trainer.batch_size / statistics.median(times),
+        "samples_per_cpu_s": seen / cpu,
     }
 
 
@@ -327,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "supernet_step_samples_per_s_rounds": rates_with,
         "supernet_step_no_statistics_samples_per_s": median_without,
         "supernet_step_no_statistics_samples_per_s_rounds": rates_without,
+        "supernet_step_samples_per_cpu_s": statistics.median(
+            x["samples_per_cpu_s"] for x in with_stats
+        ),
         "statistics_overhead_fraction": 1.0 - median_with / median_without,
         "step_breakdown_ms": breakdown_ms,
         "full_mask": full_res,
@@ -371,16 +379,22 @@ def main(argv: list[str] | None = None) -> int:
         f"(statistics overhead {100 * report['statistics_overhead_fraction']:.1f}%)"
     )
     print(
+        f"  supernet step per CPU-second of this process: {report['supernet_step_samples_per_cpu_s']:.1f} "
+        "samples/CPU-s (median of rounds)"
+    )
+    print(
         "  step breakdown, ms/step of the supernet step: "
         + ", ".join(f"{k} {v:.1f}" for k, v in breakdown_ms.items())
     )
     print(
         f"  baseline fixed full mask (6 paths, plain step): {full_res['samples_per_s']:.1f} samples/s "
-        f"(median step: {full_res['median_step_samples_per_s']:.1f})"
+        f"(median step: {full_res['median_step_samples_per_s']:.1f}; "
+        f"per CPU-s: {full_res['samples_per_cpu_s']:.1f})"
     )
     print(
         f"  baseline fixed single path (text->audio, plain step): {single_res['samples_per_s']:.1f} samples/s "
-        f"(median step: {single_res['median_step_samples_per_s']:.1f})"
+        f"(median step: {single_res['median_step_samples_per_s']:.1f}; "
+        f"per CPU-s: {single_res['samples_per_cpu_s']:.1f})"
     )
     print(
         f"  per mask size k (random k-path masks, supernet step, {args.size_steps} steps each), "

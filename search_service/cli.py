@@ -264,8 +264,7 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
     from search_service.search import run_worker
     from search_service.storage import ENV_VAR
 
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    _check_workers(workers)
     if workers == 1:
         run_worker(search, evaluator, seed=seed, progress=not quiet)
         return
@@ -295,6 +294,27 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
     failed = [c for c in codes if c != 0]
     if failed:
         raise MROError(f"{len(failed)} of {workers} workers failed (exit codes {failed}); run `mro-search resume --study {study.name}` to finish")
+
+
+def _check_server(url: str) -> None:
+    """A storage URL that does not parse, or a database server that does not answer (or refuses
+    the credentials), fails here, before a supernet is trained for a study it cannot hold.
+    (An embedded SQLite file is only created when the study is.)"""
+    from sqlalchemy.engine import make_url
+
+    from search_service.storage import open_storage
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:
+        backend = None
+    if backend != "sqlite":
+        open_storage(url, heartbeat=False).engine.dispose()
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
 
 
 def _relay_stderr(stream) -> None:
@@ -361,6 +381,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = resolve_url(study, args.storage)
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+    _check_workers(args.workers)  # before training or creating anything
+    _check_server(url)
     evaluator = _evaluator(study, train_if_missing=True, quiet=args.quiet)
     search = create_search(study, url, evaluator, trials=args.trials)
     log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
@@ -395,6 +417,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search_service.study_file import load_study
 
     study = load_study(args.study)
+    _check_workers(args.workers)  # before the study is touched
     url = resolve_url(study, args.storage)
     search = load_search(study.name, url)
     if args.trials is not None:
@@ -501,6 +524,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    if not args.debug:
+        # SQLAlchemy logs what it tidies up after a dropped connection or a Ctrl-C ("Error
+        # closing cursor", "Exception during reset") with tracebacks through Python's last-resort
+        # handler; the errors that matter reach us as exceptions. --debug shows them.
+        sqla = logging.getLogger("sqlalchemy")
+        if not sqla.handlers:
+            sqla.addHandler(logging.NullHandler())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -213,6 +213,9 @@ def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any
     except Exception:
         session.rollback()
         return False
+    except BaseException:  # Ctrl-C mid-write: leave the session clean for Optuna to fail the trial
+        session.rollback()
+        raise
 
 
 class _NoInterruptTraceback(logging.Filter):
@@ -239,13 +242,24 @@ class _NoInterruptTraceback(logging.Filter):
         return True
 
 
+class _NoRetriedQueryWarning(logging.Filter):
+    """Optuna warns "Caught an error from sqlalchemy: ..." (several lines) when a query of
+    trials fails, taking it for too many SQL variables, and retries it another way. When the
+    database is unreachable that retry fails too and the worker says so in one line; when it
+    was the variable limit, the retry works. Either way the warning says nothing useful."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")
+
+
 def optuna_quiet() -> None:
     """Optuna's per-trial INFO lines and experimental-API warnings are noise in our output."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for handler in logging.getLogger("optuna").handlers:
-        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
-            handler.addFilter(_NoInterruptTraceback())
+        for kind in (_NoInterruptTraceback, _NoRetriedQueryWarning):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
 
 
 # --- faults: killed workers, a database that goes away -------------------------------------------

@@ -82,6 +82,5 @@ def test_run_with_two_workers_on_sqlite(tiny, mro, sqlite_url, tmp_path):
     study = mro.open_study(sqlite_url)
     by_worker = _assert_shared_fairly(mro, study, budget)
     assert len(by_worker) == 2, f"expected both worker processes to complete trials: {by_worker}"
-    print({w: len(n) for w, n in by_worker.items()})
     front = {row["mask"] for row in summary["pareto_front"]}
     assert front == {t.user_attrs["mask"] for t in study.best_trials}

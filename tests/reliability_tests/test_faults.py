@@ -1,0 +1,279 @@
+"""Workers under faults, with nothing lost: a worker killed in the middle of a trial, trials
+abandoned before their first heartbeat, a PostgreSQL restart during a run, and Ctrl-C on a run
+with several workers. Real PostgreSQL, real ``mro-search`` worker processes.
+
+After every fault the study ends with exactly its budget of COMPLETE trials, no mask scored
+twice, no trial left RUNNING or WAITING, and the mask of every interrupted trial completed by
+its retry (Optuna's heartbeat fails the trial, ``storage.RetryStaleTrialCallback`` queues it
+again with its mask).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+from optuna.trial import TrialState
+
+from search_service import storage as storage_module
+from search_service.sampler import BUDGET_KEY, MASK_KEY
+from search_service.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+
+POLL_SECONDS = 2.0  # run_worker's poll while others hold the rest of the budget
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _mask(mro, trial) -> str | None:
+    """A trial's mask: its path parameters, else the mask its sampler claimed."""
+    if all(p in trial.params for p in mro.paths):
+        return mro.mask(trial)
+    claimed = trial.system_attrs.get(MASK_KEY)
+    return claimed if isinstance(claimed, str) and len(claimed) == len(mro.paths) else None
+
+
+def _assert_whole(mro, study, budget: int) -> list:
+    """Exactly ``budget`` COMPLETE trials, each mask once, nothing RUNNING or WAITING; every
+    failed trial was retried. Returns the trials."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == budget, states
+    masks = [mro.mask(t) for t in done]
+    assert len(set(masks)) == budget, f"masks scored twice: {[m for m, n in Counter(masks).items() if n > 1]}"
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
+    for failed in (t for t in trials if t.state == TrialState.FAIL):
+        retried = [t for t in trials if failed.number in t.system_attrs.get("retry_history", [])]
+        assert retried, f"trial {failed.number} failed and was never retried"
+        mask = _mask(mro, failed)
+        if mask is not None:
+            assert mask in masks, f"the mask {mask} of failed trial {failed.number} was lost"
+    return trials
+
+
+def _study_if_exists(mro, url: str):
+    try:
+        study = mro.open_study(url)
+    except Exception:  # not created yet (no tables, or no study of that name)
+        return None
+    return study if BUDGET_KEY in study._storage.get_study_system_attrs(study._study_id) else None
+
+
+def _worker_args(tiny, url: str) -> list[str]:
+    return ["worker", "--study", str(tiny.file), "--storage", url, "-q"]
+
+
+def _kill_mid_trial(mro, study, victim: subprocess.Popen, timeout: float = 180.0):
+    """SIGKILL ``victim`` while it runs a trial whose mask is decided (its sampler's claim is
+    written): stop it (SIGSTOP), look at its RUNNING trials, kill it if it holds one, else let
+    it go on (SIGCONT) and look again. Returns the trial as it was when the worker died."""
+    worker = f"{socket.gethostname()}:{victim.pid}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert victim.poll() is None, f"the worker exited (code {victim.returncode}) before it could be killed"
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            mine = [t for t in running if t.user_attrs.get("worker") == worker and _mask(mro, t) is not None]
+            if mine:
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait(timeout=30)
+                return mine[0]
+        finally:
+            if victim.poll() is None:
+                os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"worker {worker} never held a running trial within {timeout:.0f} s")
+
+
+# --- a worker killed mid-trial --------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_failed_within_grace_and_retried_with_its_mask(tiny, mro, pg_url, tmp_path):
+    budget = 30
+    mro.create(tiny.file, pg_url, trials=budget)
+    study = mro.open_study(pg_url)
+    procs = [mro.start([*_worker_args(tiny, pg_url), "--seed", str(i)], cwd=tmp_path) for i in range(3)]
+    victim = procs[0]
+    try:
+        killed = _kill_mid_trial(mro, study, victim)
+        killed_at = time.monotonic()
+        mro.wait_for(
+            lambda: study._storage.get_trial(killed._trial_id).state != TrialState.RUNNING,
+            timeout=GRACE_PERIOD + 60, interval=0.25, what="the killed worker's trial to be failed",
+        )
+        failed_after = time.monotonic() - killed_at
+        outputs = [p.communicate(timeout=300) for p in procs[1:]]
+    finally:
+        for p in procs:
+            mro.stop(p)
+    assert victim.returncode == -signal.SIGKILL
+    for p, (out, err) in zip(procs[1:], outputs):
+        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
+        assert "Traceback" not in err, err
+
+    # failed by the heartbeat: not before its last beat went stale, and within the grace period
+    # (plus one poll of the surviving workers and the slack of a busy machine)
+    assert study._storage.get_trial(killed._trial_id).state == TrialState.FAIL
+    assert GRACE_PERIOD - HEARTBEAT_INTERVAL - 1 <= failed_after <= GRACE_PERIOD + POLL_SECONDS + 10, failed_after
+
+    trials = _assert_whole(mro, study, budget)
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+    killed_mask = _mask(mro, killed)
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.number > killed.number
+    holders = [t.number for t in trials if t.state == TrialState.COMPLETE and mro.mask(t) == killed_mask]
+    assert holders == [retry.number], f"mask {killed_mask} of killed trial {killed.number} completed by {holders}, retry {retry.number}"
+
+
+# --- trials abandoned before they had a heartbeat or parameters --------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_abandoned_trials_without_heartbeat_or_parameters_are_failed_and_retried(tiny, mro, sqlite_url, monkeypatch):
+    """A worker that dies right after creating its trial (Optuna writes the first heartbeat only
+    when the objective starts: such a trial used to stay RUNNING forever, and the study never
+    reached its budget), and one that dies after its sampler claimed a mask but before the path
+    parameters were written (Optuna's retry copies the parameters only: the mask was lost).
+    Short heartbeat settings keep this test fast; the mechanism is the one the workers use."""
+    from optuna.storages import fail_stale_trials
+
+    from search_service.evaluator import Evaluator
+    from search_service.search import run_worker
+    from search_service.study_file import load_study
+
+    monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD", 2)
+    budget = 6
+    search = mro.create(tiny.file, sqlite_url, trials=budget)
+    study = search.optuna_study
+    died_in_ask = study.ask()
+    died_after_claim = study.ask()
+    study._storage.set_trial_system_attr(died_after_claim._trial_id, MASK_KEY, "011000")
+    time.sleep(2 + 2)  # grace period, plus SQLite's one-second clock
+
+    fail_stale_trials(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[died_in_ask.number].state == TrialState.FAIL
+    assert trials[died_after_claim.number].state == TrialState.FAIL
+    retries = {t.system_attrs["failed_trial"]: t for t in trials.values() if "failed_trial" in t.system_attrs}
+    assert set(retries) == {died_in_ask.number, died_after_claim.number}
+    assert all(t.state == TrialState.WAITING for t in retries.values())
+    assert mro.mask(retries[died_after_claim.number]) == "011000"  # the claim became its parameters
+    assert not retries[died_in_ask.number].params and MASK_KEY not in retries[died_in_ask.number].system_attrs
+
+    assert run_worker(search, Evaluator(load_study(str(tiny.file))), seed=5) == budget
+    trials = _assert_whole(mro, mro.open_study(sqlite_url), budget)
+    (redone,) = [t for t in trials if t.system_attrs.get("failed_trial") == died_after_claim.number]
+    assert redone.state == TrialState.COMPLETE and mro.mask(redone) == "011000"
+
+
+# --- PostgreSQL restarted during a run ----------------------------------------------------------
+
+
+def _other_sessions(admin, mine: str) -> list[tuple[str, int]]:
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT datname, count(*) FROM pg_stat_activity WHERE (datname LIKE 'mro\\_test\\_%' "
+                "OR datname LIKE 'mro\\_bench\\_%') AND datname <> :mine AND pid <> pg_backend_pid() GROUP BY datname"
+            ),
+            {"mine": mine},
+        ).fetchall()
+    return [(r[0], int(r[1])) for r in rows]
+
+
+def _restart_postgres(mine: str, wait: float = 120.0) -> None:
+    """Restart the server, after waiting (up to ``wait`` seconds) until no other test or
+    benchmark database has a session: a restart cuts everyone's connections."""
+    from sqlalchemy import create_engine
+
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions or not _which("pg_ctlcluster"):
+        pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster, /etc/postgresql)")
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    try:
+        deadline = time.monotonic() + wait
+        while _other_sessions(admin, mine) and time.monotonic() < deadline:
+            time.sleep(1.0)
+    finally:
+        admin.dispose()
+    result = subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"restart failed: {result.stdout}\n{result.stderr}"
+
+
+def _which(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.disruptive
+def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_path):
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{own_pg_database}"
+    budget = 45
+    mro.create(tiny.file, url, trials=budget)
+    study = mro.open_study(url)  # pool_pre_ping: it reconnects after the restart too
+    procs = [mro.start([*_worker_args(tiny, url), "--seed", str(i)], cwd=tmp_path) for i in range(3)]
+    try:
+        mro.wait_for(lambda: len(mro.complete(study)) >= 8 or any(p.poll() is not None for p in procs), timeout=240, what="8 complete trials")
+        assert all(p.poll() is None for p in procs), "a worker exited before the restart"
+        _restart_postgres(own_pg_database)
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            mro.stop(p)
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
+        assert "Traceback" not in err, err
+        for line in err.splitlines():  # each outage turn is one line, password-free
+            assert line.startswith("mro-search: storage ") and " unreachable (" in line, line
+    assert any("unreachable" in err for _, err in outputs), "no worker noticed the restart"
+    _assert_whole(mro, study, budget)
+
+
+# --- Ctrl-C on a run with several workers -----------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_ctrl_c_on_a_run_with_workers_is_one_line_and_resume_reaches_the_budget(tiny, mro, pg_url, tmp_path):
+    """``tests/search_tests/test_resume.py`` stops a one-process run on SQLite; here the run has
+    two worker processes (which get Ctrl-C too) on PostgreSQL, and stderr must be one line."""
+    budget = 30
+    proc = mro.start(["run", "--study", str(tiny.file), "--storage", pg_url, "--trials", str(budget), "--workers", "2", "--no-report", "-q"], cwd=tmp_path)
+    try:
+        study = mro.wait_for(lambda: _study_if_exists(mro, pg_url), timeout=180, what="the study to be created")
+        mro.wait_for(lambda: len(mro.complete(study)) >= 5 or proc.poll() is not None, timeout=180, what="5 complete trials")
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        out, err = mro.stop(proc, signal.SIGINT)  # to the process group: Ctrl-C in a terminal
+    finally:
+        mro.stop(proc)
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{out}\n{err}"
+    assert [line for line in err.splitlines() if line.strip()] == ["mro-search: interrupted"], err
+    assert out == ""
+    stopped = len(mro.complete(study))
+    assert 5 <= stopped < budget
+
+    result = mro.run(["resume", "--study", str(tiny.file), "--storage", pg_url, "--workers", "2", "--json", "-q"], cwd=tmp_path)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["complete"] == budget
+    _assert_whole(mro, mro.open_study(pg_url), budget)
+
