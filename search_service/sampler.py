@@ -226,7 +226,7 @@ class MROSampler(BaseSampler):
 
         # 3. from the prior refined on the completed trials: a one-bit neighbour of a front
         #    member, or a mask of a drawn size from the refined keep probabilities
-        losses = _performance_losses(study, complete) if len(complete) >= 2 else np.zeros(len(complete))
+        losses = _performance_losses(study, complete, self._refine_trials) if len(complete) >= 2 else np.zeros(len(complete))
         theta = self._refined(study, complete, paths, theta0, losses).numpy()
         if rng.random() < self._local:
             front = [_trial_mask(complete[i], paths) for i in np.flatnonzero(losses < 1.0)]
@@ -247,7 +247,7 @@ class MROSampler(BaseSampler):
         if cached is not None:  # claim retries of one proposal see the same trials
             return cached
         if losses is None:
-            losses = _performance_losses(study, complete)
+            losses = _performance_losses(study, complete, self._refine_trials)
         order = np.argsort(losses, kind="stable")[: self._refine_trials]
         target = np.asarray(losses[order], dtype=np.float64)
         if float(target.max() - target.min()) == 0.0:
@@ -387,8 +387,11 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
         time.sleep(_CLAIM_POLL_S)
 
 
-def _performance_losses(study: Study, trials: list[FrozenTrial]) -> np.ndarray:
-    """Lower is better: non-domination rank, then the first objective as a tie-breaker in [0, 1)."""
+def _performance_losses(study: Study, trials: list[FrozenTrial], n_below: int | None = None) -> np.ndarray:
+    """Lower is better: non-domination rank, then the first objective as a tie-breaker in [0, 1).
+
+    With ``n_below``, ranks are exact only for the best ``n_below`` trials (and the front);
+    the rest rank behind them (Optuna's early-stopping sort: only those enter the rank loss)."""
     values = np.array([t.values for t in trials], dtype=float)  # (N, n_objectives)
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
     loss_values = values * signs
@@ -396,7 +399,7 @@ def _performance_losses(study: Study, trials: list[FrozenTrial]) -> np.ndarray:
     constraints = [t.system_attrs.get("constraints") for t in trials]
     if any(c is not None for c in constraints):
         penalty = np.array([sum(max(0.0, float(x)) for x in (c or [])) for c in constraints])
-    rank = _fast_non_domination_rank(loss_values, penalty=penalty).astype(float)
+    rank = _fast_non_domination_rank(loss_values, penalty=penalty, n_below=n_below).astype(float)
     first = loss_values[:, 0]
     spread = first.max() - first.min()
     tie = (first - first.min()) / spread * 0.99 if spread > 0 else np.zeros_like(first)

@@ -19,8 +19,10 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,8 +286,10 @@ def run_worker(
     done = 0
     bar = tqdm(total=budget, desc=f"study {study.study_name}", unit="trial", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
     outages = 0  # consecutive turns that failed because the storage was unreachable
+    stop = _StopBetweenTrials()
     try:
         while max_trials is None or done < max_trials:
+            stop.check()
             try:
                 fail_stale_trials(study)
                 counts = _count_states(study.get_trials(deepcopy=False))  # one read per turn
@@ -321,8 +325,47 @@ def run_worker(
                 log.warning(f"mro-search: storage {mask_password(search.url)} unreachable ({reason}); retry {outages}/{OUTAGE_RETRIES} in {delay:.0f} s")
                 time.sleep(delay)
     finally:
+        stop.restore()
         bar.close()
     return done
+
+
+class _StopBetweenTrials:
+    """Ctrl-C (SIGINT) or SIGTERM (``docker stop``, ``kill``) stops a worker between trials.
+
+    The first signal lets the running trial finish and then raises ``KeyboardInterrupt`` at the
+    top of the worker's loop, where no storage transaction is open: an interrupt that lands in
+    the middle of a database write can leave the write lock held (SQLite then blocks the
+    worker's own next write until its busy timeout). The same signal again stops at once. Only
+    in the main thread (Python runs signal handlers there); elsewhere it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum in self.received:
+            raise KeyboardInterrupt  # asked twice: now
+        if not self.received:
+            log.warning("mro-search: stopping after the running trial (the same signal again stops at once)")
+        self.received.append(signum)
+
+    def check(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
 
 def _budget_left(search: SearchStudy, budget: int) -> bool:

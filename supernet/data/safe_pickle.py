@@ -10,6 +10,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import collections
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,14 @@ def load_pickle(path: str | Path) -> object:
     except DataError:
         raise
     except MemoryError:
+        size = path.stat().st_size
+        if size * 4 < _physical_memory():
+            # a damaged length field (a frame or a byte string of petabytes) in a small file,
+            # not a data set too large for this machine
+            raise DataError(
+                f"{path}: not a readable pickle (truncated or corrupt: it asks for more memory than "
+                f"its {size} bytes can hold); copy or download the file again"
+            ) from None
         raise DataError(
             f"{path}: not enough memory to load this pickle; use a machine with more memory"
         ) from None
@@ -125,3 +134,12 @@ def load_pickle(path: str | Path) -> object:
         raise DataError(
             f"{path}: not a readable pickle (truncated or corrupt: {reason}); copy or download the file again"
         ) from None
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (very large when unknown, so that a MemoryError is then
+    reported as a lack of memory)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62

@@ -1,10 +1,16 @@
 """Bad input through the real command line: each case is a file in its real format (or a study
-file, a mask, a storage URL, a checkpoint) given to ``mro-search`` as a subprocess.
+file, an argument, a mask, a storage URL, a checkpoint) given to ``mro-search`` as a subprocess.
 
 Every case must end with one line on stderr, ``mro-search: error: ...``, that names the
-problem; exit code 2; no traceback; and nothing written: no checkpoint, no study database, no
-new trial, no changed study attribute. ``tests/data_tests`` checks the loaders' messages in
+problem; exit code 2; no traceback; and nothing written: no file created or changed in the
+case's folder (no checkpoint, no study database) and, for the cases that reach a study, no new
+trial and no changed study attribute. ``tests/data_tests`` checks the loaders' messages in
 detail; here the whole command is checked, from the study file to the storage.
+
+Each case is its own test (``test_bad_input[CASE]``). A case is built by a function below
+(``case_*``: write the files, say the command, the words the error must contain and what must
+stay unchanged); the commands of all cases run concurrently, once per module, because each one
+starts Python and torch (seconds on a busy machine), and each test checks its own outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ import builtins
 import os
 import pickle
 import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,9 +31,30 @@ import pytest
 from .conftest import study_snapshot, tree_snapshot
 
 SECRET = "Wr0ngPassw0rd"
+CONCURRENT = 4  # commands at a time
+SIZES = {"train": 20, "valid": 6, "test": 8}
 
 
-# --- helpers ----------------------------------------------------------------------------------
+@dataclass
+class Case:
+    args: list[str]  # the mro-search command line
+    needles: tuple[str, ...]  # what its one error line must contain
+    cwd: Path
+    watch: Path | None = None  # a folder in which nothing may be written (default: cwd)
+    study: str | None = None  # a storage URL whose study 'tiny' must stay as it is
+    check: Callable[[], None] | None = None  # anything else to check afterwards
+    secret: str | None = None  # must appear nowhere in the output
+    skip: str | None = None  # reason to skip
+
+
+@dataclass
+class Outcome:
+    case: Case
+    result: subprocess.CompletedProcess | None = None
+    before: Any = None
+    before_study: Any = None
+    error: BaseException | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
@@ -37,18 +68,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     return lines[0]
 
 
-def study_file(folder: Path, source: str, data: Path | str, *, extra: str = "") -> Path:
+# --- files in their real formats --------------------------------------------------------------------
+
+
+def study_file(folder: Path, source: str, data: Path | str, *, top: str = "", model: str = "") -> Path:
     """A tiny study on ``data`` (source ``npz`` or ``mmsa``), its run folder ``folder/run``."""
     path = folder / "bad.toml"
     path.write_text(
         f"""name = "bad"
-{extra}
+{top}
 [data]
 source = "{source}"
 path = "{Path(data).as_posix()}"
 
 [model]
-width = 8
+{model}width = 8
 heads = 2
 ffn_mult = 1
 dropout = 0.0
@@ -68,27 +102,16 @@ run_dir = "{(folder / 'run').as_posix()}"
     return path
 
 
-def run_fails(mro, folder: Path, study: Path, *needles: str, command: str = "run", extra: tuple[str, ...] = ()) -> str:
-    """``mro-search COMMAND --study STUDY`` fails as it should, and writes nothing at all under
-    ``folder`` (no checkpoint, no study database): run with the default SQLite storage."""
-    before = tree_snapshot(folder)
+def run_case(folder: Path, study: Path, *needles: str, extra: tuple[str, ...] = (), command: str = "run", **kwargs: Any) -> Case:
+    """``mro-search run`` (default SQLite storage in ``folder/run``) on ``study``."""
     args = [command, "--study", str(study), *extra, "-q"]
     if command == "run":
         args.append("--no-report")
-    line = assert_one_line_error(mro.run(args, cwd=folder, timeout=120), *needles)
-    assert tree_snapshot(folder) == before, "the failed command wrote files"
-    assert not (folder / "run" / "supernet.pt").exists() and not (folder / "run" / "study.db").exists()
-    return line
-
-
-# --- data files in their real formats ------------------------------------------------------------
-
-
-SIZES = {"train": 20, "valid": 6, "test": 8}
+    return Case(args, needles, folder, **kwargs)
 
 
 def npz_arrays(seed: int = 0) -> dict[str, np.ndarray]:
-    """Two modalities: ``a`` sequences (N, 4, 3), ``b`` vectors (N, 5); labels 0/1."""
+    """The generic .npz layout: ``a`` sequences (N, 4, 3), ``b`` vectors (N, 5), labels 0/1."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {"modalities": np.array(["a", "b"])}
     for split, n in SIZES.items():
@@ -98,13 +121,14 @@ def npz_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+def npz_case(folder: Path, arrays: dict[str, np.ndarray], *needles: str, **kwargs: Any) -> Case:
+    path = folder / "data.npz"
     np.savez(path, **arrays)
-    return path
+    return run_case(folder, study_file(folder, "npz", path), *needles, **kwargs)
 
 
 def mmsa_data(seed: int = 0) -> dict[str, dict[str, object]]:
-    """An MMSA feature pickle's dict, as ``aligned_50.pkl`` holds it, but small."""
+    """What an MMSA feature pickle (``aligned_50.pkl``) holds, small."""
     rng = np.random.default_rng(seed)
     data = {}
     for split, n in SIZES.items():
@@ -121,172 +145,222 @@ def mmsa_data(seed: int = 0) -> dict[str, dict[str, object]]:
     return data
 
 
-def write_pickle(path: Path, obj: object) -> Path:
-    path.write_bytes(pickle.dumps(obj, protocol=4))
-    return path
-
-
-def test_mmsa_corrupt_pickle(mro, tmp_path):
-    data = tmp_path / "aligned_50.pkl"
-    data.write_bytes(b"\x80\x04\x95" + bytes(range(256)) * 8)
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", data), str(data), "not a readable pickle")
-
-
-def test_mmsa_truncated_pickle(mro, tmp_path):
-    data = write_pickle(tmp_path / "aligned_50.pkl", mmsa_data())
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", data), str(data), "truncated or corrupt")
+def mmsa_case(folder: Path, payload: bytes | object, *needles: str, **kwargs: Any) -> Case:
+    path = folder / "aligned_50.pkl"
+    path.write_bytes(payload if isinstance(payload, bytes) else pickle.dumps(payload, protocol=4))
+    return run_case(folder, study_file(folder, "mmsa", path), *needles, **kwargs)
 
 
 class _Gadget:
-    """Pickles as a call of ``func(*args)``: what a crafted data file does."""
+    """Pickles as a call of ``func(*args)`` at load time: what a crafted data file does."""
 
-    def __init__(self, func, *args) -> None:
+    def __init__(self, func: Callable, *args: Any) -> None:
         self.func, self.args = func, args
 
     def __reduce__(self):
         return self.func, self.args
 
 
-@pytest.mark.parametrize(
-    ("gadget", "global_name"),
-    [
-        (lambda marker: _Gadget(os.system, f"touch {marker}"), "posix.system"),
-        (lambda marker: _Gadget(builtins.exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
-        (lambda marker: _Gadget(subprocess.call, ["touch", str(marker)]), "subprocess.call"),
-    ],
-    ids=["os.system", "exec", "subprocess"],
-)
-def test_mmsa_pickle_that_runs_code_is_refused_and_runs_nothing(mro, tmp_path, gadget, global_name):
-    marker = tmp_path / "pwned"
+# --- the cases ------------------------------------------------------------------------------------------
+
+
+def case_mmsa_corrupt_pickle(folder, ctx):
+    # the 8 bytes after FRAME read as a length of petabytes: pickle asks for that much memory
+    return mmsa_case(folder, b"\x80\x04\x95" + bytes(range(256)) * 8, "aligned_50.pkl", "not a readable pickle", "corrupt")
+
+
+def case_mmsa_truncated_pickle(folder, ctx):
+    whole = pickle.dumps(mmsa_data(), protocol=4)
+    return mmsa_case(folder, whole[: len(whole) // 2], "aligned_50.pkl", "not a readable pickle", "truncated")
+
+
+def _code_running_pickle(folder: Path, make: Callable[[Path], _Gadget], global_name: str) -> Case:
+    marker = folder / "pwned"
     data = mmsa_data()
-    data["train"]["text"] = gadget(marker)  # deep inside a valid-looking file
-    path = write_pickle(tmp_path / "aligned_50.pkl", data)
-    assert global_name.split(".")[-1] in path.read_bytes().decode("latin1")
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", path), "refuses to load global", global_name)
-    assert not marker.exists(), "the pickle ran code"
+    data["train"]["text"] = make(marker)  # deep inside a valid-looking file
+
+    def nothing_ran() -> None:
+        assert not marker.exists(), "the pickle ran code"
+
+    return mmsa_case(folder, data, "refuses to load global", global_name, check=nothing_ran)
 
 
-def test_mmsa_pickle_of_another_structure(mro, tmp_path):
-    path = write_pickle(tmp_path / "aligned_50.pkl", [np.zeros((3, 4, 8))])
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", path), "holds a list", "MMSA dict of splits")
+def case_mmsa_pickle_running_os_system(folder, ctx):
+    return _code_running_pickle(folder, lambda m: _Gadget(os.system, f"touch {m}"), f"{os.system.__module__}.system")
 
 
-def test_mmsa_nan_features(mro, tmp_path):
+def case_mmsa_pickle_running_exec(folder, ctx):
+    return _code_running_pickle(folder, lambda m: _Gadget(builtins.exec, f"open({str(m)!r}, 'w').close()"), "builtins.exec")
+
+
+def case_mmsa_nan_features(folder, ctx):
     data = mmsa_data()
     data["valid"]["text"][2, 1, 3] = np.nan
-    path = write_pickle(tmp_path / "aligned_50.pkl", data)
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", path), "valid/text", "NaN or Inf")
+    return mmsa_case(folder, data, "valid/text", "NaN or Inf")
 
 
-def test_mmsa_labels_of_the_wrong_type(mro, tmp_path):
+def case_mmsa_labels_of_the_wrong_type(folder, ctx):
     data = mmsa_data()
     data["test"]["regression_labels"] = np.array(["positive", "negative"] * 4)
-    path = write_pickle(tmp_path / "aligned_50.pkl", data)
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", path), "test/regression_labels", "are not numbers")
+    return mmsa_case(folder, data, "test/regression_labels", "are not numbers")
 
 
-def test_npz_with_object_arrays(mro, tmp_path):
+def case_npz_object_arrays(folder, ctx):
     arrays = npz_arrays()
     arrays["train/b"] = np.array([np.zeros(5), "five floats"] * 10, dtype=object)
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "train/b holds Python objects")
+    return npz_case(folder, arrays, "key train/b holds Python objects")
 
 
-def test_npz_pickle_renamed_to_npz(mro, tmp_path):
-    path = tmp_path / "data.npz"
-    path.write_bytes(pickle.dumps(npz_arrays()))
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "holds a pickle, not an .npz")
-
-
-def test_npz_mismatched_sample_counts_across_modalities(mro, tmp_path):
+def case_npz_sample_counts_differ_across_modalities(folder, ctx):
     arrays = npz_arrays()
     arrays["train/b"] = arrays["train/b"][:-3]
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "train/b", "17 samples but 20 labels")
+    return npz_case(folder, arrays, "train/b", "17 samples but 20 labels")
 
 
-def test_npz_inf_features(mro, tmp_path):
+def case_npz_inf_features(folder, ctx):
     arrays = npz_arrays()
     arrays["test/a"][1, 2, 0] = np.inf
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "test/a", "NaN or Inf")
+    return npz_case(folder, arrays, "test/a", "NaN or Inf")
 
 
-def test_npz_empty_split(mro, tmp_path):
+def case_npz_empty_split(folder, ctx):
     arrays = npz_arrays()
     for key in [k for k in arrays if k.startswith("valid/")]:
         arrays[key] = arrays[key][:0]
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "valid split is empty")
+    return npz_case(folder, arrays, "valid split is empty")
 
 
-def test_npz_single_class(mro, tmp_path):
+def case_npz_single_class(folder, ctx):
     arrays = npz_arrays()
     arrays["train/label"] = np.ones(SIZES["train"], dtype=np.int64)
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "train/label", "single class")
+    return npz_case(folder, arrays, "train/label", "single class")
 
 
-def test_npz_labels_of_the_wrong_type(mro, tmp_path):
+def case_npz_labels_of_the_wrong_type(folder, ctx):
     arrays = npz_arrays()
     arrays["train/label"] = np.array(["cat", "dog"] * (SIZES["train"] // 2))
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "train/label", "dtype <U3")
+    return npz_case(folder, arrays, "train/label", "dtype <U3")
 
 
-def test_missing_data_path(mro, tmp_path):
-    missing = tmp_path / "nowhere" / "data.npz"
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", missing), str(missing), "no such file", command="train")
+def case_missing_data_path(folder, ctx):
+    missing = folder / "nowhere" / "data.npz"
+    return run_case(folder, study_file(folder, "npz", missing), str(missing), "no such file", command="train")
 
 
-def test_data_path_is_a_folder(mro, tmp_path):
-    folder = tmp_path / "features"
-    folder.mkdir()
-    run_fails(mro, tmp_path, study_file(tmp_path, "mmsa", folder), str(folder), "is a folder")
+def case_study_file_with_unknown_keys(folder, ctx):
+    study = study_file(folder, "npz", "data.npz", top='colour = "blue"\n[searc]\ntrials = 5\n', model="widht = 8\n")
+    return run_case(folder, study, "3 problems", "unknown key 'colour'", "unknown key 'searc'", "[model] unknown key 'widht'")
 
 
-# --- study files --------------------------------------------------------------------------------
-
-
-def test_study_file_with_unknown_keys(mro, tmp_path):
-    study = study_file(tmp_path, "npz", "data.npz", extra='colour = "blue"\n[searc]\ntrials = 5\n')
-    study.write_text(study.read_text().replace("[model]\n", "[model]\nwidht = 8\n"), encoding="utf-8")
-    line = run_fails(mro, tmp_path, study, "3 problems", "unknown key 'colour'", "unknown key 'searc'", "[model] unknown key 'widht'")
-    assert line == assert_one_line_error(mro.run(["validate", str(study)], cwd=tmp_path))
-
-
-def test_study_file_with_wrong_types(mro, tmp_path):
-    study = study_file(tmp_path, "npz", "data.npz")
+def case_study_file_with_wrong_types(folder, ctx):
+    study = study_file(folder, "npz", "data.npz")
     text = study.read_text().replace("width = 8", 'width = "wide"').replace("trials = 3", "trials = 2.5").replace("dropout = 0.0", "dropout = [0.1]")
     study.write_text(text, encoding="utf-8")
-    run_fails(mro, tmp_path, study, "3 problems", "[model] width must be", "'wide'", "[search] trials must be", "[model] dropout must be")
+    return run_case(folder, study, "3 problems", "[model] width must be", "'wide'", "[search] trials must be", "[model] dropout must be")
 
 
-def test_study_file_with_an_unknown_data_source(mro, tmp_path):
-    run_fails(mro, tmp_path, study_file(tmp_path, "csv", "data.csv"), "[data] source = 'csv' is not one of")
+def case_zero_workers(folder, ctx):
+    # was checked only after training the supernet and creating the study
+    return npz_case(folder, npz_arrays(), "--workers must be at least 1, got 0", extra=("--workers", "0"))
 
 
-# --- arguments --------------------------------------------------------------------------------------
+def case_mask_of_the_wrong_length(folder, ctx):
+    tiny = ctx["tiny"]
+    return Case(["evaluate", "--study", str(tiny.file), "--mask", "0110", "-q"], ("mask '0110' has 4 bits but this study has 6 paths",),
+                folder, watch=tiny.run_dir, study=ctx["searched"])
 
 
-def test_zero_workers_is_refused_before_anything_is_done(mro, tmp_path):
-    """``--workers 0`` was checked only after training the supernet and creating the study."""
-    arrays = npz_arrays()
-    path = write_npz(tmp_path / "data.npz", arrays)
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "--workers must be at least 1, got 0", extra=("--workers", "0"))
+def case_all_zero_mask(folder, ctx):
+    tiny = ctx["tiny"]
+    return Case(["evaluate", "--study", str(tiny.file), "--mask", "000000", "-q"], ("all-zero mask",), folder, watch=tiny.run_dir, study=ctx["searched"])
 
 
-def test_zero_trials_is_refused_before_anything_is_done(mro, tmp_path):
-    path = write_npz(tmp_path / "data.npz", npz_arrays())
-    run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "--trials must be at least 1, got 0", extra=("--trials", "0"))
+def case_unreachable_storage(folder, ctx):
+    # nothing listens on port 1: `run` says so at once, before it trains a supernet
+    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/mro"
+    return npz_case(folder, npz_arrays(), "cannot open storage", "postgres:***@127.0.0.1:1/mro", extra=("--storage", url), secret=SECRET)
 
 
-# --- masks, on a study that exists ----------------------------------------------------------------
+def _pg_case(folder, ctx, command: str, url: str, *needles: str) -> Case:
+    tiny = ctx["tiny"]
+    return Case([command, "--study", str(tiny.file), "--storage", url, "-q"], ("cannot open storage", *needles), folder,
+                watch=tiny.run_dir, study=ctx["searched"], secret=SECRET, skip=ctx["pg_down"])
+
+
+def case_unknown_database_user(folder, ctx):
+    url = f"postgresql+psycopg://nosuchuser:{SECRET}@127.0.0.1:5432/test"
+    return _pg_case(folder, ctx, "worker", url, "nosuchuser:***@127.0.0.1:5432", 'role "nosuchuser" does not exist')
+
+
+def case_unknown_database(folder, ctx):
+    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/mro_no_such_database"
+    return _pg_case(folder, ctx, "pareto", url, 'database "mro_no_such_database" does not exist')
+
+
+def case_wrong_password(folder, ctx):
+    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
+    case = _pg_case(folder, ctx, "pareto", url, "password authentication failed")
+    if case.skip is None and _password_accepted(url):
+        case.skip = ("the PostgreSQL server here uses trust authentication for 127.0.0.1 and accepts any password, "
+                     "so no wrong-password case can fail (unknown user and unknown database are tested instead)")
+    return case
+
+
+def _password_accepted(url: str) -> bool:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _copy_of_tiny(ctx, folder: Path, checkpoint: bytes) -> Path:
+    """The tiny study file with a run folder of its own holding ``checkpoint``."""
+    run_dir = folder / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "supernet.pt").write_bytes(checkpoint)
+    return ctx["tiny"].variant(folder, "tiny.toml", run_dir=run_dir)
+
+
+def case_checkpoint_from_another_study(folder, ctx):
+    """Same configuration, other weights: its SHA-256 differs from the one the study recorded.
+    ``report`` refuses it (``tests/search_tests/test_checkpoint.py`` covers worker, run, resume)."""
+    import torch
+
+    from supernet.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(ctx["tiny"].checkpoint)
+    with torch.no_grad():
+        for p in ckpt.model.parameters():
+            p.add_(0.01)
+    other = folder / "other" / "supernet.pt"
+    save_checkpoint(other, ckpt.model, ckpt.prior, ckpt.config, ckpt.history)
+    study = _copy_of_tiny(ctx, folder / "copy", other.read_bytes())
+    return Case(["report", "--study", str(study), "--storage", ctx["searched"], "-o", str(folder / "report.html"), "-q"],
+                ("SHA-256", "differs from the one study 'tiny' was created with"), folder, study=ctx["searched"])
+
+
+def case_truncated_checkpoint(folder, ctx):
+    data = ctx["tiny"].checkpoint.read_bytes()
+    study = _copy_of_tiny(ctx, folder / "copy", data[: len(data) // 3])
+    return Case(["worker", "--study", str(study), "--storage", ctx["searched"], "-q"],
+                ("supernet.pt", "not a readable checkpoint", "truncated or corrupt"), folder, study=ctx["searched"])
+
+
+CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)}
+
+
+# --- running them ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def searched(tiny, mro, tmp_path_factory):
+def searched(tiny, mro, tmp_path_factory) -> str:
     """The tiny study with 3 trials in a SQLite file: the study that failed commands must not touch."""
     from search_service.evaluator import Evaluator
     from search_service.search import run_worker
@@ -299,112 +373,48 @@ def searched(tiny, mro, tmp_path_factory):
     return url
 
 
-@pytest.mark.parametrize(
-    ("command", "mask", "needles"),
-    [
-        ("evaluate", "0110", ("mask 0110 has 4 bits but this study has 6 paths",)),
-        ("evaluate", "000000", ("all-zero mask",)),
-        ("flops", "1111111", ("has 7 bits but this study has 6 paths",)),
-    ],
-    ids=["wrong-length", "all-zero", "flops-wrong-length"],
-)
-def test_bad_mask(mro, tiny, searched, tmp_path, command, mask, needles):
-    before = (study_snapshot(searched), tree_snapshot(tiny.run_dir))
-    result = mro.run([command, "--study", str(tiny.file), "--mask", mask, "-q"], cwd=tmp_path)
-    assert_one_line_error(result, *needles)
-    assert (study_snapshot(searched), tree_snapshot(tiny.run_dir)) == before
+@pytest.fixture(scope="module")
+def outcomes(request, tiny, mro, searched, tmp_path_factory) -> dict[str, Outcome]:
+    """Build every selected case, then run all their commands, ``CONCURRENT`` at a time."""
+    from search_tests.conftest import _pg_unreachable
+
+    ctx = {"tiny": tiny, "searched": searched, "pg_down": _pg_unreachable()}
+    selected = {item.callspec.params["name"] for item in request.session.items if getattr(item, "originalname", None) == "test_bad_input"}
+    built: dict[str, Outcome] = {}
+    for name, build in CASES.items():
+        if name not in selected:
+            continue
+        folder = tmp_path_factory.mktemp(name)
+        try:
+            case = build(folder, ctx)
+        except Exception as exc:  # reported by the case's own test
+            built[name] = Outcome(Case([], (), folder), error=exc)
+            continue
+        built[name] = Outcome(case, before=tree_snapshot(case.watch or case.cwd), before_study=study_snapshot(case.study) if case.study else None)
+
+    def run(outcome: Outcome) -> None:
+        if outcome.error is None and outcome.case.skip is None:
+            outcome.result = mro.run(outcome.case.args, cwd=outcome.case.cwd, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+        list(pool.map(run, built.values()))
+    return built
 
 
-# --- storages ----------------------------------------------------------------------------------------
-
-
-def test_unreachable_storage_fails_before_training(mro, tmp_path):
-    """No server on port 1: ``run`` says so at once, instead of training the supernet first."""
-    path = write_npz(tmp_path / "data.npz", npz_arrays())
-    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/mro"
-    line = run_fails(mro, tmp_path, study_file(tmp_path, "npz", path), "cannot open storage", "postgres:***@127.0.0.1:1/mro", extra=("--storage", url))
-    assert SECRET not in line
-
-
-def test_storage_url_that_is_not_a_url(mro, tiny, tmp_path):
-    result = mro.run(["worker", "--study", str(tiny.file), "--storage", "postgres//db.example/mro", "-q"], cwd=tmp_path)
-    assert_one_line_error(result, "is not a valid database URL")
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize(
-    ("template", "needle"),
-    [
-        ("postgresql+psycopg://nosuchuser:{pw}@127.0.0.1:5432/test", 'role "nosuchuser" does not exist'),
-        ("postgresql+psycopg://postgres:{pw}@127.0.0.1:5432/mro_no_such_database", 'database "mro_no_such_database" does not exist'),
-    ],
-    ids=["unknown-user", "unknown-database"],
-)
-def test_wrong_credentials(mro, pg_server, tiny, searched, tmp_path, template, needle):
-    before = study_snapshot(searched)
-    for command in ("worker", "pareto"):
-        result = mro.run([command, "--study", str(tiny.file), "--storage", template.format(pw=SECRET), "-q"], cwd=tmp_path)
-        line = assert_one_line_error(result, "cannot open storage", needle, ":***@127.0.0.1:5432")
-        assert SECRET not in result.stdout + result.stderr, line
-    assert study_snapshot(searched) == before
-
-
-@pytest.mark.postgres
-def test_wrong_password(mro, pg_server, tiny, tmp_path):
-    from sqlalchemy import create_engine, text
-
-    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
-    engine = create_engine(url, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        pytest.skip("the PostgreSQL server here uses trust authentication for 127.0.0.1: any password is accepted, so no wrong-password case can fail")
-    except Exception:
-        pass  # password authentication: the case below is real
-    finally:
-        engine.dispose()
-    result = mro.run(["pareto", "--study", str(tiny.file), "--storage", url, "-q"], cwd=tmp_path)
-    line = assert_one_line_error(result, "cannot open storage", "password authentication failed")
-    assert SECRET not in result.stdout + result.stderr, line
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------
-
-
-def _copy_study(tiny, folder: Path, checkpoint: bytes) -> Path:
-    """The tiny study file with its own run folder holding ``checkpoint``."""
-    run_dir = folder / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "supernet.pt").write_bytes(checkpoint)
-    return tiny.variant(folder, "tiny.toml", run_dir=run_dir)
-
-
-def test_checkpoint_from_another_study(mro, tiny, searched, tmp_path):
-    """A checkpoint of the same configuration but other weights (SHA-256 differs from the one the
-    study recorded): ``report`` refuses it, writes no report and leaves the study alone."""
-    import torch
-
-    from supernet.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(tiny.checkpoint)
-    with torch.no_grad():
-        for p in ckpt.model.parameters():
-            p.add_(0.01)
-    other = tmp_path / "other.pt"
-    save_checkpoint(other, ckpt.model, ckpt.prior, ckpt.config, ckpt.history)
-    study = _copy_study(tiny, tmp_path / "copy", other.read_bytes())
-    before = study_snapshot(searched)
-    report = tmp_path / "report.html"
-    result = mro.run(["report", "--study", str(study), "--storage", searched, "-o", str(report), "-q"], cwd=tmp_path)
-    assert_one_line_error(result, "SHA-256", "differs from the one study 'tiny' was created with")
-    assert not report.exists()
-    assert study_snapshot(searched) == before
-
-
-def test_truncated_checkpoint(mro, tiny, searched, tmp_path):
-    data = tiny.checkpoint.read_bytes()
-    study = _copy_study(tiny, tmp_path / "copy", data[: len(data) // 3])
-    before = study_snapshot(searched)
-    result = mro.run(["worker", "--study", str(study), "--storage", searched, "-q"], cwd=tmp_path)
-    assert_one_line_error(result, "supernet.pt", "not a readable checkpoint", "truncated or corrupt")
-    assert study_snapshot(searched) == before
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, outcomes):
+    outcome = outcomes[name]
+    if outcome.error is not None:
+        raise outcome.error
+    case = outcome.case
+    if case.skip:
+        pytest.skip(case.skip)
+    assert_one_line_error(outcome.result, *case.needles)
+    assert outcome.result.stdout == ""
+    assert tree_snapshot(case.watch or case.cwd) == outcome.before, "the failed command wrote files"
+    if case.study:
+        assert study_snapshot(case.study) == outcome.before_study, "the failed command wrote to the study"
+    if case.secret:
+        assert case.secret not in outcome.result.stdout + outcome.result.stderr
+    if case.check:
+        case.check()
