@@ -25,7 +25,8 @@ Figures:
   the last exit (process start-up included).
 * **storage latency**: inside each worker, every call of the storage API is timed: all public
   methods of the service's ``RDBStorage`` (``storage.FaultTolerantRDBStorage``: Optuna's trial
-  reads and writes, ``_get_trials`` behind Optuna's caching wrapper, the stale-trial query) and
+  reads and writes; ``_create_new_trial``, ``_set_trial_param`` and ``_get_trials``, which
+  Optuna's caching wrapper calls directly; the stale-trial query; the heartbeat) and
   the service's one-transaction writes (``storage._write_trial_rows``: a trial's path parameters,
   its attributes). A call made inside another timed call is counted once (the outer one).
   *Per call*: the wall time of one such call (p50/p95/p99 over all calls of all workers,
@@ -136,7 +137,8 @@ class StorageTimer:
 
         cls = storage_module.FaultTolerantRDBStorage
         names = {n for n in dir(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n))}
-        names |= {"_get_trials", "_get_stale_trial_ids", "record_heartbeat"}
+        # what Optuna's caching wrapper calls on the backend directly, and the heartbeat
+        names |= {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids", "record_heartbeat"}
         for name in sorted(names):
             if hasattr(cls, name):
                 setattr(cls, name, self.wrap(name, getattr(cls, name)))
@@ -254,7 +256,7 @@ def run_benchmark(workers: int, trials: int, url: str, workdir: Path, log) -> di
     finished = time.time()
 
     errors: list[str] = []
-    for w, ((_, _, out), code) in enumerate(zip(procs, codes)):
+    for w, code in enumerate(codes):
         text = (workdir / f"worker{w}.err").read_text(errors="replace")
         if code != 0:
             errors.append(f"worker {w} exited with {code}: {text.strip().splitlines()[-1] if text.strip() else ''}")

@@ -364,7 +364,7 @@ class _StopBetweenTrials:
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self.previous = {}
 
 
