@@ -32,12 +32,12 @@ def mro_search() -> str:
     return str(local) if local.exists() else (shutil.which("mro-search") or "mro-search")
 
 
-def run_once(extra: list[str], no_report: bool) -> dict:
+def run_once(extra: list[str], no_report: bool, env: dict[str, str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mro-main-job-") as tmp:
         cmd = [mro_search(), "run", "--study", "demo", *(["--no-report"] if no_report else []), *extra]
         lines: list[tuple[float, str, str]] = []
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env={**os.environ, **(env or {})})
 
         def pump(stream, name):
             for line in stream:
@@ -62,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-report", action="store_true", help="pass --no-report to mro-search run")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the run (repeatable)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("extra", nargs="*", help="more arguments for mro-search run (after --)")
     args = parser.parse_args()
@@ -69,9 +70,10 @@ def main() -> int:
     print(f"# bench_main_job  {time.strftime('%Y-%m-%dT%H:%M:%S%z')}  {cpu} x{os.cpu_count()}  load average {os.getloadavg()[0]:.2f}")
     results = []
     for i in range(args.repeats):
-        r = run_once(args.extra, args.no_report)
+        env = dict(kv.split("=", 1) for kv in args.env)
+        r = run_once(args.extra, args.no_report, env)
         results.append(r)
-        print(f"\nrun {i + 1}: {r['cmd']}  (exit {r['rc']})")
+        print(f"\nrun {i + 1}: {' '.join(args.env)} {r['cmd']}  (exit {r['rc']}; load average at the end {os.getloadavg()[0]:.2f})")
         for t, name, text in r["lines"]:
             if name == "err" and ("epoch" in text or "budget" in text or "Error" in text or "error" in text):
                 print(f"  [{t:7.1f} s] {text[:160]}")

@@ -412,19 +412,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search_service.search import BUDGET_KEY, load_search
+    from search_service.search import BUDGET_KEY, _check_checkpoint, load_search
     from search_service.storage import resolve_url
     from search_service.study_file import load_study
 
     study = load_study(args.study)
     _check_workers(args.workers)  # before the study is touched
     url = resolve_url(study, args.storage)
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     search = load_search(study.name, url)
-    if args.trials is not None:
-        if args.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-        search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
     evaluator = _evaluator(study, train_if_missing=False, quiet=args.quiet)
+    _check_checkpoint(search, evaluator.checkpoint.file_sha256)  # before the study is touched
+    if args.trials is not None:
+        search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
     _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet)
     _print_front(search, args.json)
     return 0

@@ -194,14 +194,21 @@ def _other_sessions(admin, mine: str) -> list[tuple[str, int]]:
     return [(r[0], int(r[1])) for r in rows]
 
 
-def _restart_postgres(mine: str, wait: float = 120.0) -> None:
+def _cluster_to_restart() -> str:
+    """The version of the local PostgreSQL cluster (``pg_ctlcluster VERSION main``), or skip."""
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions or not _which("pg_ctlcluster"):
+        pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster, /etc/postgresql)")
+    if os.geteuid() != 0 and _owner(f"/etc/postgresql/{versions[-1]}/main") != os.geteuid():
+        pytest.skip("restarting the PostgreSQL cluster needs root or its owner")
+    return versions[-1]
+
+
+def _restart_postgres(version: str, mine: str, wait: float = 120.0) -> None:
     """Restart the server, after waiting (up to ``wait`` seconds) until no other test or
     benchmark database has a session: a restart cuts everyone's connections."""
     from sqlalchemy import create_engine
 
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not versions or not _which("pg_ctlcluster"):
-        pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster, /etc/postgresql)")
     admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         deadline = time.monotonic() + wait
@@ -209,10 +216,15 @@ def _restart_postgres(mine: str, wait: float = 120.0) -> None:
             time.sleep(1.0)
     finally:
         admin.dispose()
-    result = subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"restart failed: {result.stdout}\n{result.stderr}"
+
+
+def _owner(path: str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
 
 
 def _which(program: str) -> bool:
@@ -225,6 +237,7 @@ def _which(program: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.disruptive
 def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_path):
+    version = _cluster_to_restart()
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{own_pg_database}"
     budget = 45
     mro.create(tiny.file, url, trials=budget)
@@ -233,7 +246,7 @@ def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_pat
     try:
         mro.wait_for(lambda: len(mro.complete(study)) >= 8 or any(p.poll() is not None for p in procs), timeout=240, what="8 complete trials")
         assert all(p.poll() is None for p in procs), "a worker exited before the restart"
-        _restart_postgres(own_pg_database)
+        _restart_postgres(version, own_pg_database)
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:

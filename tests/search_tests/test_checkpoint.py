@@ -64,14 +64,7 @@ def test_worker_with_another_checkpoint_refuses_to_start(tiny, mro, sqlite_url, 
     [
         ["run", "--trials", "12", "--no-report"],
         ["resume"],
-        pytest.param(
-            ["resume", "--trials", "12"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cli.cmd_resume writes the new budget (mro:trials) before the checkpoint is checked; "
-                "it should load the evaluator and check its SHA-256 first",
-            ),
-        ),
+        ["resume", "--trials", "12"],
     ],
     ids=["run", "resume", "resume-trials"],
 )
