@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_search  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import bench_search  # noqa: E402
 from search_service import search as search_mod  # noqa: E402
 from search_service.evaluator import Evaluator  # noqa: E402
 from search_service.sampler import MROSampler  # noqa: E402
@@ -169,6 +168,21 @@ def drop_pg_database(admin_url: str, name: str) -> None:
     engine.dispose()
 
 
+def report(r: dict) -> None:
+    print(f"\n{r['backend']} ({r['url']}): {r['completed']} trials completed in {r['total_s']:.1f} s; states {r['counts']}")
+    print(f"  {'finished':>8} {'median ms':>10} {'p95 ms':>8} {'cpu ms':>7} {'sampler':>8} {'objective':>10} {'scoring':>8}")
+    for end, w in r["windows"].items():
+        print(f"  {end:>8} {w['median_ms']:10.2f} {w['p95_ms']:8.2f} {w['cpu_median_ms']:7.2f} {w['sampler_median_ms']:8.2f} {w['objective_median_ms']:10.2f} {w['score_median_ms']:8.2f}")
+    print("  (per-trial overhead over the last 100 trials: wall median and p95, this process's CPU median; then medians of the"
+          " sampler's sample_relative, the Objective without scoring, and the scoring itself, which is excluded)")
+    ws = r["windows"]
+    if 1000 in ws:
+        met = ws[1000]["median_ms"] <= TARGET_MS
+        growth = ws[1000]["median_ms"] / ws[100]["median_ms"]
+        print(f"  target median <= {TARGET_MS:.0f} ms at 1,000 trials: {ws[1000]['median_ms']:.2f} ms -> {'MET' if met else 'NOT MET'}; "
+              f"growth 100 -> 1,000 trials x{growth:.2f} (linear would be up to x10)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
@@ -196,27 +210,16 @@ def main() -> int:
             if backend == "sqlite":
                 url = f"sqlite:///{Path(tmp) / 'overhead.db'}"
                 results.append(run_backend("sqlite", url, study, evaluator, args.trials))
+                report(results[-1])
             elif backend == "postgres":
                 db, url = create_pg_database(args.pg_admin)
                 try:
                     results.append(run_backend("postgresql", url, study, evaluator, args.trials))
+                    report(results[-1])
                 finally:
                     drop_pg_database(args.pg_admin, db)
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
-    for r in results:
-        print(f"\n{r['backend']} ({r['url']}): {r['completed']} trials completed in {r['total_s']:.1f} s; states {r['counts']}")
-        print(f"  {'finished':>8} {'median ms':>10} {'p95 ms':>8} {'cpu ms':>7} {'sampler':>8} {'objective':>10} {'scoring':>8}")
-        for end, w in r["windows"].items():
-            print(f"  {end:>8} {w['median_ms']:10.2f} {w['p95_ms']:8.2f} {w['cpu_median_ms']:7.2f} {w['sampler_median_ms']:8.2f} {w['objective_median_ms']:10.2f} {w['score_median_ms']:8.2f}")
-        print("  (per-trial overhead over the last 100 trials: wall median and p95, this process's CPU median; then medians of the"
-              " sampler's sample_relative, the Objective without scoring, and the scoring itself, which is excluded)")
-        ws = r["windows"]
-        if 1000 in ws:
-            met = ws[1000]["median_ms"] <= TARGET_MS
-            growth = ws[1000]["median_ms"] / ws[100]["median_ms"]
-            print(f"  target median <= {TARGET_MS:.0f} ms at 1,000 trials: {ws[1000]['median_ms']:.2f} ms -> {'MET' if met else 'NOT MET'}; "
-                  f"growth 100 -> 1,000 trials x{growth:.2f} (linear would be up to x10)")
     if args.json:
         print(json.dumps({"machine": info, "results": results}))
     return 0

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from supernet.errors import ConfigError, MROError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "mro-search: interrupted"  # the one line a stopped command prints
+_RELAY_LOCK = threading.Lock()
 log = logging.getLogger("mro_search")
 
 
@@ -259,7 +261,6 @@ def _evaluator(study, *, train_if_missing: bool, quiet: bool):
 def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool) -> None:
     import os
     import subprocess
-    import threading
 
     from search_service.search import run_worker
     from search_service.storage import ENV_VAR
@@ -279,7 +280,8 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
             cmd += ["--seed", str(seed + w)]
         # same process group (Ctrl-C and `kill -- -PGID` reach every worker); stderr relayed
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"))
-    relays = [threading.Thread(target=_relay_stderr, args=(p.stderr,), daemon=True) for p in procs]
+    said: set[str] = set()
+    relays = [threading.Thread(target=_relay_stderr, args=(p.stderr, said), daemon=True) for p in procs]
     for relay in relays:
         relay.start()
     try:
@@ -317,12 +319,19 @@ def _check_workers(workers: int) -> None:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
 
 
-def _relay_stderr(stream) -> None:
-    """Copy a local worker's stderr to ours, less its "interrupted" line: on Ctrl-C every
-    worker stops with it, and this process says it once for all."""
+def _relay_stderr(stream, said: set[str]) -> None:
+    """Copy a local worker's stderr to ours. On Ctrl-C every worker stops with it: its
+    "interrupted" line is dropped (this process says it once for all), and a notice that each
+    worker prints the same ("stopping after the running trial ...") is shown once."""
     for line in stream:
-        if line.strip() == INTERRUPTED:
+        text = line.strip()
+        if text == INTERRUPTED:
             continue
+        if text.startswith("mro-search: stopping"):
+            with _RELAY_LOCK:
+                if text in said:
+                    continue
+                said.add(text)
         sys.stderr.write(line)
         sys.stderr.flush()
 
@@ -552,6 +561,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        # the database went away between two steps (a restart, the network): one line, not
+        # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
+        from search_service.storage import is_storage_outage
+
+        if args.debug or not is_storage_outage(exc):
+            raise
+        print(f"mro-search: error: {_outage_message(exc, args)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
+    import os
+    import re
+
+    from search_service.storage import ENV_VAR, mask_password, outage_reason, scrub
+
+    urls = [u for u in (getattr(args, "storage", None), os.environ.get(ENV_VAR)) if u]
+    reason = outage_reason(exc, "")
+    for url in urls:
+        reason = scrub(reason, url)
+    reason = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", reason)  # any other URL's password
+    where = f" {mask_password(urls[0])}" if urls else ""
+    return f"storage{where} unreachable ({reason}); nothing was lost: run the command again when the database is back"
 
 
 def _one_line(text: str) -> str:
