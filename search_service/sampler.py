@@ -387,18 +387,37 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
         time.sleep(_CLAIM_POLL_S)
 
 
+_VALUE_ROWS: dict[int, tuple[FrozenTrial, tuple[tuple[float, ...], float | None]]] = {}
+
+
+def _value_row(trial: FrozenTrial) -> tuple[tuple[float, ...], float | None]:
+    """A complete trial's values and constraint penalty (None without constraints), cached per
+    process like ``_trial_mask``: a finished trial never changes."""
+    hit = _VALUE_ROWS.get(id(trial))
+    if hit is not None and hit[0] is trial:
+        return hit[1]
+    constraints = trial.system_attrs.get("constraints")
+    penalty = None if constraints is None else sum(max(0.0, float(x)) for x in constraints)
+    row = (tuple(trial.values), penalty)
+    if trial.state.is_finished():
+        if len(_VALUE_ROWS) >= _FINISHED_MASKS_MAX:
+            _VALUE_ROWS.clear()
+        _VALUE_ROWS[id(trial)] = (trial, row)
+    return row
+
+
 def _performance_losses(study: Study, trials: list[FrozenTrial], n_below: int | None = None) -> np.ndarray:
     """Lower is better: non-domination rank, then the first objective as a tie-breaker in [0, 1).
 
     With ``n_below``, ranks are exact only for the best ``n_below`` trials (and the front);
     the rest rank behind them (Optuna's early-stopping sort: only those enter the rank loss)."""
-    values = np.array([t.values for t in trials], dtype=float)  # (N, n_objectives)
+    rows = [_value_row(t) for t in trials]
+    values = np.array([r[0] for r in rows], dtype=float)  # (N, n_objectives)
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
     loss_values = values * signs
     penalty = None
-    constraints = [t.system_attrs.get("constraints") for t in trials]
-    if any(c is not None for c in constraints):
-        penalty = np.array([sum(max(0.0, float(x)) for x in (c or [])) for c in constraints])
+    if any(r[1] is not None for r in rows):
+        penalty = np.array([r[1] or 0.0 for r in rows])
     rank = _fast_non_domination_rank(loss_values, penalty=penalty, n_below=n_below).astype(float)
     first = loss_values[:, 0]
     spread = first.max() - first.min()

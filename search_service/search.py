@@ -7,14 +7,20 @@ worker whose checkpoint differs refuses to start. Each trial records the mask st
 path names, every metric, MFLOPs, the parameter count and the worker that ran it (``host:pid``)
 as user attributes.
 
-Budget: a trial may complete only if fewer than ``budget`` trials with a lower number are
-running, waiting or complete when it starts. Trial numbers are assigned atomically by the
-storage, so across any number of workers and resumes there are never more COMPLETE trials than
-the budget; a trial refused this way is pruned and its worker stops.
+Budget: a trial may complete only if fewer than ``budget`` trials before it hold a place in
+the budget when it starts. The order is the trial number, except that a retry of a trial whose
+worker died (``storage.RetryStaleTrialCallback``) takes the place of the trial it retries. A
+trial holds its place while it is running, waiting or complete, and so does a trial failed by
+the heartbeat whose retry is not queued yet (it is marked ``mro:stale`` before it is failed): a
+new trial started in that moment cannot take the retry's place, so the dead worker's mask is
+not lost. Trial numbers are assigned atomically by the storage, so across any number of workers
+and resumes there are never more COMPLETE trials than the budget; a trial refused this way is
+pruned and its worker stops.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -44,7 +50,9 @@ from search_service.sampler import (
     MROSampler,
 )
 from search_service.storage import (
+    MAX_RETRY,
     OUTAGE_RETRIES,
+    STALE_KEY,
     StorageError,
     StorageOutage,
     is_storage_outage,
@@ -70,6 +78,7 @@ FLOPS_BUDGET_KEY = "mro:flops_budget"
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
 MFLOPS = "mflops"
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process that ran the trial
+PENDING_RETRY_S = 60.0  # how long a trial failed by the heartbeat keeps its retry's place in the budget
 
 
 @dataclass
@@ -250,9 +259,41 @@ class Objective:
         return tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
 
     def _admitted(self, trial: optuna.Trial) -> bool:
-        live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
-        earlier = sum(1 for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number)
-        return earlier < self.budget
+        trials = trial.study.get_trials(deepcopy=False)
+        me = next((t for t in trials if t.number == trial.number), None)
+        place = _budget_place(me) if me is not None else (trial.number, trial.number)
+        return _places_before(trials, place, trial.number) < self.budget
+
+
+def _budget_place(t: optuna.trial.FrozenTrial) -> tuple[int, int]:
+    """A trial's place in the budget order: a retry takes the place of the trial it retries."""
+    return int(t.system_attrs.get("failed_trial", t.number)), t.number
+
+
+def _places_before(trials, place: tuple[int, int], number: int) -> int:
+    """How many places before ``place`` are held: by a running, waiting or complete trial, or
+    by a trial failed by the heartbeat whose retry is still to come."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+    # a retry is queued right after the failure; if that never happened (the database went away
+    # in between), the place is given up after a while rather than held for ever
+    recent = datetime.datetime.now() - datetime.timedelta(seconds=PENDING_RETRY_S)
+    held = 0
+    for t in trials:
+        if t.number == number or _budget_place(t) >= place:
+            continue
+        if t.state in live:
+            held += 1
+        elif (
+            t.state == TrialState.FAIL
+            and t.system_attrs.get(STALE_KEY)
+            and t.number not in retried
+            and len(t.system_attrs.get("retry_history", ())) < MAX_RETRY
+            and t.datetime_complete is not None
+            and t.datetime_complete > recent
+        ):
+            held += 1  # failed by the heartbeat a moment ago: its retry is being queued
+    return held
 
 
 def worker_id() -> str:

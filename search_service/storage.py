@@ -30,6 +30,7 @@ ENV_VAR = "MRO_STORAGE"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a trial with no heartbeat for this long is failed (and retried)
 MAX_RETRY = 3
+STALE_KEY = "mro:stale"  # trial system attribute: failed by the heartbeat (set just before)
 
 
 def resolve_url(study: Study, cli_url: str | None = None) -> str:
@@ -320,7 +321,7 @@ def outage_reason(exc: BaseException, url: str) -> str:
 
 
 class FaultTolerantRDBStorage(RDBStorage):
-    """Optuna's ``RDBStorage`` with two changes that keep a study whole under faults.
+    """Optuna's ``RDBStorage`` with three changes that keep a study whole under faults.
 
     * Every RUNNING trial has a heartbeat from the moment it exists. Optuna writes the first
       heartbeat only when the objective starts, and never fails a RUNNING trial without one: a
@@ -328,6 +329,8 @@ class FaultTolerantRDBStorage(RDBStorage):
       trial RUNNING forever, and the study never reached its budget. The heartbeat row is added
       in the transaction that creates the trial (no extra commit); a WAITING trial (a retry)
       gets one when a worker takes it.
+    * A trial about to be failed as stale is marked ``mro:stale`` first (``STALE_KEY``), so that
+      the budget keeps its retry's place until the retry is queued (``search``'s docstring).
     * A heartbeat that cannot be written (the database is restarting) is skipped, not fatal to
       the heartbeat thread (which used to die with a traceback, so that a trial that outlived
       the outage was later failed as stale while its worker still ran it).
@@ -346,6 +349,17 @@ class FaultTolerantRDBStorage(RDBStorage):
         if changed and state == TrialState.RUNNING and self.heartbeat_interval is not None:
             self.record_heartbeat(trial_id)  # a WAITING trial taken by a worker
         return changed
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # mark each stale trial before Optuna fails it: between the failure and the queueing of
+        # its retry, the budget keeps the retry's place (search._places_before)
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            try:
+                self.set_trial_system_attr(trial_id, STALE_KEY, True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker failed it first
+        return stale
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -368,6 +382,10 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
     """
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        # the retry is not stale itself (a retry that later fails for another reason must not
+        # keep a place in the budget)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != STALE_KEY}
         try:
             trial = _with_claimed_mask(study, trial)
         except Exception as exc:  # never lose the retry itself over this

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from search_service import storage as storage_module
 from search_service.sampler import BUDGET_KEY, MASK_KEY
-from search_service.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from search_service.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, STALE_KEY
 
 POLL_SECONDS = 2.0  # run_worker's poll while others hold the rest of the budget
 
@@ -177,10 +177,50 @@ def test_abandoned_trials_without_heartbeat_or_parameters_are_failed_and_retried
     assert mro.mask(retries[died_after_claim.number]) == "011000"  # the claim became its parameters
     assert not retries[died_in_ask.number].params and MASK_KEY not in retries[died_in_ask.number].system_attrs
 
+    assert all(trials[t.number].system_attrs.get(STALE_KEY) for t in (died_in_ask, died_after_claim))
+    assert not any(STALE_KEY in t.system_attrs for t in retries.values())
+
     assert run_worker(search, Evaluator(load_study(str(tiny.file))), seed=5) == budget
     trials = _assert_whole(mro, mro.open_study(sqlite_url), budget)
     (redone,) = [t for t in trials if t.system_attrs.get("failed_trial") == died_after_claim.number]
     assert redone.state == TrialState.COMPLETE and mro.mask(redone) == "011000"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_new_trial_cannot_take_the_budget_place_of_a_retry_being_queued(tiny, mro, sqlite_url, monkeypatch):
+    """The race behind a lost mask: a worker fails a dead worker's trial and queues its retry;
+    between the two, another worker starts a new trial. The retry, numbered after the newcomer,
+    used to be pruned for the budget, and the dead worker's mask was never scored."""
+    from search_service.evaluator import Evaluator
+    from search_service.search import Objective, run_worker
+    from search_service.study_file import load_study
+
+    monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD", 2)
+    budget = 3
+    search = mro.create(tiny.file, sqlite_url, trials=budget)
+    evaluator = Evaluator(load_study(str(tiny.file)))
+    assert run_worker(search, evaluator, max_trials=budget - 1, seed=1) == budget - 1
+    study = search.optuna_study
+    done = {mro.mask(t) for t in mro.complete(study)}
+    mask = next(m for m in ("100000", "010000", "001000") if m not in done)
+    dead = study.ask()  # its worker dies after claiming a mask
+    study._storage.set_trial_system_attr(dead._trial_id, MASK_KEY, mask)
+    time.sleep(2 + 2)
+
+    storage = study._storage
+    assert storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]  # marks it stale
+    assert storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)  # failed; retry not queued yet
+    newcomer = study.ask()  # another worker starts a trial in that moment
+    objective = Objective(search, evaluator)
+    assert not objective._admitted(newcomer), "the newcomer took the place of the retry"
+    study.tell(newcomer, state=TrialState.PRUNED)
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(dead._trial_id))  # the retry
+
+    assert run_worker(search, evaluator, seed=2) == 1
+    trials = _assert_whole(mro, mro.open_study(sqlite_url), budget)
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state == TrialState.COMPLETE and mro.mask(retry) == mask
 
 
 # --- PostgreSQL restarted during a run ----------------------------------------------------------
