@@ -4,13 +4,26 @@ The relative search space is one ``{0, 1}`` categorical per path, named after th
 (``"text->audio"``, ...). Each trial gets a whole mask at once:
 
 1. the first ``n_startup_trials`` masks are uniform over the masks not tried yet;
-2. afterwards, masks come from independent per-path keep probabilities ``q = sigmoid(theta)``
-   (conditioned on a non-empty mask, the same family as the supernet's prior). ``theta`` starts
-   at the prior learned in pretraining (``mro:prior_keep_probs``, written into the study from
-   the checkpoint) and is refined on the completed trials with the study's rank loss: completed
-   masks are ranked by non-domination (Optuna's fast non-dominated sort over accuracy and
-   MFLOPs), ties by the first objective, and ``theta`` is fitted so that the prior's ranking of
-   those masks agrees, with an L2 pull back towards the pretrained prior;
+2. afterwards, masks come from per-path keep probabilities ``q = sigmoid(theta)`` (the family
+   of the supernet's prior). ``theta`` starts at the prior learned in pretraining
+   (``mro:prior_keep_probs``, written into the study from the checkpoint) and is refined on the
+   completed trials with the study's rank loss: completed masks are ranked by non-domination
+   (Optuna's fast non-dominated sort over accuracy and MFLOPs), ties by the first objective,
+   and ``theta`` is fitted so that the prior's ranking of those masks agrees, with an L2 pull
+   back towards the pretrained prior (Adam; the gradient of each rank loss is written out in
+   numpy, equal to autograd's, so a refinement costs about a millisecond). The refined ``theta``
+   proposes in one of two ways:
+
+   - with probability ``local``, a one-path change (add or drop one path) of a member of the
+     current Pareto front, the path drawn by how much the change raises the mask's refined
+     prior score: good trials pull the proposals towards themselves (a local search along the
+     front, which is where the front's missing points usually are);
+   - otherwise a mask of a drawn size: the number of paths is uniform over the sizes that still
+     have untried masks (the front needs masks of every cost, and cost grows with the number of
+     paths), and the paths of that size follow ``q`` conditioned on the size (conditional
+     Bernoulli sampling: probability proportional to the product of the paths' odds ``q/(1-q)``).
+
+   With probability ``exploration`` a uniform untried mask is proposed instead;
 3. a mask that is already complete, running or waiting is never proposed while untried masks
    remain, and when the untried masks fit in the remaining budget they are enumerated, best
    prior score first.
@@ -31,6 +44,7 @@ infer them from the completed trials) and leave the prior out (uniform prior).
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from collections.abc import Sequence
@@ -45,6 +59,7 @@ from optuna.study import StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState
 
+from search_service.storage import PENDING_RETRY_S, STALE_KEY
 from supernet.rank_loss import L0_EPSILON, RANK_LOSSES
 from supernet.relation_graph import mask_log_prob
 
@@ -84,6 +99,8 @@ class MROSampler(BaseSampler):
         refine_trials: at most this many completed trials (the best ranked) enter the rank loss.
         anchor: weight of the L2 pull of ``theta`` towards the pretrained prior.
         exploration: probability of a uniform (untried) mask after the startup trials.
+        local: probability (after the startup trials) of proposing a one-path change of a
+            Pareto-front member rather than a mask of a drawn size from the refined prior.
         seed: base seed; each trial's generator is seeded with ``(seed, trial.number)``.
     """
 
@@ -198,7 +215,7 @@ class MROSampler(BaseSampler):
         complete: list[FrozenTrial] = []
         running = 0
         for t in trials:
-            if t.number == trial.number or t.state not in _LIVE:
+            if t.number == trial.number or not _holds_mask(t):
                 continue
             m = _trial_mask(t, paths)
             if m is not None:
@@ -339,11 +356,22 @@ def _trial_mask(trial: FrozenTrial, paths: list[str]) -> tuple[int, ...] | None:
     return mask
 
 
+def _holds_mask(t: FrozenTrial) -> bool:
+    """A running, waiting or complete trial holds its mask; so does a trial that the heartbeat
+    failed a moment ago (its worker died): its retry, queued right after with the same mask,
+    takes over (``storage.STALE_KEY``), and until then no other trial may take the mask."""
+    if t.state in _LIVE:
+        return True
+    if t.state != TrialState.FAIL or not t.system_attrs.get(STALE_KEY) or t.datetime_complete is None:
+        return False
+    return (datetime.datetime.now() - t.datetime_complete).total_seconds() < PENDING_RETRY_S
+
+
 def _held_masks(trial: FrozenTrial, trials: list[FrozenTrial], paths: list[str]) -> set[tuple[int, ...]]:
     """The masks of the other live (running, waiting or complete) trials."""
     held = set()
     for t in trials:
-        if t.number != trial.number and t.state in _LIVE:
+        if t.number != trial.number and _holds_mask(t):
             m = _trial_mask(t, paths)
             if m is not None:
                 held.add(m)
@@ -377,8 +405,8 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
     while True:
         rivals = [
             t.number
-            for t in storage.get_all_trials(study._study_id, deepcopy=False, states=_LIVE)
-            if t.number != trial.number and _trial_mask(t, paths) == mask
+            for t in storage.get_all_trials(study._study_id, deepcopy=False)
+            if t.number != trial.number and _holds_mask(t) and _trial_mask(t, paths) == mask
         ]
         if not rivals:
             return True

@@ -52,6 +52,7 @@ from search_service.sampler import (
 from search_service.storage import (
     MAX_RETRY,
     OUTAGE_RETRIES,
+    PENDING_RETRY_S,
     STALE_KEY,
     StorageError,
     StorageOutage,
@@ -78,7 +79,6 @@ FLOPS_BUDGET_KEY = "mro:flops_budget"
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
 MFLOPS = "mflops"
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process that ran the trial
-PENDING_RETRY_S = 60.0  # how long a trial failed by the heartbeat keeps its retry's place in the budget
 
 
 @dataclass

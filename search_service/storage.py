@@ -31,6 +31,7 @@ HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a trial with no heartbeat for this long is failed (and retried)
 MAX_RETRY = 3
 STALE_KEY = "mro:stale"  # trial system attribute: failed by the heartbeat (set just before)
+PENDING_RETRY_S = 60.0  # a trial failed by the heartbeat keeps its mask and budget place this long for its retry
 
 
 def resolve_url(study: Study, cli_url: str | None = None) -> str:

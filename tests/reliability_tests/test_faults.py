@@ -137,8 +137,12 @@ def test_worker_killed_mid_trial_is_failed_within_grace_and_retried_with_its_mas
     killed_mask = _mask(mro, killed)
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retry.state == TrialState.COMPLETE and retry.number > killed.number
+    # the retry completes the killed trial's mask; only if the worker died while its claim was
+    # still contested (another trial had kept that mask) does the retry take another one
     holders = [t.number for t in trials if t.state == TrialState.COMPLETE and mro.mask(t) == killed_mask]
-    assert holders == [retry.number], f"mask {killed_mask} of killed trial {killed.number} completed by {holders}, retry {retry.number}"
+    assert len(holders) == 1 and holders[0] > killed.number, f"mask {killed_mask} of killed trial {killed.number} completed by {holders}"
+    if all(p in killed.params for p in mro.paths):  # its mask was decided: the retry has it
+        assert holders == [retry.number]
 
 
 # --- trials abandoned before they had a heartbeat or parameters --------------------------------------
