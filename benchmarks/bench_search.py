@@ -265,7 +265,7 @@ def main() -> int:
 
     points = [n for n in CHECKPOINTS if n <= args.trials]
     print(f"\nfraction of the true hypervolume reached (median over {args.seeds} seeds [min, max]); {total_s:.0f} s in all")
-    header = f"{'sampler':<8}" + "".join(f"{n:>22}" for n in points) + f"{'first >=99%':>14}{'s/study':>9}"
+    header = f"{'sampler':<12}" + "".join(f"{n:>22}" for n in points) + f"{'first >=99%':>14}{'s/study':>9}"
     print(header)
     summary = {}
     for s in samplers:
@@ -278,7 +278,7 @@ def main() -> int:
         firsts = [r["first_99"] if r["first_99"] is not None else float("inf") for r in rows]
         first = statistics.median(firsts)
         secs = statistics.median(r["seconds"] for r in rows)
-        print(f"{s:<8}" + "".join(f"{c:>22}" for c in cells) + f"{('>' + str(args.trials)) if first == float('inf') else int(first):>14}{secs:9.1f}")
+        print(f"{s:<12}" + "".join(f"{c:>22}" for c in cells) + f"{('>' + str(args.trials)) if first == float('inf') else int(first):>14}{secs:9.1f}")
         summary[s] = {"median": {str(n): med[n] for n in points}, "first_99_median": None if first == float("inf") else first,
                       "per_seed": rows}
     if "mro" in summary and TARGET_TRIALS in points:

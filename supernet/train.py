@@ -210,7 +210,7 @@ def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, tas
     loss = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()
