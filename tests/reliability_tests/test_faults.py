@@ -76,27 +76,20 @@ def _worker_args(tiny, url: str) -> list[str]:
     return ["worker", "--study", str(tiny.file), "--storage", url, "-q"]
 
 
-def _kill_mid_trial(mro, study, victim: subprocess.Popen, timeout: float = 180.0):
+def _kill_mid_trial(mro, study, victim: subprocess.Popen, others: list[subprocess.Popen], timeout: float = 180.0):
     """SIGKILL ``victim`` while it runs a trial whose mask is decided (its sampler's claim is
-    written): stop it (SIGSTOP), look at its RUNNING trials, kill it if it holds one, else let
-    it go on (SIGCONT) and look again. Returns the trial as it was when the worker died."""
+    written), looking only while every worker is stopped (``mro.freeze_when``): the others do
+    not use up the budget while the test looks. Returns the trial as it was when it died."""
     worker = f"{socket.gethostname()}:{victim.pid}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert victim.poll() is None, f"the worker exited (code {victim.returncode}) before it could be killed"
-        os.kill(victim.pid, signal.SIGSTOP)
-        try:
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            mine = [t for t in running if t.user_attrs.get("worker") == worker and _mask(mro, t) is not None]
-            if mine:
-                os.kill(victim.pid, signal.SIGKILL)
-                victim.wait(timeout=30)
-                return mine[0]
-        finally:
-            if victim.poll() is None:
-                os.kill(victim.pid, signal.SIGCONT)
-        time.sleep(0.05)
-    raise AssertionError(f"worker {worker} never held a running trial within {timeout:.0f} s")
+
+    def held():
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t for t in running if t.user_attrs.get("worker") == worker and _mask(mro, t) is not None]
+
+    (trial, *_) = mro.freeze_when([victim, *others], held, timeout=timeout, what=f"worker {worker} to hold a running trial")
+    mro.stop(victim, signal.SIGKILL)
+    mro.thaw(others)
+    return trial
 
 
 # --- a worker killed mid-trial --------------------------------------------------------------------
@@ -111,7 +104,7 @@ def test_worker_killed_mid_trial_is_failed_within_grace_and_retried_with_its_mas
     procs = [mro.start([*_worker_args(tiny, pg_url), "--seed", str(i)], cwd=tmp_path) for i in range(3)]
     victim = procs[0]
     try:
-        killed = _kill_mid_trial(mro, study, victim)
+        killed = _kill_mid_trial(mro, study, victim, procs[1:])
         killed_at = time.monotonic()
         mro.wait_for(
             lambda: study._storage.get_trial(killed._trial_id).state != TrialState.RUNNING,
@@ -268,9 +261,9 @@ def _wait_for_quiet(mine: str, wait: float = 120.0) -> None:
         admin.dispose()
 
 
-def _restart_postgres(version: str) -> None:
-    result = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"restart failed: {result.stdout}\n{result.stderr}"
+def _pg_ctl(version: str, action: str) -> None:
+    result = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"pg_ctlcluster {action} failed: {result.stdout}\n{result.stderr}"
 
 
 def _owner(path: str) -> int | None:
@@ -300,9 +293,15 @@ def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_pat
     try:
         # every worker past its start-up (a worker that cannot reach the database when it starts
         # fails at once, in one line): each has run a trial
-        mro.wait_for(lambda: _workers_seen(study) >= 3 or any(p.poll() is not None for p in procs), timeout=240, what="3 workers running trials")
-        assert all(p.poll() is None for p in procs), "a worker exited before the restart"
-        _restart_postgres(version)
+        # (looked at with the workers stopped, so that they cannot finish the budget meanwhile)
+        mro.freeze_when(procs, lambda: _workers_seen(study) >= 3, timeout=240, what="3 workers running trials")
+        try:
+            _pg_ctl(version, "stop")
+            mro.thaw(procs)
+            time.sleep(3 * HEARTBEAT_INTERVAL)  # down for a while: every worker runs into it
+        finally:
+            mro.thaw(procs)
+            _pg_ctl(version, "start")
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
@@ -328,8 +327,7 @@ def test_ctrl_c_on_a_run_with_workers_is_one_line_and_resume_reaches_the_budget(
     proc = mro.start(["run", "--study", str(tiny.file), "--storage", pg_url, "--trials", str(budget), "--workers", "2", "--no-report", "-q"], cwd=tmp_path)
     try:
         study = mro.wait_for(lambda: _study_if_exists(mro, pg_url), timeout=180, what="the study to be created")
-        mro.wait_for(lambda: len(mro.complete(study)) >= 5 or proc.poll() is not None, timeout=180, what="5 complete trials")
-        assert proc.poll() is None, "the run finished before it could be interrupted"
+        mro.freeze_when([proc], lambda: len(mro.complete(study)) >= 5, timeout=180, what="5 complete trials")
         out, err = mro.stop(proc, signal.SIGINT)  # to the process group: Ctrl-C in a terminal
     finally:
         mro.stop(proc)

@@ -127,11 +127,12 @@ def start_cli(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = No
 
 
 def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> tuple[str, str]:
-    """Signal a process group started by ``start_cli`` (if it still runs), reap it, and return
+    """Signal a process group started by ``start_cli`` (if it still runs, stopped or not), reap it, and return
     what it wrote (stdout, stderr) that nobody read yet."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGCONT)  # a group frozen by ``freeze_when`` gets it now
         except ProcessLookupError:
             pass
     if proc.stdout is None or proc.stdout.closed:
@@ -153,6 +154,45 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def freeze_when(procs: Sequence[subprocess.Popen], predicate, *, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Stop (SIGSTOP) the process groups of ``procs`` and test ``predicate`` while nothing moves;
+    if it holds, return its value with the groups still stopped (``thaw`` them, or kill them),
+    else let them go on (SIGCONT) and look again ``interval`` later.
+
+    Trials of the tiny study take milliseconds: a test that waits for "a trial is running" or
+    "5 trials are done, the run is not over" by polling alone races the workers. Looking only at
+    a frozen study makes the moment the test acts on the one it saw."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            assert proc.poll() is None, f"a process exited (code {proc.returncode}) before {what}"
+        _signal_groups(procs, signal.SIGSTOP)
+        try:
+            value = predicate()
+        except BaseException:
+            _signal_groups(procs, signal.SIGCONT)
+            raise
+        if value:
+            return value
+        _signal_groups(procs, signal.SIGCONT)
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def thaw(procs: Sequence[subprocess.Popen]) -> None:
+    """Let process groups stopped by ``freeze_when`` go on."""
+    _signal_groups(procs, signal.SIGCONT)
+
+
+def _signal_groups(procs: Sequence[subprocess.Popen], sig: int) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 # --- the trained tiny study ---------------------------------------------------------------------
@@ -200,7 +240,7 @@ def sqlite_url(tmp_path: Path) -> str:
 def _pg_admin_engine():
     from sqlalchemy import create_engine
 
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
 _PG_STATUS: dict[str, str | None] = {}
@@ -293,6 +333,8 @@ class MroHelpers:
     start = staticmethod(start_cli)
     stop = staticmethod(stop_group)
     wait_for = staticmethod(wait_for)
+    freeze_when = staticmethod(freeze_when)
+    thaw = staticmethod(thaw)
     open_study = staticmethod(open_study)
     complete = staticmethod(complete_trials)
     mask = staticmethod(trial_mask)

@@ -25,8 +25,7 @@ def test_interrupted_run_resumes_to_its_budget(tiny, mro, sqlite_url, tmp_path):
     proc = mro.start(["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", "30", "--no-report", "-q"], cwd=tmp_path)
     try:
         study = mro.wait_for(lambda: _study_if_exists(mro, sqlite_url), timeout=180, what="the study to be created")
-        mro.wait_for(lambda: len(mro.complete(study)) >= 5 or proc.poll() is not None, timeout=180, what="5 complete trials")
-        assert proc.poll() is None, "the run finished before it could be interrupted"
+        mro.freeze_when([proc], lambda: len(mro.complete(study)) >= 5, timeout=180, what="5 complete trials")
         out, err = mro.stop(proc, signal.SIGINT)  # to the process group: Ctrl-C in a terminal
     finally:
         mro.stop(proc)
@@ -58,7 +57,7 @@ def test_killed_workers_trials_are_failed_and_retried(tiny, mro, sqlite_url, tmp
     from search_service.sampler import MASK_KEY
     from search_service.storage import GRACE_PERIOD
 
-    budget = 20
+    budget = 40
     proc = mro.start(["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", str(budget), "--workers", "2", "--no-report", "-q"], cwd=tmp_path)
     try:
         study = mro.wait_for(lambda: _study_if_exists(mro, sqlite_url), timeout=180, what="the study to be created")
@@ -66,10 +65,9 @@ def test_killed_workers_trials_are_failed_and_retried(tiny, mro, sqlite_url, tmp
         def mid_trial() -> bool:  # some trials done, one running with its mask claimed
             trials = study.get_trials(deepcopy=False)
             done = sum(t.state == TrialState.COMPLETE for t in trials)
-            return proc.poll() is not None or (done >= 3 and any(t.state == TrialState.RUNNING and MASK_KEY in t.system_attrs for t in trials))
+            return done >= 3 and any(t.state == TrialState.RUNNING and MASK_KEY in t.system_attrs for t in trials)
 
-        mro.wait_for(mid_trial, timeout=180, interval=0.02, what="a running trial")
-        assert proc.poll() is None, "the run finished before it could be killed"
+        mro.freeze_when([proc], mid_trial, timeout=180, what="a running trial with its mask claimed")
         mro.stop(proc, signal.SIGKILL)
     finally:
         mro.stop(proc)
