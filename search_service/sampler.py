@@ -77,7 +77,9 @@ MASK_KEY = "mro:mask"  # trial system attribute: the mask this trial claimed
 
 _MAX_ENUMERATED_PATHS = 20  # 2**20 masks: beyond this the space is never enumerated
 _CLAIM_ROUNDS = 8
-_CLAIM_WAIT_S = 1.0  # how long a claim waits for higher-numbered rivals to move on
+_CLAIM_WAIT_S = 5.0  # how long a claim waits for higher-numbered rivals to move on (a rival
+# that kept the mask writes its parameters at once: the wait is this long only when its worker
+# stalls between its claim and its check, e.g. on a machine with more workers than cores)
 _CLAIM_POLL_S = 0.02
 _LIVE = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 _ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
@@ -396,22 +398,25 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
     claim here. The lower trial number wins: a trial that sees a rival with a lower number gives
     the mask up at once. A trial that sees only rivals with higher numbers cannot tell whether
     they checked (and kept the mask) before its own claim was written, or will see its claim and
-    give the mask up; so it waits for them to claim something else, and gives the mask up if
-    they do not within ``_CLAIM_WAIT_S``. A mask is never kept twice, and two trials that claim
+    give the mask up; so it waits for them to claim something else, and gives the mask up as
+    soon as one of them has its path parameters (it kept the mask), or if they do not move
+    within ``_CLAIM_WAIT_S``. A mask is never kept twice, and two trials that claim
     one mask at the same moment settle it in one round (the lower number keeps it).
     """
     storage = study._storage
     deadline = time.monotonic() + _CLAIM_WAIT_S
     while True:
         rivals = [
-            t.number
+            t
             for t in storage.get_all_trials(study._study_id, deepcopy=False)
             if t.number != trial.number and _holds_mask(t) and _trial_mask(t, paths) == mask
         ]
         if not rivals:
             return True
-        if min(rivals) < trial.number or time.monotonic() >= deadline:
+        if min(t.number for t in rivals) < trial.number or time.monotonic() >= deadline:
             return False
+        if any(t.state == TrialState.COMPLETE or all(p in t.params for p in paths) for t in rivals):
+            return False  # a rival has its parameters: it kept the mask (no need to wait)
         time.sleep(_CLAIM_POLL_S)
 
 
