@@ -17,11 +17,13 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search_service.study_file import Study
+from search_service.trial_reads import read_trials
 from supernet.errors import ConfigError, MROError
 
 log = logging.getLogger("mro_search")
@@ -322,7 +324,8 @@ def outage_reason(exc: BaseException, url: str) -> str:
 
 
 class FaultTolerantRDBStorage(RDBStorage):
-    """Optuna's ``RDBStorage`` with three changes that keep a study whole under faults.
+    """Optuna's ``RDBStorage`` with three changes that keep a study whole under faults, and
+    trial reads without the ORM (``trial_reads``: the same trials, a fraction of the CPU).
 
     * Every RUNNING trial has a heartbeat from the moment it exists. Optuna writes the first
       heartbeat only when the objective starts, and never fails a RUNNING trial without one: a
@@ -361,6 +364,20 @@ class FaultTolerantRDBStorage(RDBStorage):
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker failed it first
         return stale
+
+    def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):  # type: ignore[override]
+        # the same trials as Optuna's ORM read, several times faster (``trial_reads``)
+        with _create_scoped_session(self.scoped_session) as session:
+            return read_trials(session.connection(), study_id, states, included_trial_ids, trial_id_greater_than)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with _create_scoped_session(self.scoped_session) as session:
+            found = read_trials(session.connection(), -1, trial_id=trial_id)
+        if not found:
+            from optuna.storages._rdb.models import NOT_FOUND_MSG
+
+            raise KeyError(NOT_FOUND_MSG)
+        return found[0]
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
