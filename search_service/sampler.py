@@ -148,6 +148,17 @@ class MROSampler(BaseSampler):
         self._theta_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._refined_cache: dict[tuple, torch.Tensor] = {}
         self._attrs_cache: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        self._seen: tuple[int, int, list[FrozenTrial]] | None = None  # (study id, trial number, trials)
+
+    def trials_seen(self, study: Study, trial_number: int) -> list[FrozenTrial] | None:
+        """The study's trials as this sampler last read them while it proposed the mask of
+        trial ``trial_number``: after that trial's claim was written and kept. None when it
+        did not read for that trial (an enqueued or retried mask). An objective can check the
+        trial budget on them instead of reading the study once more (``search.Objective``)."""
+        seen = self._seen
+        if seen is None or seen[0] != study._study_id or seen[1] != trial_number:
+            return None
+        return seen[2]
 
     # --- Optuna's contract -------------------------------------------------------------------
 
@@ -206,7 +217,9 @@ class MROSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
             if mask in held:
                 return mask  # no untried mask was left: this repeat is deliberate
-            if _keeps_claim(study, trial, paths, mask):
+            kept, seen = _keeps_claim(study, trial, paths, mask)
+            if kept:
+                self._seen = (study._study_id, trial.number, seen)
                 return mask
             excluded.add(mask)
         return mask
@@ -391,8 +404,9 @@ def _random_untried(held: set[tuple[int, ...]], excluded: set[tuple[int, ...]], 
     return _sample(np.zeros(P), taken, rng, space - len(taken))
 
 
-def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple[int, ...]) -> bool:
-    """Whether ``trial`` keeps ``mask``, which it has just claimed (its claim is written).
+def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple[int, ...]) -> tuple[bool, list[FrozenTrial]]:
+    """Whether ``trial`` keeps ``mask``, which it has just claimed (its claim is written), and
+    the study's trials as last read.
 
     Of two trials claiming one mask, the one whose claim was written later always sees the other
     claim here. The lower trial number wins: a trial that sees a rival with a lower number gives
@@ -406,17 +420,14 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
     storage = study._storage
     deadline = time.monotonic() + _CLAIM_WAIT_S
     while True:
-        rivals = [
-            t
-            for t in storage.get_all_trials(study._study_id, deepcopy=False)
-            if t.number != trial.number and _holds_mask(t) and _trial_mask(t, paths) == mask
-        ]
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)
+        rivals = [t for t in trials if t.number != trial.number and _holds_mask(t) and _trial_mask(t, paths) == mask]
         if not rivals:
-            return True
+            return True, trials
         if min(t.number for t in rivals) < trial.number or time.monotonic() >= deadline:
-            return False
+            return False, trials
         if any(t.state == TrialState.COMPLETE or all(p in t.params for p in paths) for t in rivals):
-            return False  # a rival has its parameters: it kept the mask (no need to wait)
+            return False, trials  # a rival has its parameters: it kept the mask (no need to wait)
         time.sleep(_CLAIM_POLL_S)
 
 

@@ -54,6 +54,7 @@ from search_service.storage import (
     OUTAGE_RETRIES,
     PENDING_RETRY_S,
     STALE_KEY,
+    FaultTolerantRDBStorage,
     StorageError,
     StorageOutage,
     is_storage_outage,
@@ -62,7 +63,6 @@ from search_service.storage import (
     optuna_quiet,
     outage_reason,
     set_trial_attrs,
-    set_trial_params,
 )
 from search_service.study_file import Study
 from supernet.errors import CheckpointError, ConfigError
@@ -202,6 +202,7 @@ class Objective:
         self.metric = search.attrs.get(METRIC_KEY, evaluator.metric)
         self.flops_budget = float(search.attrs.get(FLOPS_BUDGET_KEY, 0.0) or 0.0)
         self.budget = search.budget
+        self.last_counts: dict[str, int] | None = None  # trial states as the last budget check saw them
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         try:
@@ -212,56 +213,72 @@ class Objective:
             raise
 
     def _score(self, trial: optuna.Trial) -> tuple[float, float]:
-        # which process ran the trial (also for pruned and failed ones): "host:pid"
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        mask = self._suggest_mask(trial)
-        if not any(mask):
-            raise optuna.TrialPruned("the all-zero mask is not an architecture")
-        if not self._admitted(trial):
-            raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
-        result = self.evaluator.evaluate(mask, self.split)
-        system_attrs: dict[str, Any] = {MASK_KEY: format_mask(mask)}
-        if self.flops_budget > 0:
-            # the legacy list form: Optuna reads it, and optuna-dashboard 0.21 reads only this
-            system_attrs["constraints"] = [result["mflops"] - self.flops_budget]
-        user_attrs: dict[str, Any] = {"mask": result["mask"], "active_paths": result["active_paths"], "metrics": result["metrics"]}
-        user_attrs.update(result["metrics"])
-        user_attrs[MFLOPS] = result["mflops"]
-        user_attrs["params"] = result["params"]
-        # one transaction for all of them: each separate write is a commit (bench_overhead.py)
-        set_trial_attrs(trial.storage, trial._trial_id, user_attrs, system_attrs)
+        # which process ran the trial (also for pruned and failed ones): "host:pid", written
+        # with the trial itself by a worker's storage (``stamp_trials``), else here
+        if trial.user_attrs.get(WORKER_ATTR) != worker_id():
+            trial.set_user_attr(WORKER_ATTR, worker_id())
+        mask, pending = self._suggest_mask(trial)
+        try:
+            if not any(mask):
+                raise optuna.TrialPruned("the all-zero mask is not an architecture")
+            if not self._admitted(trial):
+                raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
+            result = self.evaluator.evaluate(mask, self.split)
+            system_attrs: dict[str, Any] = {MASK_KEY: format_mask(mask)}
+            if self.flops_budget > 0:
+                # the legacy list form: Optuna reads it, and optuna-dashboard 0.21 reads only this
+                system_attrs["constraints"] = [result["mflops"] - self.flops_budget]
+            user_attrs: dict[str, Any] = {"mask": result["mask"], "active_paths": result["active_paths"], "metrics": result["metrics"]}
+            user_attrs.update(result["metrics"])
+            user_attrs[MFLOPS] = result["mflops"]
+            user_attrs["params"] = result["params"]
+            # one transaction for the path parameters and all the attributes: each separate
+            # write is a commit (bench_overhead.py)
+            set_trial_attrs(trial.storage, trial._trial_id, user_attrs, system_attrs, params=pending)
+            pending = {}
+        finally:
+            if pending:  # pruned or failed: its parameters are recorded all the same
+                set_trial_attrs(trial.storage, trial._trial_id, {}, params=pending)
         value = result["metrics"][self.metric]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise optuna.TrialPruned(f"metric {self.metric} is undefined for this mask")
         return float(value), float(result["mflops"])
 
-    def _suggest_mask(self, trial: optuna.Trial) -> tuple[int, ...]:
-        """The trial's mask, one ``suggest_categorical(path, (0, 1))`` per path.
+    def _suggest_mask(self, trial: optuna.Trial) -> tuple[tuple[int, ...], dict[str, tuple[float, Any]]]:
+        """The trial's mask, one ``suggest_categorical(path, (0, 1))`` per path, and the path
+        parameters still to write (``{name: (internal value, distribution)}``).
 
-        The sampler proposes the whole mask at once (``relative_params``); its bits are written
-        in one transaction instead of one commit per path (``bench_overhead.py``) and put in the
-        trial's cache, so that ``suggest_categorical`` then finds them and writes nothing more.
-        If that is not possible (another storage, an enqueued mask, other Optuna internals),
-        ``suggest_categorical`` samples and writes them as usual.
+        The sampler proposes the whole mask at once (``relative_params``) and has written it as
+        its claim (``MASK_KEY``), which is what other workers and the retry of a dead worker's
+        trial go by. The bits are put in the trial's cache, so that ``suggest_categorical``
+        finds them and writes nothing; the caller writes them with the trial's attributes, in
+        one transaction instead of one commit per path (``bench_overhead.py``). For an enqueued
+        or retried mask (its parameters are given) ``suggest_categorical`` works as usual.
         """
         bit = CategoricalDistribution((0, 1))
+        pending: dict[str, tuple[float, Any]] = {}
         try:
             relative = trial.relative_params
             cached = trial._cached_frozen_trial
             if all(name in relative for name in self.paths) and not any(name in cached.params for name in self.paths):
-                values = {name: relative[name] for name in self.paths}
-                if set_trial_params(trial.storage, trial._trial_id, {name: (bit.to_internal_repr(v), bit) for name, v in values.items()}):
-                    for name, value in values.items():
-                        cached.distributions[name] = bit
-                        cached.params[name] = value
+                for name in self.paths:
+                    pending[name] = (bit.to_internal_repr(relative[name]), bit)
+                    cached.distributions[name] = bit
+                    cached.params[name] = relative[name]
         except AttributeError:
-            pass
-        return tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths)
+            pending = {}
+        return tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths), pending
 
     def _admitted(self, trial: optuna.Trial) -> bool:
-        trials = trial.study.get_trials(deepcopy=False)
+        """Whether the trial's place in the budget order is within the budget, judged on the
+        trials as the sampler read them after this trial's claim (else read now)."""
+        seen = getattr(trial.study.sampler, "trials_seen", None)
+        trials = seen(trial.study, trial.number) if seen is not None else None
+        if trials is None:
+            trials = trial.study.get_trials(deepcopy=False)
         me = next((t for t in trials if t.number == trial.number), None)
         place = _budget_place(me) if me is not None else (trial.number, trial.number)
+        self.last_counts = _count_states(trials)
         return _places_before(trials, place, trial.number) < self.budget
 
 
@@ -323,30 +340,47 @@ def run_worker(
     sampler = MROSampler(n_startup_trials=evaluator.study.search.n_startup_trials, seed=seed)
     study.sampler = sampler
     objective = Objective(search, evaluator, split)
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, FaultTolerantRDBStorage):
+        backend.stamp_trials({WORKER_ATTR: worker_id()})  # written with each trial it starts
     budget = int(attrs[BUDGET_KEY])
     done = 0
     bar = tqdm(total=budget, desc=f"study {study.study_name}", unit="trial", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
     outages = 0  # consecutive turns that failed because the storage was unreachable
     stop = _StopBetweenTrials()
+    room = False  # the last trial completed, and the study had room for another one
     try:
         while max_trials is None or done < max_trials:
             stop.check()
             try:
-                fail_stale_trials(study)
-                counts = _count_states(study.get_trials(deepcopy=False))  # one read per turn
-                outages = 0
-                bar.n = counts["complete"]
-                bar.refresh()
-                if counts["complete"] >= budget:
-                    break
-                if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
-                    time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
-                    continue
+                if not room:
+                    # (after a completed trial with room to spare this read is skipped: Optuna
+                    # fails stale trials as it starts the next one, and the budget check of
+                    # that trial's objective stops it if others took the room meanwhile)
+                    fail_stale_trials(study)
+                    counts = _count_states(study.get_trials(deepcopy=False))
+                    outages = 0
+                    bar.n = counts["complete"]
+                    bar.refresh()
+                    if counts["complete"] >= budget:
+                        break
+                    if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
+                        time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
+                        continue
+                room = False
+                objective.last_counts = None
                 finished: list[optuna.trial.FrozenTrial] = []  # this worker's trial, as told
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, callbacks=[lambda _s, t, out=finished: out.append(t)])
+                outages = 0
                 last = finished[-1] if finished else None
                 if last is not None and last.state == TrialState.COMPLETE:
                     done += 1
+                    seen = objective.last_counts  # as the trial's budget check saw the study
+                    if seen is not None:
+                        bar.n = seen["complete"] + 1
+                        bar.refresh()
+                        # this trial was running then; room if the others left a place free
+                        room = seen["complete"] + seen["running"] < budget
                 elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
                     break
             except (Exception, StorageOutage) as exc:

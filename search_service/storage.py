@@ -8,6 +8,7 @@ output: print ``mask_password(url)``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
@@ -154,27 +155,28 @@ def _fast_commits(storage: RDBStorage, backend: str, database: str | None) -> No
     storage.engine.dispose()  # connections opened while creating the tables get the settings too
 
 
-def set_trial_attrs(storage, trial_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
-    """Write several trial attributes at once: one transaction, not one per attribute.
+def set_trial_attrs(
+    storage, trial_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None, *, params: dict[str, tuple[float, Any]] | None = None
+) -> None:
+    """Write several trial attributes, and parameters ``{name: (internal value, distribution)}``
+    the trial does not have yet, at once: one transaction, not one per value.
 
-    Optuna's storage API writes one attribute per transaction (a commit and four statements
-    each). On an ``RDBStorage`` (also behind Optuna's caching wrapper) with SQLite or PostgreSQL
-    this writes them all with one multi-row upsert per table, the statement Optuna itself uses.
-    Anything else, or any error there, falls back to the public one-by-one calls.
+    Optuna's storage API writes one value per transaction (a commit and four statements each).
+    On an ``RDBStorage`` (also behind Optuna's caching wrapper) with SQLite or PostgreSQL this
+    writes the parameters with one multi-row insert and the attributes with one multi-row
+    upsert per table, the statement Optuna itself uses. Anything else, or any error there
+    (e.g. a parameter the trial already has: then nothing of the batch is written), falls back
+    to the public one-by-one calls.
     """
     system_attrs = system_attrs or {}
-    if not _write_trial_rows(storage, trial_id, {}, user_attrs, system_attrs):
+    params = params or {}
+    if not _write_trial_rows(storage, trial_id, params, user_attrs, system_attrs):
+        for name, (value, dist) in params.items():
+            storage.set_trial_param(trial_id, name, value, dist)
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         for key, value in system_attrs.items():
             storage.set_trial_system_attr(trial_id, key, value)
-
-
-def set_trial_params(storage, trial_id: int, params: dict[str, tuple[float, Any]]) -> bool:
-    """Write a new trial's parameters ``{name: (internal value, distribution)}`` in one
-    transaction. False when that was not possible (nothing is written then): write them the
-    usual way. A parameter the trial already has makes the whole write fail (False)."""
-    return bool(params) and _write_trial_rows(storage, trial_id, params, {}, {})
 
 
 def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> bool:
@@ -340,18 +342,32 @@ class FaultTolerantRDBStorage(RDBStorage):
       the outage was later failed as stale while its worker still ran it).
     """
 
+    stamp: dict[str, Any] = {}  # user attributes of every trial this process starts (``stamp_trials``)
+
+    def stamp_trials(self, user_attrs: dict[str, Any]) -> None:
+        """Give every trial this storage starts (``ask``, or a WAITING trial taken) these user
+        attributes, written in the transaction that creates the trial: e.g. which worker runs
+        it, known from the trial's first moment without a commit of its own."""
+        self.stamp = dict(user_attrs)
+
     def _get_prepared_new_trial(self, study_id, template_trial, session):  # type: ignore[override]
         trial = super()._get_prepared_new_trial(study_id, template_trial, session)
-        if self.heartbeat_interval is not None and trial.state == TrialState.RUNNING:
+        if trial.state == TrialState.RUNNING:
             from optuna.storages._rdb import models
 
-            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            if self.heartbeat_interval is not None:
+                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            for key, value in self.stamp.items():
+                session.add(models.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
         changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING and self.heartbeat_interval is not None:
-            self.record_heartbeat(trial_id)  # a WAITING trial taken by a worker
+        if changed and state == TrialState.RUNNING:  # a WAITING trial taken by a worker
+            if self.heartbeat_interval is not None:
+                self.record_heartbeat(trial_id)
+            if self.stamp:
+                set_trial_attrs(self, trial_id, self.stamp)
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

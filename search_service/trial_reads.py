@@ -5,8 +5,9 @@
 parameter's distribution JSON twice. Every worker reads the study's changed trials several times
 per trial (Optuna's ``_CachedStorage`` fetches the unfinished and the new ones on each
 ``get_all_trials``), and on a small CPU that ORM work was most of the search service's
-per-trial overhead. Here the same six SELECTs return plain rows, and each distinct
-distribution JSON is parsed once per process.
+per-trial overhead. Here two SELECTs (the trials, then their rows of all five child tables in
+one UNION ALL) return plain rows, and each distinct distribution JSON is parsed once per
+process.
 
 The result is the same list of ``FrozenTrial`` that Optuna builds, field for field
 (``tests/search_tests/test_trial_reads.py`` compares the two on studies with every kind of
@@ -17,14 +18,13 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections import defaultdict
 from collections.abc import Container, Iterable
 from typing import Any
 
 from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Float, Integer, Text, and_, cast, literal, null, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 _STUDIES = models.StudyModel.__table__
@@ -35,8 +35,6 @@ _USER_ATTRS = models.TrialUserAttributeModel.__table__
 _SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
 _INTERMEDIATE = models.TrialIntermediateValueModel.__table__
 
-_VALUE_TYPE = models.TrialValueModel.TrialValueType
-_INTERMEDIATE_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
 
 _DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}
 _DISTRIBUTIONS_MAX = 4096
@@ -75,30 +73,47 @@ def read_trials(
     if not rows:
         return []
     ids = {row[0] for row in rows}
-    chosen = select(_TRIALS.c.trial_id).where(condition).scalar_subquery()
+    kids: dict[int, tuple[list, list, list, list, list]] = {i: ([], [], [], [], []) for i in ids}
+    for trial, kind, key, number, text, index in conn.execute(_children_query(select(_TRIALS.c.trial_id).where(condition).scalar_subquery())):
+        if trial in kids:  # a trial created between the two statements is not in ``rows``
+            kids[trial][kind].append((key, number, text, index))
+    out = []
+    for row in rows:
+        params, values, user_attrs, system_attrs, intermediate = kids[row[0]]
+        out.append(_frozen(row, params, values, user_attrs, system_attrs, intermediate))
+    return out
 
-    def children(table, *columns, order=None):
-        by_trial: dict[int, list] = defaultdict(list)
-        query = select(table.c.trial_id, *columns).where(table.c.trial_id.in_(chosen))
-        if order is not None:
-            query = query.order_by(order)
-        for row in conn.execute(query):
-            if row[0] in ids:  # a trial created between the two statements is not in ``rows``
-                by_trial[row[0]].append(row[1:])
-        return by_trial
 
-    params = children(_PARAMS, _PARAMS.c.param_name, _PARAMS.c.param_value, _PARAMS.c.distribution_json, order=_PARAMS.c.param_id)
-    values = children(_VALUES, _VALUES.c.objective, _VALUES.c.value, _VALUES.c.value_type)
-    user_attrs = children(_USER_ATTRS, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json, order=_USER_ATTRS.c.trial_user_attribute_id)
-    system_attrs = children(_SYSTEM_ATTRS, _SYSTEM_ATTRS.c.key, _SYSTEM_ATTRS.c.value_json, order=_SYSTEM_ATTRS.c.trial_system_attribute_id)
-    intermediate = children(
-        _INTERMEDIATE, _INTERMEDIATE.c.step, _INTERMEDIATE.c.intermediate_value, _INTERMEDIATE.c.intermediate_value_type,
-        order=_INTERMEDIATE.c.trial_intermediate_value_id,
-    )
-    return [
-        _frozen(row, params.get(row[0], ()), values.get(row[0], ()), user_attrs.get(row[0], ()), system_attrs.get(row[0], ()), intermediate.get(row[0], ()))
-        for row in rows
-    ]
+_PARAM, _VALUE, _USER_ATTR, _SYSTEM_ATTR, _INTERMEDIATE_VALUE = range(5)
+
+
+def _children_query(chosen):
+    """One statement for the five child tables of the ``chosen`` trials (instead of five): rows
+    of (trial id, kind, key, number, text, index), in each table's insertion order."""
+    text_null, float_null, int_null = cast(null(), Text), cast(null(), Float), cast(null(), Integer)
+
+    def part(table, kind, order, key=None, number=None, text=None, index=None):
+        return select(
+            table.c.trial_id.label("trial_id"),
+            literal(kind, Integer).label("kind"),
+            (cast(key, Text) if key is not None else text_null).label("key"),
+            (number if number is not None else float_null).label("number"),
+            (cast(text, Text) if text is not None else text_null).label("text"),
+            (index if index is not None else int_null).label("idx"),
+            order.label("ord"),
+        ).where(table.c.trial_id.in_(chosen))
+
+    union = union_all(
+        part(_PARAMS, _PARAM, _PARAMS.c.param_id, key=_PARAMS.c.param_name, number=_PARAMS.c.param_value, text=_PARAMS.c.distribution_json),
+        part(_VALUES, _VALUE, _VALUES.c.trial_value_id, number=_VALUES.c.value, text=_VALUES.c.value_type, index=_VALUES.c.objective),
+        part(_USER_ATTRS, _USER_ATTR, _USER_ATTRS.c.trial_user_attribute_id, key=_USER_ATTRS.c.key, text=_USER_ATTRS.c.value_json),
+        part(_SYSTEM_ATTRS, _SYSTEM_ATTR, _SYSTEM_ATTRS.c.trial_system_attribute_id, key=_SYSTEM_ATTRS.c.key, text=_SYSTEM_ATTRS.c.value_json),
+        part(
+            _INTERMEDIATE, _INTERMEDIATE_VALUE, _INTERMEDIATE.c.trial_intermediate_value_id,
+            number=_INTERMEDIATE.c.intermediate_value, text=_INTERMEDIATE.c.intermediate_value_type, index=_INTERMEDIATE.c.step,
+        ),
+    ).subquery()
+    return select(union.c.trial_id, union.c.kind, union.c.key, union.c.number, union.c.text, union.c.idx).order_by(union.c.kind, union.c.ord)
 
 
 def _frozen(row, params, values, user_attrs, system_attrs, intermediate) -> FrozenTrial:
@@ -106,9 +121,9 @@ def _frozen(row, params, values, user_attrs, system_attrs, intermediate) -> Froz
     trial_values: list[float] | None = None
     if values:
         trial_values = [0.0] * len(values)
-        for objective, value, value_type in values:
-            trial_values[objective] = _stored_value(value, value_type)
-    dists = {name: _distribution(dist_json) for name, _, dist_json in params}
+        for _, value, value_type, objective in values:
+            trial_values[objective] = _stored(value, value_type)
+    dists = {name: _distribution(dist_json) for name, _, dist_json, _ in params}
     return FrozenTrial(
         number=number,
         state=state,
@@ -116,11 +131,11 @@ def _frozen(row, params, values, user_attrs, system_attrs, intermediate) -> Froz
         values=trial_values,
         datetime_start=_local(start),
         datetime_complete=_local(complete),
-        params={name: dists[name].to_external_repr(value) for name, value, _ in params},
+        params={name: dists[name].to_external_repr(value) for name, value, _, _ in params},
         distributions=dists,
-        user_attrs={key: json.loads(value) for key, value in user_attrs},
-        system_attrs={key: json.loads(value) for key, value in system_attrs},
-        intermediate_values={step: _stored_intermediate(value, value_type) for step, value, value_type in intermediate},
+        user_attrs={key: json.loads(text) for key, _, text, _ in user_attrs},
+        system_attrs={key: json.loads(text) for key, _, text, _ in system_attrs},
+        intermediate_values={step: _stored(value, value_type) for _, value, value_type, step in intermediate},
         trial_id=trial_id,
     )
 
@@ -140,22 +155,14 @@ def _local(utc: datetime.datetime | None) -> datetime.datetime | None:
     """Stored naive UTC -> naive local time, as ``TrialModel.datetime_start`` returns it."""
     if utc is None:
         return None
-    return utc.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+    return utc.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
 
 
-def _stored_value(value: Any, value_type) -> float:
-    if value_type == _VALUE_TYPE.INF_POS:
-        return float("inf")
-    if value_type == _VALUE_TYPE.INF_NEG:
-        return float("-inf")
-    return value
+def _stored(value: Any, value_type: str) -> float:
+    """A stored value and its type's name (both value-type enums of Optuna's schema) -> float."""
+    if value_type == "FINITE":
+        return value
+    return _SPECIAL[value_type]
 
 
-def _stored_intermediate(value: Any, value_type) -> float:
-    if value_type == _INTERMEDIATE_TYPE.NAN:
-        return float("nan")
-    if value_type == _INTERMEDIATE_TYPE.INF_POS:
-        return float("inf")
-    if value_type == _INTERMEDIATE_TYPE.INF_NEG:
-        return float("-inf")
-    return value
+_SPECIAL = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}

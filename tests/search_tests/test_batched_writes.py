@@ -1,4 +1,4 @@
-"""``set_trial_params`` / ``set_trial_attrs``: one transaction per trial instead of one per value,
+"""``set_trial_attrs``: parameters and attributes in one transaction per trial instead of one per value,
 with exactly what Optuna's own one-by-one writes store (SQLite, PostgreSQL, in-memory fallback)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 
-from search_service.storage import open_storage, set_trial_attrs, set_trial_params
+from search_service.storage import open_storage, set_trial_attrs
 
 BIT = CategoricalDistribution((0, 1))
 PARAMS = {"a->b": 1, "a->c": 0, "b->a": 1}
@@ -25,8 +25,7 @@ def _written(study: optuna.Study, batched: bool) -> optuna.trial.FrozenTrial:
     trial = study.ask()
     storage, tid = study._storage, trial._trial_id
     if batched:
-        assert set_trial_params(storage, tid, {n: (BIT.to_internal_repr(v), BIT) for n, v in PARAMS.items()})
-        set_trial_attrs(storage, tid, USER, SYSTEM)
+        set_trial_attrs(storage, tid, USER, SYSTEM, params={n: (BIT.to_internal_repr(v), BIT) for n, v in PARAMS.items()})
     else:
         for n, v in PARAMS.items():
             storage.set_trial_param(tid, n, BIT.to_internal_repr(v), BIT)
@@ -57,12 +56,12 @@ def _check_edge_cases(url: str) -> None:
     set_trial_attrs(storage, tid, {"x": 1}, {"s": "a"})
     set_trial_attrs(storage, tid, {"x": 2, "y": [1, 2]}, {"s": "b"})  # upsert: the last value wins
     storage.set_trial_param(tid, "a->b", 1.0, BIT)
-    # a parameter the trial already has: nothing of the batch is written
-    assert not set_trial_params(storage, tid, {"a->c": (0.0, BIT), "a->b": (1.0, BIT)})
+    # a parameter the trial already has: the batch falls back to Optuna's one-by-one writes
+    set_trial_attrs(storage, tid, {"z": 3}, params={"a->c": (0.0, BIT), "a->b": (1.0, BIT)})
     got = storage.get_trial(tid)
-    assert got.user_attrs == {"x": 2, "y": [1, 2]}
+    assert got.user_attrs == {"x": 2, "y": [1, 2], "z": 3}
     assert got.system_attrs["s"] == "b"
-    assert got.params == {"a->b": 1}
+    assert got.params == {"a->b": 1, "a->c": 0}
     study.tell(trial, (0.5, 1.0))
     with pytest.raises(UpdateFinishedTrialError):
         set_trial_attrs(storage, tid, {"late": 1})
@@ -86,10 +85,9 @@ def test_postgres_batched_writes_store_what_optuna_stores(pg_url):
 def test_in_memory_storage_falls_back_to_one_by_one_writes():
     study = _study(None)
     trial = study.ask()
-    assert not set_trial_params(study._storage, trial._trial_id, {"a->b": (1.0, BIT)})
-    set_trial_attrs(study._storage, trial._trial_id, USER, SYSTEM)
+    set_trial_attrs(study._storage, trial._trial_id, USER, SYSTEM, params={"a->b": (1.0, BIT)})
     got = study._storage.get_trial(trial._trial_id)
-    assert got.user_attrs == USER and got.params == {}
+    assert got.user_attrs == USER and got.params == {"a->b": 1}
     assert all(got.system_attrs[k] == v for k, v in SYSTEM.items())
 
 
