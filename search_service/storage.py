@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search_service.study_file import Study
+from search_service.trial_reads import DIALECTS as TRIAL_READ_DIALECTS
 from search_service.trial_reads import read_trials
 from supernet.errors import ConfigError, MROError
 
@@ -383,10 +384,14 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):  # type: ignore[override]
         # the same trials as Optuna's ORM read, several times faster (``trial_reads``)
+        if self.engine.dialect.name not in TRIAL_READ_DIALECTS:
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
         with _create_scoped_session(self.scoped_session) as session:
             return read_trials(session.connection(), study_id, states, included_trial_ids, trial_id_greater_than)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        if self.engine.dialect.name not in TRIAL_READ_DIALECTS:
+            return super().get_trial(trial_id)
         with _create_scoped_session(self.scoped_session) as session:
             found = read_trials(session.connection(), -1, trial_id=trial_id)
         if not found:

@@ -1,12 +1,12 @@
-"""Reading trials from Optuna's RDB schema with two plain SQL statements instead of the ORM.
+"""Reading trials from Optuna's RDB schema with one plain SQL statement instead of the ORM.
 
 ``RDBStorage._get_trials`` builds one ORM object per trial, parameter, value and attribute row
 (five ``selectinload`` relationships, six statements) and then a ``FrozenTrial`` from them,
 parsing every parameter's distribution JSON twice. Every worker reads the study's changed
 trials several times per trial (Optuna's ``_CachedStorage`` fetches the unfinished and the new
 ones on each ``get_all_trials``), and on a small CPU that work was most of the search service's
-per-trial overhead (``benchmarks/bench_overhead.py``). Here two statements (the trials, then
-the rows of all five child tables in one ``UNION ALL``) return plain rows; their text is fixed
+per-trial overhead (``benchmarks/bench_overhead.py``). Here one statement (the trials and the
+rows of their five child tables in one ``UNION ALL``) returns plain rows; its text is fixed
 but for integers (study and trial ids) and ``TrialState`` names, so no SQLAlchemy expression is
 built or compiled per read; each distinct distribution JSON is parsed once per process.
 
@@ -27,29 +27,39 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Connection
 
+DIALECTS = ("sqlite", "postgresql")  # where ``read_trials`` works; elsewhere use Optuna's read
+_ISO_TEXT = {
+    "sqlite": "CAST({} AS TEXT)",
+    "postgresql": "to_char({}, 'YYYY-MM-DD HH24:MI:SS.US')",  # whatever the server's DateStyle
+}
 _DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}
 _DISTRIBUTIONS_MAX = 4096
 
 _PARAM, _VALUE, _USER_ATTR, _SYSTEM_ATTR, _INTERMEDIATE_VALUE = range(5)
 
-# the rows of the five child tables of the chosen trials: (trial id, kind, key, number, text,
-# index), in each table's insertion order (what the ORM's relationships give)
-_CHILDREN = """
+# one statement for the chosen trials and the rows of their five child tables: (trial id, kind,
+# key, number, text, index, order), each table in its insertion order (what the ORM's
+# relationships give), the trials themselves last (kind 5: state in key, number in index,
+# start and completion as ISO text, which SQLite's columns are anyway)
+_READ = """
 SELECT trial_id, 0 AS kind, CAST(param_name AS TEXT) AS key, param_value AS num, distribution_json AS txt,
-       CAST(NULL AS INTEGER) AS idx, param_id AS ord FROM trial_params WHERE trial_id IN ({chosen})
+       CAST(NULL AS TEXT) AS txt2, CAST(NULL AS INTEGER) AS idx, param_id AS ord FROM trial_params WHERE trial_id IN ({chosen})
 UNION ALL
-SELECT trial_id, 1, CAST(NULL AS TEXT), value, CAST(value_type AS TEXT), objective, trial_value_id
+SELECT trial_id, 1, CAST(NULL AS TEXT), value, CAST(value_type AS TEXT), CAST(NULL AS TEXT), objective, trial_value_id
        FROM trial_values WHERE trial_id IN ({chosen})
 UNION ALL
-SELECT trial_id, 2, CAST(key AS TEXT), CAST(NULL AS FLOAT), value_json, CAST(NULL AS INTEGER), trial_user_attribute_id
+SELECT trial_id, 2, CAST(key AS TEXT), CAST(NULL AS FLOAT), value_json, CAST(NULL AS TEXT), CAST(NULL AS INTEGER), trial_user_attribute_id
        FROM trial_user_attributes WHERE trial_id IN ({chosen})
 UNION ALL
-SELECT trial_id, 3, CAST(key AS TEXT), CAST(NULL AS FLOAT), value_json, CAST(NULL AS INTEGER), trial_system_attribute_id
+SELECT trial_id, 3, CAST(key AS TEXT), CAST(NULL AS FLOAT), value_json, CAST(NULL AS TEXT), CAST(NULL AS INTEGER), trial_system_attribute_id
        FROM trial_system_attributes WHERE trial_id IN ({chosen})
 UNION ALL
-SELECT trial_id, 4, CAST(NULL AS TEXT), intermediate_value, CAST(intermediate_value_type AS TEXT), step, trial_intermediate_value_id
+SELECT trial_id, 4, CAST(NULL AS TEXT), intermediate_value, CAST(intermediate_value_type AS TEXT), CAST(NULL AS TEXT), step, trial_intermediate_value_id
        FROM trial_intermediate_values WHERE trial_id IN ({chosen})
-ORDER BY 2, 7
+UNION ALL
+SELECT trial_id, 5, CAST(state AS TEXT), CAST(NULL AS FLOAT), {start}, {complete}, number, trial_id
+       FROM trials WHERE {condition}
+ORDER BY 2, 8
 """
 
 
@@ -63,7 +73,8 @@ def read_trials(
 ) -> list[FrozenTrial]:
     """The trials of ``study_id`` that ``RDBStorage._get_trials`` returns for the same
     arguments (ordered by trial id), or the one trial ``trial_id`` (then ``[]`` if it does not
-    exist). Raises ``KeyError`` like Optuna when the study does not exist."""
+    exist). Raises ``KeyError`` like Optuna when the study does not exist. SQLite and
+    PostgreSQL only (``DIALECTS``)."""
     if trial_id is not None:
         condition = f"trial_id = {int(trial_id)}"
     else:
@@ -78,18 +89,21 @@ def read_trials(
         elif greater > -1:
             parts.append(f"trial_id > {greater}")
         condition = " AND ".join(parts)
-    rows = conn.exec_driver_sql(f"SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials WHERE {condition} ORDER BY trial_id").fetchall()
-    if not rows:
-        if trial_id is None and conn.exec_driver_sql(f"SELECT 1 FROM studies WHERE study_id = {int(study_id)}").first() is None:
-            raise KeyError(models.NOT_FOUND_MSG)
-        return []
-    kids: dict[int, tuple[list, list, list, list, list]] = {row[0]: ([], [], [], [], []) for row in rows}
+    kids: dict[int, tuple[list, list, list, list, list]] = {}
+    rows = []
     chosen = f"SELECT trial_id FROM trials WHERE {condition}"
-    for trial, kind, key, number, text, index, _ in conn.exec_driver_sql(_CHILDREN.format(chosen=chosen)):
-        found = kids.get(trial)
-        if found is not None:  # a trial created between the two statements is not in ``rows``
-            found[kind].append((key, number, text, index))
-    return [_frozen(row, *kids[row[0]]) for row in rows]
+    iso = _ISO_TEXT[conn.dialect.name]
+    statement = _READ.format(chosen=chosen, condition=condition, start=iso.format("datetime_start"), complete=iso.format("datetime_complete"))
+    for trial, kind, key, number, text, text2, index, _ in conn.exec_driver_sql(statement):
+        if kind == 5:
+            rows.append((trial, index, key, text, text2))
+        else:
+            kids.setdefault(trial, ([], [], [], [], []))[kind].append((key, number, text, index))
+    if not rows and trial_id is None and conn.exec_driver_sql(f"SELECT 1 FROM studies WHERE study_id = {int(study_id)}").first() is None:
+        raise KeyError(models.NOT_FOUND_MSG)
+    # (a trial created between the subqueries may have child rows but no row of its own: left out)
+    empty: tuple = ((), (), (), (), ())
+    return [_frozen(row, *kids.get(row[0], empty)) for row in rows]
 
 
 def _frozen(row, params, values, user_attrs, system_attrs, intermediate) -> FrozenTrial:
@@ -102,7 +116,7 @@ def _frozen(row, params, values, user_attrs, system_attrs, intermediate) -> Froz
     dists = {name: _distribution(dist_json) for name, _, dist_json, _ in params}
     return FrozenTrial(
         number=number,
-        state=TrialState[state] if isinstance(state, str) else TrialState(state),
+        state=TrialState[state],
         value=None,
         values=trial_values,
         datetime_start=_local(start),
@@ -127,14 +141,11 @@ def _distribution(dist_json: str) -> distributions.BaseDistribution:
     return found
 
 
-def _local(utc: datetime.datetime | str | None) -> datetime.datetime | None:
-    """Stored naive UTC (SQLite returns it as text) -> naive local time, as
-    ``TrialModel.datetime_start`` returns it."""
+def _local(utc: str | None) -> datetime.datetime | None:
+    """Stored naive UTC, as text -> naive local time, as ``TrialModel.datetime_start`` returns it."""
     if utc is None:
         return None
-    if isinstance(utc, str):
-        utc = datetime.datetime.fromisoformat(utc)
-    return utc.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+    return datetime.datetime.fromisoformat(utc).replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
 
 
 def _stored(value: Any, value_type: str) -> float:

@@ -70,7 +70,15 @@ def _not_utc(monkeypatch):
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'reads.db'}"
-    return request.getfixturevalue("pg_url")
+    url = request.getfixturevalue("pg_url")
+    from sqlalchemy import create_engine, text
+
+    # a server whose DateStyle is not ISO: timestamps must still read back right
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE \"{url.rsplit('/', 1)[1]}\" SET DateStyle = 'SQL, DMY'"))
+    engine.dispose()
+    return url
 
 
 def test_core_reads_equal_optunas_orm_reads(url):
