@@ -44,7 +44,6 @@ infer them from the completed trials) and leave the prior out (uniform prior).
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from collections.abc import Sequence
@@ -59,7 +58,7 @@ from optuna.study import StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState
 
-from search_service.storage import PENDING_RETRY_S, STALE_KEY
+from search_service.trial_index import MASK_KEY, TrialIndex
 from supernet.rank_loss import L0_EPSILON, RANK_LOSSES
 from supernet.relation_graph import mask_log_prob
 
@@ -73,7 +72,6 @@ PATHS_KEY = "mro:paths"
 PRIOR_KEY = "mro:prior_keep_probs"
 BUDGET_KEY = "mro:trials"
 RANK_LOSS_KEY = "mro:rank_loss"
-MASK_KEY = "mro:mask"  # trial system attribute: the mask this trial claimed
 
 _MAX_ENUMERATED_PATHS = 20  # 2**20 masks: beyond this the space is never enumerated
 _CLAIM_ROUNDS = 8
@@ -81,7 +79,6 @@ _CLAIM_WAIT_S = 5.0  # how long a claim waits for higher-numbered rivals to move
 # that kept the mask writes its parameters at once: the wait is this long only when its worker
 # stalls between its claim and its check, e.g. on a machine with more workers than cores)
 _CLAIM_POLL_S = 0.02
-_LIVE = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 _ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
 
 
@@ -148,13 +145,15 @@ class MROSampler(BaseSampler):
         self._theta_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._refined_cache: dict[tuple, torch.Tensor] = {}
         self._attrs_cache: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
-        self._seen: tuple[int, int, list[FrozenTrial]] | None = None  # (study id, trial number, trials)
+        self._indexes: dict[tuple, TrialIndex] = {}  # per (storage, study, paths): derived, per process
+        self._seen: tuple[int, int, TrialIndex] | None = None  # (study id, trial number, index)
 
-    def trials_seen(self, study: Study, trial_number: int) -> list[FrozenTrial] | None:
+    def index_seen(self, study: Study, trial_number: int) -> TrialIndex | None:
         """The study's trials as this sampler last read them while it proposed the mask of
-        trial ``trial_number``: after that trial's claim was written and kept. None when it
-        did not read for that trial (an enqueued or retried mask). An objective can check the
-        trial budget on them instead of reading the study once more (``search.Objective``)."""
+        trial ``trial_number`` (after that trial's claim was written and kept), as a
+        ``TrialIndex``. None when it did not read for that trial (an enqueued or retried mask).
+        An objective can check the trial budget on it instead of reading the study once more
+        (``search.Objective``)."""
         seen = self._seen
         if seen is None or seen[0] != study._study_id or seen[1] != trial_number:
             return None
@@ -202,13 +201,14 @@ class MROSampler(BaseSampler):
 
     def _propose_and_claim(self, study: Study, trial: FrozenTrial, paths: list[str], rng: np.random.Generator) -> tuple[int, ...]:
         storage = study._storage
+        index = self._index(study, paths)
         excluded: set[tuple[int, ...]] = set()
         mask: tuple[int, ...] = ()
         for claim_round in range(_CLAIM_ROUNDS):
-            trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            held = _held_masks(trial, trials, paths)
+            index.update(storage.get_all_trials(study._study_id, deepcopy=False))
+            held = index.held_masks(trial.number)
             if claim_round == 0:
-                mask = self._propose(study, trial, trials, paths, rng, excluded)
+                mask = self._propose(study, trial, index, held, paths, rng, excluded)
             else:
                 # after a collision, a uniformly random untried mask from this trial's own
                 # generator: two trials that collided in lock-step (the same enumerated mask at
@@ -217,29 +217,24 @@ class MROSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
             if mask in held:
                 return mask  # no untried mask was left: this repeat is deliberate
-            kept, seen = _keeps_claim(study, trial, paths, mask)
-            if kept:
-                self._seen = (study._study_id, trial.number, seen)
+            if _keeps_claim(study, trial, index, mask):
+                self._seen = (study._study_id, trial.number, index)
                 return mask
             excluded.add(mask)
         return mask
 
-    def _propose(self, study, trial, trials, paths, rng, excluded) -> tuple[int, ...]:
+    def _index(self, study: Study, paths: list[str]) -> TrialIndex:
+        key = (id(study._storage), study._study_id, tuple(paths))
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = TrialIndex(paths)
+        return index
+
+    def _propose(self, study, trial, index: TrialIndex, held, paths, rng, excluded) -> tuple[int, ...]:
         P = len(paths)
-        taken = set(excluded)
-        complete: list[FrozenTrial] = []
-        running = 0
-        for t in trials:
-            if t.number == trial.number or not _holds_mask(t):
-                continue
-            m = _trial_mask(t, paths)
-            if m is not None:
-                taken.add(m)
-            if t.state == TrialState.COMPLETE:
-                if t.values is not None and m is not None:
-                    complete.append(t)
-            else:
-                running += 1
+        taken = held | excluded
+        complete = index.complete
+        running = index.running_others(trial.number)
         space = 2**P - 1
         untried = space - len(taken) if P <= 62 else math.inf
         theta0 = self._prior_logits(study, P)
@@ -249,7 +244,7 @@ class MROSampler(BaseSampler):
         if P <= _MAX_ENUMERATED_PATHS and untried > 0 and budget is not None:
             remaining = budget - len(complete) - running
             if untried <= remaining:
-                theta = self._refined(study, complete, paths, theta0) if len(complete) >= max(self._n_startup_trials, 2) else theta0
+                theta = self._refined(study, index, paths, theta0) if len(complete) >= max(self._n_startup_trials, 2) else theta0
                 return _best_untried(theta, taken, P)
 
         # 2. uniform during startup (and with probability `exploration` afterwards)
@@ -259,9 +254,9 @@ class MROSampler(BaseSampler):
         # 3. from the prior refined on the completed trials: a one-bit neighbour of a front
         #    member, or a mask of a drawn size from the refined keep probabilities
         losses = _performance_losses(study, complete, self._refine_trials) if len(complete) >= 2 else np.zeros(len(complete))
-        theta = self._refined(study, complete, paths, theta0, losses).numpy()
+        theta = self._refined(study, index, paths, theta0, losses).numpy()
         if rng.random() < self._local:
-            front = [_trial_mask(complete[i], paths) for i in np.flatnonzero(losses < 1.0)]
+            front = [index.complete_masks[i] for i in np.flatnonzero(losses < 1.0)]
             mask = _front_neighbour(theta, front, taken, rng)
             if mask is not None:
                 return mask
@@ -269,12 +264,14 @@ class MROSampler(BaseSampler):
 
     # --- refinement ------------------------------------------------------------------------------
 
-    def _refined(self, study: Study, complete: list[FrozenTrial], paths: list[str], theta0: torch.Tensor, losses: np.ndarray | None = None) -> torch.Tensor:
+    def _refined(self, study: Study, index: TrialIndex, paths: list[str], theta0: torch.Tensor, losses: np.ndarray | None = None) -> torch.Tensor:
         """``theta`` fitted by the rank loss to the completed trials' ranking, with an L2 pull
         towards the pretrained prior (Adam, warm-started from this process's last fit)."""
+        complete = index.complete
         if len(complete) < 2:
             return theta0
-        key = (tuple(paths), tuple(sorted(t.number for t in complete)))
+        # the completed trials only grow: their number and the last one name the set
+        key = (tuple(paths), len(complete), complete[-1].number, complete[0].number)
         cached = self._refined_cache.get(key)
         if cached is not None:  # claim retries of one proposal see the same trials
             return cached
@@ -284,7 +281,7 @@ class MROSampler(BaseSampler):
         target = np.asarray(losses[order], dtype=np.float64)
         if float(target.max() - target.min()) == 0.0:
             return theta0
-        masks = np.array([_trial_mask(complete[i], paths) for i in order], dtype=np.float64)
+        masks = np.array([index.complete_masks[i] for i in order], dtype=np.float64)
         start = self._theta_cache.get(key[0])
         if start is None or start.shape != theta0.shape:
             start = theta0
@@ -347,52 +344,6 @@ def _to_str(mask: Sequence[int]) -> str:
     return "".join(str(int(b)) for b in mask)
 
 
-# Masks of finished trials, by id(trial): a finished trial never changes, and every proposal
-# looks at every trial's mask several times (a per-process cache of derived values).
-_FINISHED_MASKS: dict[int, tuple[FrozenTrial, list[str], tuple[int, ...] | None]] = {}
-_FINISHED_MASKS_MAX = 200_000
-
-
-def _trial_mask(trial: FrozenTrial, paths: list[str]) -> tuple[int, ...] | None:
-    hit = _FINISHED_MASKS.get(id(trial))
-    if hit is not None and hit[0] is trial and hit[1] == paths:
-        return hit[2]
-    params = trial.params
-    mask: tuple[int, ...] | None
-    try:
-        mask = tuple(int(params[name]) for name in paths)
-    except KeyError:
-        claimed = trial.system_attrs.get(MASK_KEY)
-        mask = tuple(int(c) for c in claimed) if isinstance(claimed, str) and len(claimed) == len(paths) else None
-    if trial.state.is_finished():
-        if len(_FINISHED_MASKS) >= _FINISHED_MASKS_MAX:
-            _FINISHED_MASKS.clear()
-        _FINISHED_MASKS[id(trial)] = (trial, list(paths), mask)
-    return mask
-
-
-def _holds_mask(t: FrozenTrial) -> bool:
-    """A running, waiting or complete trial holds its mask; so does a trial that the heartbeat
-    failed a moment ago (its worker died): its retry, queued right after with the same mask,
-    takes over (``storage.STALE_KEY``), and until then no other trial may take the mask."""
-    if t.state in _LIVE:
-        return True
-    if t.state != TrialState.FAIL or not t.system_attrs.get(STALE_KEY) or t.datetime_complete is None:
-        return False
-    return (datetime.datetime.now() - t.datetime_complete).total_seconds() < PENDING_RETRY_S
-
-
-def _held_masks(trial: FrozenTrial, trials: list[FrozenTrial], paths: list[str]) -> set[tuple[int, ...]]:
-    """The masks of the other live (running, waiting or complete) trials."""
-    held = set()
-    for t in trials:
-        if t.number != trial.number and _holds_mask(t):
-            m = _trial_mask(t, paths)
-            if m is not None:
-                held.add(m)
-    return held
-
-
 def _random_untried(held: set[tuple[int, ...]], excluded: set[tuple[int, ...]], P: int, rng: np.random.Generator) -> tuple[int, ...]:
     """A uniformly random non-empty mask outside ``held`` and ``excluded``; outside ``held``
     only when ``excluded`` covers the rest (the rivals may have moved on); any mask when every
@@ -404,9 +355,9 @@ def _random_untried(held: set[tuple[int, ...]], excluded: set[tuple[int, ...]], 
     return _sample(np.zeros(P), taken, rng, space - len(taken))
 
 
-def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple[int, ...]) -> tuple[bool, list[FrozenTrial]]:
-    """Whether ``trial`` keeps ``mask``, which it has just claimed (its claim is written), and
-    the study's trials as last read.
+def _keeps_claim(study: Study, trial: FrozenTrial, index: TrialIndex, mask: tuple[int, ...]) -> bool:
+    """Whether ``trial`` keeps ``mask``, which it has just claimed (its claim is written);
+    ``index`` is left updated with the study's trials as last read.
 
     Of two trials claiming one mask, the one whose claim was written later always sees the other
     claim here. The lower trial number wins: a trial that sees a rival with a lower number gives
@@ -420,23 +371,26 @@ def _keeps_claim(study: Study, trial: FrozenTrial, paths: list[str], mask: tuple
     storage = study._storage
     deadline = time.monotonic() + _CLAIM_WAIT_S
     while True:
-        trials = storage.get_all_trials(study._study_id, deepcopy=False)
-        rivals = [t for t in trials if t.number != trial.number and _holds_mask(t) and _trial_mask(t, paths) == mask]
+        index.update(storage.get_all_trials(study._study_id, deepcopy=False))
+        completed, rivals = index.rivals(trial.number, mask)
+        if completed:
+            return False  # a complete trial has it
         if not rivals:
-            return True, trials
+            return True
         if min(t.number for t in rivals) < trial.number or time.monotonic() >= deadline:
-            return False, trials
-        if any(t.state == TrialState.COMPLETE or all(p in t.params for p in paths) for t in rivals):
-            return False, trials  # a rival has its parameters: it kept the mask (no need to wait)
+            return False
+        if any(t.state == TrialState.COMPLETE or all(p in t.params for p in index.paths) for t in rivals):
+            return False  # a rival has its parameters: it kept the mask (no need to wait)
         time.sleep(_CLAIM_POLL_S)
 
 
+_VALUE_ROWS_MAX = 200_000
 _VALUE_ROWS: dict[int, tuple[FrozenTrial, tuple[tuple[float, ...], float | None]]] = {}
 
 
 def _value_row(trial: FrozenTrial) -> tuple[tuple[float, ...], float | None]:
     """A complete trial's values and constraint penalty (None without constraints), cached per
-    process like ``_trial_mask``: a finished trial never changes."""
+    process: a finished trial never changes."""
     hit = _VALUE_ROWS.get(id(trial))
     if hit is not None and hit[0] is trial:
         return hit[1]
@@ -444,7 +398,7 @@ def _value_row(trial: FrozenTrial) -> tuple[tuple[float, ...], float | None]:
     penalty = None if constraints is None else sum(max(0.0, float(x)) for x in constraints)
     row = (tuple(trial.values), penalty)
     if trial.state.is_finished():
-        if len(_VALUE_ROWS) >= _FINISHED_MASKS_MAX:
+        if len(_VALUE_ROWS) >= _VALUE_ROWS_MAX:
             _VALUE_ROWS.clear()
         _VALUE_ROWS[id(trial)] = (trial, row)
     return row

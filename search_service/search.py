@@ -20,7 +20,6 @@ pruned and its worker stops.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
@@ -50,10 +49,7 @@ from search_service.sampler import (
     MROSampler,
 )
 from search_service.storage import (
-    MAX_RETRY,
     OUTAGE_RETRIES,
-    PENDING_RETRY_S,
-    STALE_KEY,
     FaultTolerantRDBStorage,
     StorageError,
     StorageOutage,
@@ -65,6 +61,7 @@ from search_service.storage import (
     set_trial_attrs,
 )
 from search_service.study_file import Study
+from search_service.trial_index import TrialIndex, budget_place
 from supernet.errors import CheckpointError, ConfigError
 from supernet.paths import format_mask
 
@@ -272,45 +269,14 @@ class Objective:
     def _admitted(self, trial: optuna.Trial) -> bool:
         """Whether the trial's place in the budget order is within the budget, judged on the
         trials as the sampler read them after this trial's claim (else read now)."""
-        seen = getattr(trial.study.sampler, "trials_seen", None)
-        trials = seen(trial.study, trial.number) if seen is not None else None
-        if trials is None:
-            trials = trial.study.get_trials(deepcopy=False)
-        me = next((t for t in trials if t.number == trial.number), None)
-        place = _budget_place(me) if me is not None else (trial.number, trial.number)
-        self.last_counts = _count_states(trials)
-        return _places_before(trials, place, trial.number) < self.budget
-
-
-def _budget_place(t: optuna.trial.FrozenTrial) -> tuple[int, int]:
-    """A trial's place in the budget order: a retry takes the place of the trial it retries."""
-    return int(t.system_attrs.get("failed_trial", t.number)), t.number
-
-
-def _places_before(trials, place: tuple[int, int], number: int) -> int:
-    """How many places before ``place`` are held: by a running, waiting or complete trial, or
-    by a trial failed by the heartbeat whose retry is still to come."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
-    # a retry is queued right after the failure; if that never happened (the database went away
-    # in between), the place is given up after a while rather than held for ever
-    recent = datetime.datetime.now() - datetime.timedelta(seconds=PENDING_RETRY_S)
-    held = 0
-    for t in trials:
-        if t.number == number or _budget_place(t) >= place:
-            continue
-        if t.state in live:
-            held += 1
-        elif (
-            t.state == TrialState.FAIL
-            and t.system_attrs.get(STALE_KEY)
-            and t.number not in retried
-            and len(t.system_attrs.get("retry_history", ())) < MAX_RETRY
-            and t.datetime_complete is not None
-            and t.datetime_complete > recent
-        ):
-            held += 1  # failed by the heartbeat a moment ago: its retry is being queued
-    return held
+        seen = getattr(trial.study.sampler, "index_seen", None)
+        index = seen(trial.study, trial.number) if seen is not None else None
+        if index is None:
+            index = TrialIndex(self.paths).update(trial.study.get_trials(deepcopy=False))
+        me = index.find(trial.number)
+        place = budget_place(me) if me is not None else (trial.number, trial.number)
+        self.last_counts = index.state_counts()
+        return index.places_before(place, trial.number) < self.budget
 
 
 def worker_id() -> str:

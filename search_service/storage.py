@@ -373,7 +373,7 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # mark each stale trial before Optuna fails it: between the failure and the queueing of
-        # its retry, the budget keeps the retry's place (search._places_before)
+        # its retry, the budget keeps the retry's place (trial_index.TrialIndex.places_before)
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
             try:
@@ -437,7 +437,8 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
 def _with_claimed_mask(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial:
     from optuna.distributions import CategoricalDistribution
 
-    from search_service.sampler import MASK_KEY, PATHS_KEY, _trial_mask
+    from search_service.sampler import PATHS_KEY
+    from search_service.trial_index import MASK_KEY, trial_mask
 
     paths = study._storage.get_study_system_attrs(study._study_id).get(PATHS_KEY)
     if not paths or all(name in trial.params for name in paths):
@@ -447,7 +448,7 @@ def _with_claimed_mask(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial:
     agrees = mask is not None and any(mask) and all(int(trial.params[p]) == b for p, b in zip(paths, mask) if p in trial.params)
     if agrees:
         live = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE))
-        agrees = not any(t.number != trial.number and _trial_mask(t, list(paths)) == mask for t in live)
+        agrees = not any(t.number != trial.number and trial_mask(t, paths) == mask for t in live)
     trial = copy.deepcopy(trial)
     if agrees:
         bit = CategoricalDistribution((0, 1))
