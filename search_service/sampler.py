@@ -253,7 +253,7 @@ class MROSampler(BaseSampler):
 
         # 3. from the prior refined on the completed trials: a one-bit neighbour of a front
         #    member, or a mask of a drawn size from the refined keep probabilities
-        losses = _performance_losses(study, complete, self._refine_trials) if len(complete) >= 2 else np.zeros(len(complete))
+        losses = _performance_losses(study, index, self._refine_trials) if len(complete) >= 2 else np.zeros(len(complete))
         theta = self._refined(study, index, paths, theta0, losses).numpy()
         if rng.random() < self._local:
             front = [index.complete_masks[i] for i in np.flatnonzero(losses < 1.0)]
@@ -276,7 +276,7 @@ class MROSampler(BaseSampler):
         if cached is not None:  # claim retries of one proposal see the same trials
             return cached
         if losses is None:
-            losses = _performance_losses(study, complete, self._refine_trials)
+            losses = _performance_losses(study, index, self._refine_trials)
         order = np.argsort(losses, kind="stable")[: self._refine_trials]
         target = np.asarray(losses[order], dtype=np.float64)
         if float(target.max() - target.min()) == 0.0:
@@ -384,38 +384,15 @@ def _keeps_claim(study: Study, trial: FrozenTrial, index: TrialIndex, mask: tupl
         time.sleep(_CLAIM_POLL_S)
 
 
-_VALUE_ROWS_MAX = 200_000
-_VALUE_ROWS: dict[int, tuple[FrozenTrial, tuple[tuple[float, ...], float | None]]] = {}
-
-
-def _value_row(trial: FrozenTrial) -> tuple[tuple[float, ...], float | None]:
-    """A complete trial's values and constraint penalty (None without constraints), cached per
-    process: a finished trial never changes."""
-    hit = _VALUE_ROWS.get(id(trial))
-    if hit is not None and hit[0] is trial:
-        return hit[1]
-    constraints = trial.system_attrs.get("constraints")
-    penalty = None if constraints is None else sum(max(0.0, float(x)) for x in constraints)
-    row = (tuple(trial.values), penalty)
-    if trial.state.is_finished():
-        if len(_VALUE_ROWS) >= _VALUE_ROWS_MAX:
-            _VALUE_ROWS.clear()
-        _VALUE_ROWS[id(trial)] = (trial, row)
-    return row
-
-
-def _performance_losses(study: Study, trials: list[FrozenTrial], n_below: int | None = None) -> np.ndarray:
-    """Lower is better: non-domination rank, then the first objective as a tie-breaker in [0, 1).
+def _performance_losses(study: Study, index: TrialIndex, n_below: int | None = None) -> np.ndarray:
+    """Lower is better, for ``index.complete``: non-domination rank, then the first objective
+    as a tie-breaker in [0, 1).
 
     With ``n_below``, ranks are exact only for the best ``n_below`` trials (and the front);
     the rest rank behind them (Optuna's early-stopping sort: only those enter the rank loss)."""
-    rows = [_value_row(t) for t in trials]
-    values = np.array([r[0] for r in rows], dtype=float)  # (N, n_objectives)
+    values, penalty = index.complete_arrays()
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
     loss_values = values * signs
-    penalty = None
-    if any(r[1] is not None for r in rows):
-        penalty = np.array([r[1] or 0.0 for r in rows])
     rank = _fast_non_domination_rank(loss_values, penalty=penalty, n_below=n_below).astype(float)
     first = loss_values[:, 0]
     spread = first.max() - first.min()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,7 @@ class FaultTolerantRDBStorage(RDBStorage):
     """
 
     stamp: dict[str, Any] = {}  # user attributes of every trial this process starts (``stamp_trials``)
+    _fresh_beats: dict[int, float] | None = None  # trial id -> when its first beat was written here
 
     def stamp_trials(self, user_attrs: dict[str, Any]) -> None:
         """Give every trial this storage starts (``ask``, or a WAITING trial taken) these user
@@ -358,6 +360,9 @@ class FaultTolerantRDBStorage(RDBStorage):
 
             if self.heartbeat_interval is not None:
                 session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+                if self._fresh_beats is None:
+                    self._fresh_beats = {}
+                self._fresh_beats[trial.trial_id] = time.monotonic()
             for key, value in self.stamp.items():
                 session.add(models.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
         return trial
@@ -401,6 +406,12 @@ class FaultTolerantRDBStorage(RDBStorage):
         return found[0]
 
     def record_heartbeat(self, trial_id: int) -> None:
+        # the beat Optuna's heartbeat thread writes as it starts, right after ``ask`` created the
+        # trial with its first beat (``_get_prepared_new_trial``): skipped, a transaction less
+        # per trial; the thread's next beats (every HEARTBEAT_INTERVAL) are written as usual
+        fresh = self._fresh_beats.pop(trial_id, None) if self._fresh_beats else None
+        if fresh is not None and time.monotonic() - fresh < 1.0:
+            return
         try:
             super().record_heartbeat(trial_id)
         except Exception as exc:

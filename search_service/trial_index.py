@@ -23,6 +23,7 @@ import datetime
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from search_service.storage import MAX_RETRY, PENDING_RETRY_S, STALE_KEY
@@ -79,6 +80,9 @@ class TrialIndex:
         self._anchor: tuple[int, FrozenTrial] | None = None  # a settled trial and its position
         self.complete: list[FrozenTrial] = []  # settled COMPLETE trials with a mask and values
         self.complete_masks: list[Mask] = []  # their masks, in the same order
+        self._values: list[tuple[float, ...]] = []  # their values, in the same order
+        self._penalties: list[float | None] = []  # their constraint penalty (None: no constraints)
+        self._arrays: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.masks: Counter[Mask] = Counter()  # masks held by settled trials (the COMPLETE ones)
         self._settled_complete: dict[int, tuple[Mask | None, tuple[int, int]]] = {}  # number -> mask, place
         self.counts: Counter[str] = Counter()  # states of the settled trials
@@ -118,6 +122,9 @@ class TrialIndex:
             if t.values is not None:
                 self.complete.append(t)
                 self.complete_masks.append(mask)
+                self._values.append(tuple(t.values))
+                constraints = t.system_attrs.get("constraints")
+                self._penalties.append(None if constraints is None else sum(max(0.0, float(x)) for x in constraints))
         place = budget_place(t)
         bisect.insort(self.places, place)
         self._settled_complete[t.number] = (mask, place)
@@ -128,6 +135,18 @@ class TrialIndex:
         if own is None or own[0] is None or self.masks[own[0]] > 1:
             return set(self.masks)
         return set(self.masks) - {own[0]}
+
+    def complete_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The values of ``complete`` (n, objectives) and their constraint penalties (None when
+        no trial has constraints), as arrays (rebuilt only when trials were added)."""
+        n = len(self._values)
+        if self._arrays is None or self._arrays[0] != n:
+            values = np.array(self._values, dtype=float).reshape(n, -1)
+            penalty = None
+            if any(p is not None for p in self._penalties):
+                penalty = np.array([p or 0.0 for p in self._penalties])
+            self._arrays = (n, values, penalty)
+        return self._arrays[1], self._arrays[2]
 
     # --- questions about the study as of the last update ----------------------------------------
 
