@@ -115,7 +115,7 @@ class MROSampler(BaseSampler):
         refine_trials: int = 64,
         anchor: float = 0.05,
         exploration: float = 0.1,
-        local: float = 0.5,
+        local: float = 0.7,
         seed: int | None = None,
     ) -> None:
         if n_startup_trials < 0:
