@@ -234,3 +234,90 @@ def _evaluate_epoch(model, prior, valid: Split, index, masks, names, task, devic
         "valid_loss_best": float(mask_losses.min()),
         "edge_probs": [round(float(p), 4) for p in prior.edge_probs()],
     }
+
+
+@dataclass
+class SubnetResult:
+    """A subnet trained stand-alone: the model (only the mask's paths were ever run) and its history."""
+
+    model: Supernet
+    mask: tuple[int, ...]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_subnet(
+    data: MultimodalData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    mask: Any,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SubnetResult:
+    """Train one fixed subnet from scratch, stand-alone (no weight sharing, no prior).
+
+    The baseline a supernet's inherited scores are judged against: the same model class and
+    initialisation as ``train_supernet`` (same seed), the same optimizer, epochs, batch size,
+    learning rate and batch order, but every step trains the one subnet ``mask`` selects. The
+    paths the mask leaves out are never run and keep their initial weights. Each epoch records
+    the training loss and the validation loss of the subnet.
+    """
+    torch.manual_seed(train_cfg.seed)
+    g = torch.Generator().manual_seed(train_cfg.seed)
+    device = torch.device(train_cfg.device)
+    model = Supernet(model_spec(data), model_cfg).to(device)
+    bits = tuple(int(b) for b in (mask.tolist() if isinstance(mask, torch.Tensor) else mask))
+    if len(bits) != model.num_paths:
+        raise ValueError(f"mask has {len(bits)} bits but the model has {model.num_paths} paths")
+    active = [p for p, bit in enumerate(bits) if bit]
+    # the left-out paths never get a gradient, so AdamW skips them (no step, no weight decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    names = data.modality_names
+    train, valid = data.splits["train"], data.splits["valid"]
+    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+    bar = tqdm(
+        total=train_cfg.epochs * steps_per_epoch,
+        desc=f"subnet {''.join(map(str, bits))}",
+        unit="step",
+        disable=not progress or not sys.stderr.isatty(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    history: list[dict[str, Any]] = []
+    for epoch in range(train_cfg.epochs):
+        model.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        order = torch.randperm(len(train), generator=g)
+        for features, lengths, labels in batches(train, names, train_cfg.batch_size, order):
+            features, lengths, labels = _to(device, features, lengths, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss = task_loss(model(features, bits, lengths), labels, data.task)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            bar.update(1)
+        elapsed = time.perf_counter() - started
+        model.eval()
+        with torch.no_grad():
+            total, n = 0.0, 0
+            for features, lengths, labels in batches(valid, names, 256):
+                features, lengths, labels = _to(device, features, lengths, labels)
+                total += float(task_loss(model(features, bits, lengths), labels, data.task)) * len(labels)
+                n += len(labels)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "valid_loss": total / max(n, 1),
+            "samples_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+            "seconds": elapsed,
+        }
+        history.append(record)
+        if log:
+            log(
+                f"subnet {''.join(map(str, bits))} ({len(active)} paths) epoch {epoch + 1}/{train_cfg.epochs}: "
+                f"train loss {record['train_loss']:.4f}, valid loss {record['valid_loss']:.4f}"
+            )
+    bar.close()
+    model.eval()
+    return SubnetResult(model, bits, history)

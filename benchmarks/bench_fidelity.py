@@ -1,0 +1,498 @@
+"""Benchmark: ranking fidelity of the supernet -- inherited scores versus stand-alone training.
+
+Usage: python benchmarks/bench_fidelity.py --study demo|mfeat [--seeds 0,1,2] [--masks N]
+                                           [--epochs E] [--workers W] [--quick] [--json] [--out DIR]
+
+A weight-sharing supernet is only useful for search if the order it gives the subnets (their
+scores with the *inherited* shared weights) is the order they would have if each were trained on
+its own. For one study (``studies/NAME.toml``) and each seed:
+
+1. the supernet is trained with that seed (``search_service.evaluator.train_study``: the study's
+   [data], [model] and [train], seed replaced; cached in ``runs/bench_fidelity/NAME-seedS-<config
+   sha>/supernet.pt`` so reruns skip it);
+2. the masks are scored with the supernet's inherited weights on the validation split
+   (``build_cache`` + ``score_masks``: exact, the study's metric, accuracy for demo and mfeat);
+3. every mask is trained stand-alone from scratch (``supernet.train.train_subnet``: the same model
+   class and initialisation, the same epochs, batch size, learning rate, weight decay, data and
+   seed; every step trains that one subnet) and scored on the same split with a masked forward
+   pass (results appended to ``standalone.jsonl`` beside the checkpoint, so an interrupted run
+   resumes where it stopped);
+4. Kendall's tau (tau-b, ties handled) and Spearman's rho (``scipy.stats``) between the two lists of
+   scores. Also reported: tau on the validation loss (fewer ties than accuracy), tau of the
+   trivial predictor "number of active paths" against stand-alone accuracy (what a ranking that
+   only knows the size would get), and the top-1 regret (best stand-alone accuracy minus the
+   stand-alone accuracy of the supernet's top mask).
+
+Masks: demo (k = 3, 6 paths): all 63. mfeat (k = 6, 30 paths): ``--masks`` (default 30) masks
+stratified by the number of active paths (sizes spread evenly over 1..30, distinct masks drawn
+uniformly within a size), deterministic from the seed, so each seed ranks its own sample.
+
+Target: Kendall tau >= 0.6 (mean over seeds). For reference, uniform weight sharing gave tau ~ 0.2
+in Yu et al., "Evaluating the search phase of neural architecture search" (ICLR 2020).
+
+Stand-alone trainings run in ``--workers`` processes (spawned, one torch thread each); the
+supernets are trained in the same pool. Writes ``DIR/bench_fidelity_NAME.json`` (every per-mask
+score) and ``DIR/bench_fidelity_NAME.md`` (a Markdown table fragment); ``--quick`` writes
+``..._quick`` files instead and never overwrites a real result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import kendalltau, spearmanr  # noqa: E402
+
+from search_service.evaluator import load_study_data, objective_metric, train_study  # noqa: E402
+from search_service.study_file import Study, load_study  # noqa: E402
+from supernet.checkpoint import load_checkpoint  # noqa: E402
+from supernet.config import config_sha256  # noqa: E402
+from supernet.metrics import batch_metric  # noqa: E402
+from supernet.paths import all_masks, format_mask, num_paths  # noqa: E402
+from supernet.scoring import batches, build_cache, predict_masks, score_masks  # noqa: E402
+from supernet.train import task_loss, train_subnet  # noqa: E402
+
+CACHE_DIR = ROOT / "runs" / "bench_fidelity"
+TARGET_TAU = 0.6
+REFERENCE_TAU = 0.2  # uniform weight sharing, Yu et al. (ICLR 2020)
+DEFAULT_MASKS = 30  # mfeat: at least 30, stratified by size
+# --quick: a smoke run; synthetic data shrinks to ``samples``, a split data set (mfeat) trains on
+# about a third of its samples (``test_fraction`` raised: the test split is never used here)
+QUICK = {"seeds": "0,1", "epochs": 1, "masks": 6, "samples": [1000, 300, 300], "test_fraction": 0.5}
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "scipy": scipy.__version__,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def prepare_study(name: str, seed: int, epochs: int | None, quick: bool) -> Study:
+    """The study with the benchmark's seed (and epochs) and its own cache directory."""
+    study = load_study(name)
+    if quick and study.data.source == "synthetic":
+        study.data.samples = list(QUICK["samples"])
+    elif quick:
+        study.data.test_fraction = max(study.data.test_fraction, QUICK["test_fraction"])
+    if epochs is not None:
+        study.train.epochs = epochs
+        study.train.warmup_epochs = min(study.train.warmup_epochs, epochs)
+    study.train.seed = seed
+    study.train.device = "cpu"
+    # the search settings are not part of the supernet's configuration (nor of its SHA-256)
+    study.search.run_dir = str(CACHE_DIR / f"{study.name}-seed{seed}-{study.sha256[:12]}")
+    return study
+
+
+def sample_masks(n_paths: int, n: int, seed: int) -> list[tuple[int, ...]]:
+    """``n`` distinct masks stratified by the number of active paths, deterministic from ``seed``;
+    every mask when ``n`` reaches their number. Sorted by size, then bits."""
+    total = 2**n_paths - 1
+    if n >= total:
+        return [tuple(int(b) for b in m) for m in all_masks(n_paths).tolist()]
+    sizes = range(1, n_paths + 1)
+    capacity = {k: math.comb(n_paths, k) for k in sizes}
+    count = dict.fromkeys(sizes, 0)
+    for i in range(n):  # spread evenly over the sizes 1..P
+        count[1 + (i * n_paths) // n] += 1
+    spare = n
+    for k in sizes:
+        count[k] = min(count[k], capacity[k])
+        spare -= count[k]
+    middle_first = sorted(sizes, key=lambda k: (abs(k - (n_paths + 1) / 2), k))
+    while spare:  # sizes with too few masks hand their share to the fuller middle sizes
+        for k in middle_first:
+            if spare and count[k] < capacity[k]:
+                count[k] += 1
+                spare -= 1
+    rng = random.Random(f"bench_fidelity:{n_paths}:{n}:{seed}")
+    masks: list[tuple[int, ...]] = []
+    for k in sizes:
+        chosen: set[tuple[int, ...]] = set()
+        while len(chosen) < count[k]:
+            on = set(rng.sample(range(n_paths), k))
+            chosen.add(tuple(int(p in on) for p in range(n_paths)))
+        masks.extend(sorted(chosen, reverse=True))
+    return masks
+
+
+# ----------------------------------------------------------------------------- jobs (any process)
+
+_DATA: dict[str, object] = {}
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _study_data(study: Study):
+    key = config_sha256(asdict(study.data))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_study_data(study)
+    return _DATA[key]
+
+
+def job_supernet(study: Study) -> dict:
+    """Train the study's supernet (unless a checkpoint for exactly this configuration exists)."""
+    started = time.perf_counter()
+    path = study.checkpoint_path
+    if path.is_file():
+        try:
+            load_checkpoint(path, expected_sha256=study.sha256)
+            return {"kind": "supernet", "seed": study.train.seed, "cached": True, "seconds": 0.0}
+        except Exception:  # damaged or foreign: train again
+            pass
+    train_study(study, progress=False)
+    return {"kind": "supernet", "seed": study.train.seed, "cached": False,
+            "seconds": time.perf_counter() - started}
+
+
+def job_subnet(study: Study, mask: tuple[int, ...], metric: str) -> dict:
+    """Train one mask stand-alone and score it on the validation split."""
+    data = _study_data(study)
+    started = time.perf_counter()
+    result = train_subnet(data, study.model, study.train, mask)
+    train_s = time.perf_counter() - started
+    model = result.model
+    valid = data.splits["valid"]
+    outputs = []
+    with torch.no_grad():
+        for features, lengths, _ in batches(valid, data.modality_names, 256):
+            outputs.append(model(features, mask, lengths))
+    out = torch.cat(outputs)
+    loss = float(task_loss(out, valid.labels, data.task))
+    pred = out.squeeze(-1) if data.task == "regression" else out
+    score = float(batch_metric(pred[None], valid.labels, metric)[0])
+    return {"kind": "subnet", "seed": study.train.seed, "mask": format_mask(mask), "paths": sum(mask),
+            "score": score, "loss": loss, "seconds": train_s,
+            "final_train_loss": result.history[-1]["train_loss"]}
+
+
+def _run(job: tuple) -> dict:
+    kind, *args = job
+    return job_supernet(*args) if kind == "supernet" else job_subnet(*args)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _corr(fn, x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(fn(x, y).statistic)
+
+
+def supernet_scores(study: Study, masks: list[tuple[int, ...]], metric: str) -> dict:
+    ckpt = load_checkpoint(study.checkpoint_path, expected_sha256=study.sha256)
+    model = ckpt.model.eval()
+    data = _study_data(study)
+    started = time.perf_counter()
+    cache = build_cache(model, data.splits["valid"])
+    m = torch.tensor(masks, dtype=torch.float32)
+    scores = score_masks(model, cache, m, metric).tolist()
+    losses = task_loss(predict_masks(model, cache, m), cache.labels, data.task).tolist()
+    history = ckpt.history
+    return {
+        "scores": scores,
+        "losses": losses,
+        "score_s": time.perf_counter() - started,
+        "train_s_recorded": float(sum(r.get("seconds", 0.0) for r in history)),
+        "final_spearman_prior": history[-1].get("spearman") if history else None,
+        "checkpoint": str(study.checkpoint_path.relative_to(ROOT)) if study.checkpoint_path.is_relative_to(ROOT)
+        else str(study.checkpoint_path),
+    }
+
+
+def analyse(seed: int, masks, sup: dict, standalone: dict) -> dict:
+    keys = [format_mask(m) for m in masks]
+    sa = [standalone[k]["score"] for k in keys]
+    sa_loss = [standalone[k]["loss"] for k in keys]
+    sizes = [sum(m) for m in masks]
+    top = int(np.argmax(sup["scores"]))
+    return {
+        "seed": seed,
+        "masks": len(keys),
+        "kendall_tau": _corr(kendalltau, sup["scores"], sa),
+        "spearman_rho": _corr(spearmanr, sup["scores"], sa),
+        "kendall_tau_loss": _corr(kendalltau, sup["losses"], sa_loss),
+        "kendall_tau_size_baseline": _corr(kendalltau, sizes, sa),
+        "top1_regret": max(sa) - sa[top],
+        "supernet_top_mask": keys[top],
+        "standalone_best_mask": keys[int(np.argmax(sa))],
+        "supernet_score_range": [min(sup["scores"]), max(sup["scores"])],
+        "standalone_score_range": [min(sa), max(sa)],
+        "mean_gap_standalone_minus_supernet": float(np.mean(np.array(sa) - np.array(sup["scores"]))),
+        "standalone_seconds_mean": statistics.mean(standalone[k]["seconds"] for k in keys),
+        "standalone_seconds_total": sum(standalone[k]["seconds"] for k in keys),
+        "per_mask": [
+            {"mask": k, "paths": sizes[i], "supernet": sup["scores"][i], "standalone": sa[i],
+             "supernet_loss": sup["losses"][i], "standalone_loss": sa_loss[i],
+             "standalone_seconds": standalone[k]["seconds"]}
+            for i, k in enumerate(keys)
+        ],
+    }
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def fmt_ms(pair: tuple[float, float], digits: int = 3) -> str:
+    m, s = pair
+    return f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def markdown(report: dict) -> str:
+    s, info = report["settings"], report["machine"]
+    lines = [
+        f"**bench_fidelity, study `{s['study']}`** ({info['date']}, {info['cpu_model']} x{info['cpu_count']}, "
+        f"load {info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}; {_n(s['epochs'], 'epoch')}, "
+        f"{report['masks_per_seed']} masks per seed, metric {report['metric']} on the validation split "
+        f"({report['valid_samples']} samples), {_n(s['workers'], 'worker')}{', QUICK settings' if s['quick'] else ''}; "
+        f"wall time {report['wall_s']:.0f} s)",
+        "",
+        "| seed | masks | Kendall τ | Spearman ρ | τ on loss | τ of #paths (baseline) | top-1 regret | "
+        "supernet range | stand-alone range | supernet train s | stand-alone s/mask |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["per_seed"]:
+        lines.append(
+            f"| {r['seed']} | {r['masks']} | {r['kendall_tau']:.3f} | {r['spearman_rho']:.3f} | "
+            f"{r['kendall_tau_loss']:.3f} | {r['kendall_tau_size_baseline']:.3f} | {r['top1_regret']:.4f} | "
+            f"{r['supernet_score_range'][0]:.3f}–{r['supernet_score_range'][1]:.3f} | "
+            f"{r['standalone_score_range'][0]:.3f}–{r['standalone_score_range'][1]:.3f} | "
+            f"{r['supernet_train_s']:.0f}{' (cached)' if r['supernet_cached'] else ''} | "
+            f"{r['standalone_seconds_mean']:.1f} |"
+        )
+    a = report["summary"]
+    lines.append(
+        f"| **mean ± std** | | **{fmt_ms(a['kendall_tau'])}** | {fmt_ms(a['spearman_rho'])} | "
+        f"{fmt_ms(a['kendall_tau_loss'])} | {fmt_ms(a['kendall_tau_size_baseline'])} | "
+        f"{fmt_ms(a['top1_regret'], 4)} | | | | |"
+    )
+    lines += [
+        "",
+        f"Target Kendall τ ≥ {TARGET_TAU} (mean over seeds): **{report['verdict']}** "
+        f"(uniform weight sharing: τ ≈ {REFERENCE_TAU}, Yu et al., ICLR 2020).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def load_standalone(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run
+            done[row["mask"]] = row
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="demo", help="study name (studies/NAME.toml) or path; demo or mfeat")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0,1)")
+    parser.add_argument("--masks", type=int, default=None,
+                        help=f"masks per seed, stratified by size (default: all when there are at most 63, "
+                             f"else {DEFAULT_MASKS}; quick: {QUICK['masks']})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of supernet AND stand-alone training (default: the study's [train] epochs)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the trainings (1 torch thread each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (default 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: seeds {QUICK['seeds']}, {QUICK['epochs']} epoch, {QUICK['masks']} masks, "
+                             f"synthetic samples {QUICK['samples']}, other data test_fraction {QUICK['test_fraction']}")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached checkpoints and stand-alone results")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the JSON and Markdown files")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds or QUICK["seeds"]
+        args.epochs = args.epochs or QUICK["epochs"]
+        args.masks = args.masks or QUICK["masks"]
+    seeds = [int(s) for s in (args.seeds or "0,1,2").split(",") if s.strip()]
+    torch.set_num_threads(args.threads)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+
+    info = machine_info()
+    started = time.perf_counter()
+    studies = {seed: prepare_study(args.study, seed, args.epochs, args.quick) for seed in seeds}
+    first = studies[seeds[0]]
+    metric = objective_metric(first)
+    epochs = first.train.epochs
+    data = _study_data(first)
+    P = num_paths(len(data.modalities))
+    n_masks = args.masks if args.masks is not None else (2**P - 1 if 2**P - 1 <= 63 else DEFAULT_MASKS)
+    masks = {seed: sample_masks(P, n_masks, seed) for seed in seeds}
+    say(f"# bench_fidelity  {info['date']}  {info['cpu_model']} x{info['cpu_count']}  torch {info['torch']}  "
+        f"load {info['loadavg_start'][0]:.2f}")
+    say(f"study {first.name}: {len(data.modalities)} modalities, {P} paths; train/valid "
+        f"{len(data.splits['train'])}/{len(data.splits['valid'])} samples; {_n(epochs, 'epoch')} "
+        f"({first.train.warmup_epochs} warm-up), batch {first.train.batch_size}, lr {first.train.lr}; "
+        f"metric {metric}; seeds {seeds}; {len(masks[seeds[0]])} masks per seed; {_n(args.workers, 'worker')}")
+
+    # what is already done
+    standalone: dict[int, dict[str, dict]] = {}
+    jobs: list[tuple] = []
+    for seed in seeds:
+        study = studies[seed]
+        log_path = Path(study.search.run_dir) / "standalone.jsonl"
+        if args.fresh:
+            study.checkpoint_path.unlink(missing_ok=True)
+            log_path.unlink(missing_ok=True)
+        standalone[seed] = load_standalone(log_path)
+        jobs.append(("supernet", study))
+    for seed in seeds:  # the longest stand-alone trainings (most paths) first
+        todo = [m for m in masks[seed] if format_mask(m) not in standalone[seed]]
+        cached = len(masks[seed]) - len(todo)
+        if cached:
+            say(f"seed {seed}: {cached} stand-alone results cached")
+        jobs.extend(("subnet", studies[seed], m, metric) for m in todo)
+    jobs[len(seeds):] = sorted(jobs[len(seeds):], key=lambda j: -sum(j[2]))
+    n_sub = len(jobs) - len(seeds)
+
+    supernet_runs: dict[int, dict] = {}
+    done_sub = 0
+
+    def record(result: dict) -> None:
+        nonlocal done_sub
+        seed = result["seed"]
+        if result["kind"] == "supernet":
+            supernet_runs[seed] = result
+            say(f"  supernet seed {seed}: " + ("cached checkpoint" if result["cached"] else f"trained in {result['seconds']:.1f} s"))
+            return
+        standalone[seed][result["mask"]] = result
+        log_path = Path(studies[seed].search.run_dir) / "standalone.jsonl"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        done_sub += 1
+        elapsed = time.perf_counter() - started
+        say(f"  [{done_sub}/{n_sub}] seed {seed} {result['mask']} ({result['paths']} paths): stand-alone "
+            f"{metric} {result['score']:.4f} in {result['seconds']:.1f} s  ({elapsed:.0f} s elapsed)")
+
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+            pending = {pool.submit(_run, job) for job in jobs}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+    else:
+        for job in jobs:
+            record(_run(job))
+
+    per_seed = []
+    for seed in seeds:
+        sup = supernet_scores(studies[seed], masks[seed], metric)
+        row = analyse(seed, masks[seed], sup, standalone[seed])
+        cached = supernet_runs[seed]["cached"]
+        row.update(
+            supernet_cached=cached,
+            supernet_train_s=sup["train_s_recorded"] if cached else supernet_runs[seed]["seconds"],
+            supernet_score_s=sup["score_s"],
+            supernet_prior_spearman_last_epoch=sup["final_spearman_prior"],
+            checkpoint=sup["checkpoint"],
+        )
+        per_seed.append(row)
+    wall_s = time.perf_counter() - started
+    info["loadavg_end"] = list(os.getloadavg())
+    keys = ("kendall_tau", "spearman_rho", "kendall_tau_loss", "kendall_tau_size_baseline", "top1_regret")
+    summary = {k: mean_std([r[k] for r in per_seed]) for k in keys}
+    tau = summary["kendall_tau"][0]
+    verdict = "MET" if not math.isnan(tau) and tau >= TARGET_TAU else "NOT MET"
+    settings = {"study": first.name, "seeds": seeds, "masks": n_masks, "epochs": epochs, "workers": args.workers,
+                "threads": args.threads, "quick": args.quick, "fresh": args.fresh}
+    report = {
+        "benchmark": "bench_fidelity",
+        "settings": settings,
+        "machine": info,
+        "study_config": first.supernet_config() | {"train": asdict(first.train) | {"seed": "per seed"}},
+        "metric": metric,
+        "valid_samples": len(data.splits["valid"]),
+        "masks_per_seed": len(masks[seeds[0]]),
+        "per_seed": per_seed,
+        "summary": {k: {"mean": m, "std": s} for k, (m, s) in summary.items()},
+        "target": {"kendall_tau_min": TARGET_TAU, "reference_uniform_weight_sharing": REFERENCE_TAU},
+        "verdict": verdict,
+        "wall_s": wall_s,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_fidelity_{first.name}{'_quick' if args.quick else ''}"
+    report_md = markdown({**report, "summary": summary})
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(report_md)
+
+    if args.json:
+        print(json.dumps(report, default=float))
+        return 0
+    print()
+    print(f"{'seed':>4} {'masks':>5} {'tau':>7} {'rho':>7} {'tau(loss)':>9} {'tau(#paths)':>11} "
+          f"{'regret':>7} {'supernet s':>10} {'s/mask':>7}")
+    for r in per_seed:
+        print(f"{r['seed']:>4} {r['masks']:>5} {r['kendall_tau']:>7.3f} {r['spearman_rho']:>7.3f} "
+              f"{r['kendall_tau_loss']:>9.3f} {r['kendall_tau_size_baseline']:>11.3f} {r['top1_regret']:>7.4f} "
+              f"{r['supernet_train_s']:>9.0f}{'c' if r['supernet_cached'] else ' '} {r['standalone_seconds_mean']:>7.1f}")
+    print(f"mean ± std: Kendall tau {fmt_ms(summary['kendall_tau'])}, Spearman rho {fmt_ms(summary['spearman_rho'])}, "
+          f"tau on loss {fmt_ms(summary['kendall_tau_loss'])}, #paths baseline tau "
+          f"{fmt_ms(summary['kendall_tau_size_baseline'])}")
+    print(f"target Kendall tau >= {TARGET_TAU} (mean over {len(seeds)} seeds): {tau:.3f} -> {verdict}"
+          f"   (uniform weight sharing, Yu et al. 2020: tau ~ {REFERENCE_TAU})")
+    print(f"wall time {wall_s:.0f} s ({n_sub} stand-alone trainings run, {_n(args.workers, 'worker')}); "
+          f"wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
