@@ -260,7 +260,7 @@ class MROSampler(BaseSampler):
             mask = _front_neighbour(theta, front, taken, rng)
             if mask is not None:
                 return mask
-        return _sample_by_size(theta, taken, rng, untried)
+        return _sample_by_size(theta, taken, rng, untried, index.size_counts(index.open_masks(trial.number) | excluded))
 
     # --- refinement ------------------------------------------------------------------------------
 
@@ -550,7 +550,9 @@ def _conditional_bernoulli(theta: np.ndarray, size: int, rng: np.random.Generato
     return tuple(bits)
 
 
-def _sample_by_size(theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Generator, untried: float) -> tuple[int, ...]:
+def _sample_by_size(
+    theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Generator, untried: float, per_size: np.ndarray | None = None
+) -> tuple[int, ...]:
     """A mask whose number of paths is uniform over the sizes that still have untried masks, and
     whose paths, given the size, follow the refined keep probabilities (conditional Bernoulli).
 
@@ -561,9 +563,10 @@ def _sample_by_size(theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.rand
     theta = np.clip(theta, -30.0, 30.0)
     avoid = untried > 0
     if P <= _MAX_ENUMERATED_PATHS:
-        per_size = np.zeros(P + 1, dtype=np.int64)
-        for m in taken:
-            per_size[sum(m)] += 1
+        if per_size is None:  # how many masks of each size are taken
+            per_size = np.zeros(P + 1, dtype=np.int64)
+            for m in taken:
+                per_size[sum(m)] += 1
         sizes = [c for c in range(1, P + 1) if not avoid or per_size[c] < math.comb(P, c)]
     else:
         sizes = list(range(1, P + 1))

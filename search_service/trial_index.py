@@ -84,6 +84,7 @@ class TrialIndex:
         self._penalties: list[float | None] = []  # their constraint penalty (None: no constraints)
         self._arrays: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.masks: Counter[Mask] = Counter()  # masks held by settled trials (the COMPLETE ones)
+        self._sizes = np.zeros(len(self.paths) + 1, dtype=np.int64)  # distinct ``masks`` by number of paths
         self._settled_complete: dict[int, tuple[Mask | None, tuple[int, int]]] = {}  # number -> mask, place
         self.counts: Counter[str] = Counter()  # states of the settled trials
         self.retried: set[int] = set()  # trial numbers that settled trials retried
@@ -118,6 +119,8 @@ class TrialIndex:
             return
         mask = trial_mask(t, self.paths)
         if mask is not None:
+            if not self.masks[mask]:
+                self._sizes[sum(mask)] += 1
             self.masks[mask] += 1
             if t.values is not None:
                 self.complete.append(t)
@@ -152,14 +155,7 @@ class TrialIndex:
 
     def held_masks(self, number: int) -> set[Mask]:
         """The masks held by trials other than trial ``number``."""
-        held = self._settled_masks(number)
-        now = datetime.datetime.now()
-        for t in self.open:
-            if t.number != number and holds_mask(t, now):
-                mask = trial_mask(t, self.paths)
-                if mask is not None:
-                    held.add(mask)
-        return held
+        return self._settled_masks(number) | self.open_masks(number)
 
     def running_others(self, number: int) -> int:
         """How many trials other than ``number`` hold a mask without being complete."""
@@ -173,6 +169,21 @@ class TrialIndex:
         own = self._settled_complete.get(number)
         settled = self.masks[mask] > (1 if own is not None and own[0] == mask else 0)
         return settled, [t for t in self.open if t.number != number and holds_mask(t, now) and trial_mask(t, self.paths) == mask]
+
+    def open_masks(self, number: int) -> set[Mask]:
+        """The masks held by trials not settled, other than ``number``."""
+        now = datetime.datetime.now()
+        return {m for t in self.open if t.number != number and holds_mask(t, now) and (m := trial_mask(t, self.paths)) is not None}
+
+    def size_counts(self, extra: set[Mask]) -> np.ndarray:
+        """How many distinct masks of each number of paths the settled masks and ``extra``
+        hold together: from counts kept as trials settle, plus ``extra``'s masks that are not
+        settled ones (not mask by mask over the whole study)."""
+        counts = self._sizes.copy()
+        for mask in extra:
+            if not self.masks[mask]:
+                counts[sum(mask)] += 1
+        return counts
 
     def state_counts(self) -> dict[str, int]:
         out = {state.name.lower(): 0 for state in TrialState}

@@ -58,6 +58,11 @@ def _check(index: TrialIndex, trials, rng):
         complete_rivals = [n for n in rivals if next(t for t in trials if t.number == n).state == TrialState.COMPLETE]
         open_rivals = [n for n in rivals if n not in complete_rivals]
         assert got[2] == sorted(open_rivals + ([-1] if complete_rivals else []))
+        if not any(t.number == number and t.state == TrialState.COMPLETE for t in trials):  # a running trial asks
+            excluded = {tuple(rng.randint(0, 1) for _ in PATHS) for _ in range(3)}
+            sizes = index.size_counts(index.open_masks(number) | excluded)
+            expected = [sum(1 for m in held | excluded if sum(m) == size) for size in range(len(PATHS) + 1)]
+            assert sizes.tolist() == expected
 
 
 @pytest.mark.parametrize("copies", [False, True], ids=["cached-list", "fresh-copies"])
