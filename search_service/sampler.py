@@ -507,21 +507,25 @@ def _fit_theta(masks: np.ndarray, target: np.ndarray, theta0: np.ndarray, start:
 def _front_neighbour(theta: np.ndarray, front: list[tuple[int, ...]], taken: set[tuple[int, ...]], rng: np.random.Generator) -> tuple[int, ...] | None:
     """An untried one-bit neighbour of a Pareto-front member, or None when they are all tried.
 
-    The member is drawn uniformly (among those with untried neighbours); the flipped bit with
-    probability ``softmax(score)``, where adding path p scores ``theta[p]`` and dropping it
-    ``-theta[p]``: the change of the mask's refined prior score (log-odds) that the flip makes.
+    The member is drawn uniformly (among those with untried neighbours); then whether to add or
+    to drop a path, half and half (when both are possible: with many paths, additions would
+    otherwise crowd out the few drops, which are the cheaper neighbours the front needs); then
+    the path, with probability ``softmax(score)``, where adding path p scores ``theta[p]`` and
+    dropping it ``-theta[p]``: the change of the mask's refined prior score (log-odds).
     """
     for index in rng.permutation(len(front)):
         member = front[index]
-        candidates, scores = [], []
+        moves: dict[int, tuple[list[tuple[int, ...]], list[float]]] = {0: ([], []), 1: ([], [])}  # 1: add, 0: drop
         for p in range(len(member)):
             bits = list(member)
             bits[p] ^= 1
             flipped = tuple(bits)
             if any(flipped) and flipped not in taken:
-                candidates.append(flipped)
-                scores.append(theta[p] if flipped[p] else -theta[p])
-        if candidates:
+                moves[flipped[p]][0].append(flipped)
+                moves[flipped[p]][1].append(theta[p] if flipped[p] else -theta[p])
+        kinds = [kind for kind, (candidates, _) in moves.items() if candidates]
+        if kinds:
+            candidates, scores = moves[kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]]
             w = np.exp(np.asarray(scores) - max(scores))
             return candidates[int(rng.choice(len(candidates), p=w / w.sum()))]
     return None
