@@ -255,12 +255,15 @@ class MROSampler(BaseSampler):
         #    member, or a mask of a drawn size from the refined keep probabilities
         losses = _performance_losses(study, index, self._refine_trials) if len(complete) >= 2 else np.zeros(len(complete))
         theta = self._refined(study, index, paths, theta0, losses).numpy()
+        front = [index.complete_masks[i] for i in np.flatnonzero(losses < 1.0)]
         if rng.random() < self._local:
-            front = [index.complete_masks[i] for i in np.flatnonzero(losses < 1.0)]
             mask = _front_neighbour(theta, front, taken, rng)
             if mask is not None:
                 return mask
-        return _sample_by_size(theta, taken, rng, untried, index.size_counts(index.open_masks(trial.number) | excluded))
+        # sizes up to one path more than the largest front member: a larger mask costs more
+        # than the whole front and would have to beat its best accuracy
+        max_size = max((sum(m) for m in front), default=P) + 1
+        return _sample_by_size(theta, taken, rng, untried, index.size_counts(index.open_masks(trial.number) | excluded), max_size)
 
     # --- refinement ------------------------------------------------------------------------------
 
@@ -555,7 +558,7 @@ def _conditional_bernoulli(theta: np.ndarray, size: int, rng: np.random.Generato
 
 
 def _sample_by_size(
-    theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Generator, untried: float, per_size: np.ndarray | None = None
+    theta: np.ndarray, taken: set[tuple[int, ...]], rng: np.random.Generator, untried: float, per_size: np.ndarray | None = None, max_size: int | None = None
 ) -> tuple[int, ...]:
     """A mask whose number of paths is uniform over the sizes that still have untried masks, and
     whose paths, given the size, follow the refined keep probabilities (conditional Bernoulli).
@@ -574,6 +577,8 @@ def _sample_by_size(
         sizes = [c for c in range(1, P + 1) if not avoid or per_size[c] < math.comb(P, c)]
     else:
         sizes = list(range(1, P + 1))
+    if max_size is not None and any(c <= max_size for c in sizes):
+        sizes = [c for c in sizes if c <= max_size]
     draw: tuple[int, ...] | None = None
     while sizes:
         size = sizes[int(rng.integers(len(sizes)))]
