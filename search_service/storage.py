@@ -22,11 +22,13 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from search_service.study_file import Study
 from search_service.trial_reads import DIALECTS as TRIAL_READ_DIALECTS
 from search_service.trial_reads import read_trials
+from search_service.trial_writes import DIALECTS as WRITE_DIALECTS
+from search_service.trial_writes import finish, trial_state, write_rows
 from supernet.errors import ConfigError, MROError
 
 log = logging.getLogger("mro_search")
@@ -183,36 +185,13 @@ def set_trial_attrs(
 
 def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> bool:
     backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, RDBStorage) or backend.engine.name not in ("sqlite", "postgresql"):
-        return False
-    try:
-        import json
-
-        import sqlalchemy
-        from optuna import distributions
-        from optuna.storages._rdb import models
-
-        if backend.engine.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-    except ImportError:
+    if not isinstance(backend, RDBStorage) or backend.engine.name not in WRITE_DIALECTS:
         return False
     session = backend.scoped_session()
     try:
-        state = session.execute(sqlalchemy.select(models.TrialModel.state).where(models.TrialModel.trial_id == trial_id)).scalar_one()
-        backend.check_trial_is_updatable(trial_id, state)  # raises for a finished trial, as Optuna does
-        if params:
-            rows = [
-                {"trial_id": trial_id, "param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(dist)}
-                for name, (value, dist) in params.items()
-            ]
-            session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
-        for model, attrs in ((models.TrialUserAttributeModel, user_attrs), (models.TrialSystemAttributeModel, system_attrs)):
-            if attrs:
-                stmt = insert(model).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
-                stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key], set_={"value_json": stmt.excluded.value_json})
-                session.execute(stmt)
+        conn = session.connection()
+        backend.check_trial_is_updatable(trial_id, trial_state(conn, trial_id))  # raises for a finished trial, as Optuna does
+        write_rows(conn, trial_id, params, user_attrs, system_attrs)
         session.commit()
         return True
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -367,7 +346,26 @@ class FaultTolerantRDBStorage(RDBStorage):
                 session.add(models.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
         return trial
 
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        # one upsert in one transaction (``trial_writes``); a sampler's claim is one per trial
+        if not _write_trial_rows(self, trial_id, {}, {}, {key: value}):
+            super().set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not _write_trial_rows(self, trial_id, {}, {key: value}, {}):
+            super().set_trial_user_attr(trial_id, key, value)
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
+        if state.is_finished() and self.engine.dialect.name in WRITE_DIALECTS:
+            # a trial's end (``tell``): values and state in a few plain statements (``trial_writes``)
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    conn = session.connection()
+                    self.check_trial_is_updatable(trial_id, trial_state(conn, trial_id, for_update=True))
+                    finish(conn, trial_id, state, values)
+            except IntegrityError:
+                return False
+            return True
         changed = super().set_trial_state_values(trial_id, state, values)
         if changed and state == TrialState.RUNNING:  # a WAITING trial taken by a worker
             if self.heartbeat_interval is not None:

@@ -7,6 +7,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
 from search_service.storage import open_storage, set_trial_attrs
 
@@ -98,3 +99,38 @@ def test_sqlite_storage_commits_to_a_write_ahead_log(tmp_path):
     with storage.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+
+
+def _finish_all(storage, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Trials ended every way ``tell`` ends them, plus single attribute writes."""
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], study_name=name)
+    for values, state in (([0.5, 1.25], TrialState.COMPLETE), ([float("inf"), float("-inf")], TrialState.COMPLETE), (None, TrialState.PRUNED), (None, TrialState.FAIL)):
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, "mro:mask", "101")
+        study._storage.set_trial_user_attr(trial._trial_id, "worker", "host:1")
+        study._storage.set_trial_user_attr(trial._trial_id, "worker", "host:2")  # the last one wins
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=state)
+        with pytest.raises(UpdateFinishedTrialError):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [1.0, 1.0])
+        with pytest.raises(UpdateFinishedTrialError):
+            study._storage.set_trial_system_attr(trial._trial_id, "late", 1)
+    return study.get_trials()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_trial_ends_and_single_attributes_store_what_optuna_stores(tmp_path, request, backend, monkeypatch):
+    from optuna.storages import RDBStorage
+
+    url = f"sqlite:///{tmp_path / 'ends.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    with monkeypatch.context() as m:  # the service's own writes, not a fallback to Optuna's
+        for name in ("set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr"):
+            m.setattr(RDBStorage, name, lambda *a, _n=name, **k: pytest.fail(f"fell back to RDBStorage.{_n}"))
+        mine = _finish_all(open_storage(url, heartbeat=False), "mine")
+    theirs = _finish_all(RDBStorage(url), "optuna")
+    for a, b in zip(mine, theirs, strict=True):
+        assert (a.state, a.values, a.params, a.user_attrs, a.system_attrs) == (b.state, b.values, b.params, b.user_attrs, b.system_attrs)
+        assert a.datetime_complete is not None and abs((a.datetime_complete - b.datetime_complete).total_seconds()) < 60
+        assert a.datetime_complete >= a.datetime_start
