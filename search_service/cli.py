@@ -550,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.quiet = getattr(args, "quiet", False)
     _configure_logging(args)
     try:
+        if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export):
+            _default_threads()
         return int(args.handler(args) or 0)
     except MROError as exc:
         if args.debug:
@@ -570,6 +572,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mro-search: error: {_outage_message(exc, args)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _default_threads() -> None:
+    """Torch's intra-op threads: ``OMP_NUM_THREADS`` when set, else half the logical CPUs.
+
+    Torch takes every logical CPU by default. On a machine that other jobs share, or with
+    hyper-threads, its threads then wait for each other at every op: training the demo study
+    took 4 to 15 minutes with 2 threads on this project's shared 2-core machine, and under a
+    minute with one (``benchmarks/README.md``, bench_main_job)."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
 
 
 def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
