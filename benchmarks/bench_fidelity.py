@@ -39,23 +39,21 @@ score) and ``DIR/bench_fidelity_NAME.md`` (a Markdown table fragment); ``--quick
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import torch  # noqa: E402
@@ -83,23 +81,7 @@ QUICK = {"seeds": "0,1", "epochs": 1, "masks": 6, "samples": [1000, 300, 300], "
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "scipy": scipy.__version__,
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return _common.machine_info(scipy=scipy.__version__)
 
 
 def prepare_study(name: str, seed: int, epochs: int | None, quick: bool) -> Study:
@@ -327,15 +309,7 @@ def markdown(report: dict) -> str:
 
 
 def load_standalone(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-            done[row["mask"]] = row
-    return done
+    return _common.load_jsonl(path, "mask")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,16 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  [{done_sub}/{n_sub}] seed {seed} {result['mask']} ({result['paths']} paths): stand-alone "
             f"{metric} {result['score']:.4f} in {result['seconds']:.1f} s  ({elapsed:.0f} s elapsed)")
 
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            pending = {pool.submit(_run, job) for job in jobs}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-    else:
-        for job in jobs:
-            record(_run(job))
+    _common.run_jobs(jobs, _run, record, workers=args.workers, initializer=_init_worker)
 
     per_seed = []
     for seed in seeds:

@@ -95,9 +95,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -106,6 +104,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import bench_search  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
@@ -508,16 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             f"acc planted {t['planted_accuracy']:.3f} vs best without {t['best_without']['accuracy']:.3f}; "
             f"{trained}, search {r['search_s']:.1f} s  ({time.perf_counter() - started:.0f} s elapsed)")
 
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            pending = {pool.submit(_run, job) for job in jobs}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-    else:
-        for job in jobs:
-            record(_run(job))
+    _common.run_jobs(jobs, _run, record, workers=args.workers, initializer=_init_worker)
     rows.sort(key=lambda r: (r["k"], r["seed"]))
     wall_s = time.perf_counter() - started
     info["loadavg_end"] = list(os.getloadavg())

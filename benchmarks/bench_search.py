@@ -38,10 +38,8 @@ is printed. Target: MROSampler >= 99 % of the true hypervolume within 60 trials 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,7 +49,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
@@ -92,22 +92,7 @@ def problem() -> tuple[DataConfig, ModelConfig, TrainConfig]:
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-    }
+    return _common.machine_info(optuna=optuna.__version__)
 
 
 def problem_config() -> dict:

@@ -68,11 +68,9 @@ file there, so an interrupted run resumes; ``--fresh`` ignores both. Writes
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -84,7 +82,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
@@ -130,23 +130,7 @@ METRICS = {"classification": ("accuracy", "f1_macro", "f1_weighted"),
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return _common.machine_info(optuna=optuna.__version__)
 
 
 def prepare_study(dataset: str, seed: int, rank_loss: str | None, args) -> Study:
@@ -541,15 +525,7 @@ def markdown(report: dict) -> str:
 
 
 def load_cache(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-            done[row["key"]] = row
-    return done
+    return _common.load_jsonl(path, "key")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,11 +29,9 @@ RSS from psutil when it is installed.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -41,7 +39,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import torch  # noqa: E402
 
 from supernet.config import ModelConfig, TrainConfig  # noqa: E402
@@ -67,23 +67,7 @@ TARGET_SAMPLES_PER_S = 85
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return _common.machine_info()
 
 
 def memory() -> dict:
@@ -362,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     print(f"bench_training  {info['date']}")
     print(
-        f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch_version']}, "
+        f"  cpu {info['cpu_model']} ({info['cpu_count']} cpus), torch {info['torch']}, "
         f"{info['torch_threads']} threads, python {info['python']}"
     )
     print(f"  load average start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f}")
