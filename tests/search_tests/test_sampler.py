@@ -261,3 +261,24 @@ def test_threads_racing_on_postgres_never_share_a_mask(pg_url):
     masks = ["".join(str(t.params[p]) for p in PATHS) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     assert len(masks) == 62
     assert len(set(masks)) == 62, [m for m, n in Counter(masks).items() if n > 1]
+
+
+def test_front_moves_shrink_large_members_to_untried_subsets():
+    """A drop from a front member of many paths may drop several: the result is an untried
+    strict subset of the member with 1 to |member| - 2 paths, favouring high keep scores."""
+    from search_service.sampler import _shrink
+
+    rng = np.random.default_rng(0)
+    member = (1, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+    theta = np.array([3.0, 3.0, -3.0, -3.0, -3.0, -3.0, 0, 0, 0, 0])
+    taken = {member, (1, 1, 0, 0, 0, 0, 0, 0, 0, 0)}
+    seen = Counter()
+    for _ in range(300):
+        mask = _shrink(theta, member, taken, rng)
+        assert mask is not None and mask not in taken
+        assert all(b <= m for b, m in zip(mask, member)) and 1 <= sum(mask) <= sum(member) - 2
+        seen[mask[0] + mask[1]] += 1
+    assert seen[0] < seen[1] + seen[2]  # the two high-scoring paths are kept far more often
+    # nothing untried left among the small subsets: None, not a repeat
+    tiny = (1, 1, 1, 0)
+    assert _shrink(np.zeros(4), tiny, {tiny, (1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0)}, rng) is None
