@@ -16,9 +16,11 @@ starts Python and torch (seconds on a busy machine), and each test checks its ow
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import pickle
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -298,12 +300,58 @@ def case_unknown_database(folder, ctx):
 
 
 def case_wrong_password(folder, ctx):
-    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
+    # a role that must give its password (``password_role``): the server here trusts 127.0.0.1
+    role = ctx.get("password_role") or "postgres"
+    url = f"postgresql+psycopg://{role}:{SECRET}@127.0.0.1:5432/test"
     case = _pg_case(folder, ctx, "pareto", url, "password authentication failed")
     if case.skip is None and _password_accepted(url):
-        case.skip = ("the PostgreSQL server here uses trust authentication for 127.0.0.1 and accepts any password, "
-                     "so no wrong-password case can fail (unknown user and unknown database are tested instead)")
+        case.skip = ("the PostgreSQL server here accepts any password for 127.0.0.1 and its authentication file could not be "
+                     "changed for a test role, so no wrong-password case can fail")
     return case
+
+
+PASSWORD_ROLE = "mro_password_test"
+_HBA_LINE = f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256  # mro-search tests (removed after)"
+
+
+@contextlib.contextmanager
+def password_role():
+    """A PostgreSQL role that must authenticate with a password, on a server that otherwise
+    trusts 127.0.0.1: a line for this role alone at the top of ``pg_hba.conf`` (the server's own
+    file, reloaded), removed afterwards with the role. Yields the role's name, or None where the
+    file cannot be changed (not root or the cluster's owner) or the server is down."""
+    from search_tests.conftest import PG_ADMIN_URL, _pg_unreachable
+    from sqlalchemy import create_engine, text
+
+    if _pg_unreachable():
+        yield None
+        return
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    hba: Path | None = None
+    try:
+        with admin.connect() as conn:
+            hba = Path(conn.execute(text("SHOW hba_file")).scalar())
+            if not os.access(hba, os.W_OK):
+                hba = None
+                yield None
+                return
+            conn.execute(text(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}"))
+            conn.execute(text(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-{SECRET}'"))
+            lines = [line for line in hba.read_text().splitlines() if line != _HBA_LINE]
+            hba.write_text("\n".join([_HBA_LINE, *lines]) + "\n")
+            conn.execute(text("SELECT pg_reload_conf()"))
+        url = f"postgresql+psycopg://{PASSWORD_ROLE}:{SECRET}@127.0.0.1:5432/test"
+        deadline = time.monotonic() + 10
+        while _password_accepted(url) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the postmaster re-reads the file on its own time
+        yield None if _password_accepted(url) else PASSWORD_ROLE
+    finally:
+        if hba is not None:
+            hba.write_text("\n".join(line for line in hba.read_text().splitlines() if line != _HBA_LINE) + "\n")
+            with admin.connect() as conn:
+                conn.execute(text("SELECT pg_reload_conf()"))
+                conn.execute(text(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}"))
+        admin.dispose()
 
 
 def _password_accepted(url: str) -> bool:
@@ -378,7 +426,9 @@ def outcomes(request, tiny, mro, searched, tmp_path_factory) -> dict[str, Outcom
     """Build every selected case, then run all their commands, ``CONCURRENT`` at a time."""
     from search_tests.conftest import _pg_unreachable
 
-    ctx = {"tiny": tiny, "searched": searched, "pg_down": _pg_unreachable()}
+    roles = contextlib.ExitStack()
+    request.addfinalizer(roles.close)
+    ctx = {"tiny": tiny, "searched": searched, "pg_down": _pg_unreachable(), "password_role": roles.enter_context(password_role())}
     selected = {item.callspec.params["name"] for item in request.session.items if getattr(item, "originalname", None) == "test_bad_input"}
     built: dict[str, Outcome] = {}
     for name, build in CASES.items():
@@ -398,6 +448,7 @@ def outcomes(request, tiny, mro, searched, tmp_path_factory) -> dict[str, Outcom
 
     with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
         list(pool.map(run, built.values()))
+    roles.close()  # the server's authentication file as it was
     return built
 
 

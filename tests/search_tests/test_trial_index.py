@@ -80,7 +80,7 @@ def test_incremental_answers_equal_answers_from_scratch(tmp_path, copies):
         return copy.deepcopy(trials) if copies else trials
 
     running = []
-    for step in range(120):
+    for _step in range(120):
         action = rng.random()
         if action < 0.45 or not running:  # start a trial: its claim, maybe its parameters
             trial = study.ask()
