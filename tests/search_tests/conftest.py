@@ -186,6 +186,45 @@ def thaw(procs: Sequence[subprocess.Popen]) -> None:
     _signal_groups(procs, signal.SIGCONT)
 
 
+def hold_leader_until_others_work(study, procs: Sequence[subprocess.Popen], *, timeout: float = 180.0) -> None:
+    """Make the worker processes in the groups of ``procs`` take turns: when the first trial
+    completes, stop (SIGSTOP) the worker that ran it until a trial of another worker completes,
+    then let it go on. Tiny trials take milliseconds and a worker seconds to start: left alone,
+    the first worker up may run the whole budget before the next one has loaded its supernet.
+    (PostgreSQL only: a worker stopped inside an SQLite write transaction would hold the file's
+    write lock.)"""
+    from optuna.trial import TrialState
+
+    def completed():
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    first = freeze_when(procs, lambda: completed(), timeout=timeout, what="a first complete trial")[0]
+    leader = int(str(first.user_attrs["worker"]).rsplit(":", 1)[1])
+    try:
+        for pid in _group_members(procs):
+            if pid != leader:
+                os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: any(t.user_attrs.get("worker") != first.user_attrs["worker"] for t in completed()), timeout=timeout, what="a trial of another worker")
+    finally:
+        thaw(procs)
+
+
+def _group_members(procs: Sequence[subprocess.Popen]) -> list[int]:
+    """The processes of the process groups of ``procs`` (Linux ``/proc``)."""
+    groups = {p.pid for p in procs}
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) in groups:  # pgrp
+                members.append(int(entry))
+    return members
+
+
 def _signal_groups(procs: Sequence[subprocess.Popen], sig: int) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -334,6 +373,7 @@ class MroHelpers:
     stop = staticmethod(stop_group)
     wait_for = staticmethod(wait_for)
     freeze_when = staticmethod(freeze_when)
+    hold_leader_until_others_work = staticmethod(hold_leader_until_others_work)
     thaw = staticmethod(thaw)
     open_study = staticmethod(open_study)
     complete = staticmethod(complete_trials)
