@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger("mro_search")
 ENV_VAR = "MRO_STORAGE"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a trial with no heartbeat for this long is failed (and retried)
+STALE_CHECK_S = 1.0  # a process looks for stale trials at most this often
 MAX_RETRY = 3
 STALE_KEY = "mro:stale"  # trial system attribute: failed by the heartbeat (set just before)
 PENDING_RETRY_S = 60.0  # a trial failed by the heartbeat keeps its mask and budget place this long for its retry
@@ -325,6 +327,7 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     stamp: dict[str, Any] = {}  # user attributes of every trial this process starts (``stamp_trials``)
     _fresh_beats: dict[int, float] | None = None  # trial id -> when its first beat was written here
+    _stale_checked: dict[int, float] | None = None  # study id -> when this process last looked for stale trials
 
     def stamp_trials(self, user_attrs: dict[str, Any]) -> None:
         """Give every trial this storage starts (``ask``, or a WAITING trial taken) these user
@@ -375,6 +378,14 @@ class FaultTolerantRDBStorage(RDBStorage):
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna looks for stale trials as every trial starts: with trials of milliseconds,
+        # once a second is plenty (a trial goes stale after GRACE_PERIOD seconds without a beat)
+        now = time.monotonic()
+        if self._stale_checked is None:
+            self._stale_checked = {}
+        if now - self._stale_checked.get(study_id, -math.inf) < STALE_CHECK_S:
+            return []
+        self._stale_checked[study_id] = now
         # mark each stale trial before Optuna fails it: between the failure and the queueing of
         # its retry, the budget keeps the retry's place (trial_index.TrialIndex.places_before)
         stale = super()._get_stale_trial_ids(study_id)
