@@ -250,13 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         "time of unmeasured sizes is interpolated linearly in the size",
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)"
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: the CLI's default, search_service.cli.default_threads)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from search_service.cli import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
 
     info = machine_info()
     split = make_split(args.samples, args.seed)

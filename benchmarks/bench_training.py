@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--dropout", type=float, default=0.4)
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)"
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: the CLI's default, search_service.cli.default_threads)"
     )
     parser.add_argument(
         "--profile",
@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from search_service.cli import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
 
     info = machine_info()
     mem = {"start": memory()}

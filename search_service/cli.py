@@ -587,7 +587,18 @@ def _default_threads() -> None:
         return
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    torch.set_num_threads(default_threads())
+
+
+def default_threads() -> int:
+    """The number of torch threads the CLI uses: ``OMP_NUM_THREADS``, else half the logical
+    CPUs (at least 1)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, (os.cpu_count() or 1) // 2)
 
 
 def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
