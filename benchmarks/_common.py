@@ -66,3 +66,10 @@ def run_jobs(jobs: Iterable, run: Callable, record: Callable, *, workers: int, i
     else:
         for job in jobs:
             record(run(job))
+
+
+def write_result(out: Path, stem: str, report: dict, markdown: str) -> None:
+    """``OUT/STEM.json`` (every number) and ``OUT/STEM.md`` (the tables) of an evidence run."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(markdown)

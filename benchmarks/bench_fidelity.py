@@ -436,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_fidelity_{first.name}{'_quick' if args.quick else ''}"
     report_md = markdown({**report, "summary": summary})
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (out / f"{stem}.md").write_text(report_md)
+    _common.write_result(out, stem, report, report_md)
 
     if args.json:
         print(json.dumps(report, default=float))

@@ -526,8 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "bench_planted_quick" if args.quick else "bench_planted"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
+    _common.write_result(out, stem, report, markdown(report))
 
     if args.json:
         print(json.dumps(report, default=float))

@@ -595,10 +595,8 @@ def default_threads() -> int:
     CPUs (at least 1)."""
     import os
 
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
-    except ValueError:
-        return max(1, (os.cpu_count() or 1) // 2)
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else max(1, (os.cpu_count() or 1) // 2)
 
 
 def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:

@@ -26,9 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from search_service.study_file import Study
-from search_service.trial_reads import DIALECTS as TRIAL_READ_DIALECTS
+from search_service.trial_reads import DIALECTS as FAST_DIALECTS
 from search_service.trial_reads import read_trials
-from search_service.trial_writes import DIALECTS as WRITE_DIALECTS
 from search_service.trial_writes import finish, trial_state, write_rows
 from supernet.errors import ConfigError, MROError
 
@@ -187,7 +186,7 @@ def set_trial_attrs(
 
 def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> bool:
     backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, RDBStorage) or backend.engine.name not in WRITE_DIALECTS:
+    if not isinstance(backend, RDBStorage) or backend.engine.name not in FAST_DIALECTS:
         return False
     session = backend.scoped_session()
     try:
@@ -359,7 +358,7 @@ class FaultTolerantRDBStorage(RDBStorage):
             super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
-        if state.is_finished() and self.engine.dialect.name in WRITE_DIALECTS:
+        if state.is_finished() and self.engine.dialect.name in FAST_DIALECTS:
             # a trial's end (``tell``): values and state in a few plain statements (``trial_writes``)
             try:
                 with _create_scoped_session(self.scoped_session) as session:
@@ -398,13 +397,13 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):  # type: ignore[override]
         # the same trials as Optuna's ORM read, several times faster (``trial_reads``)
-        if self.engine.dialect.name not in TRIAL_READ_DIALECTS:
+        if self.engine.dialect.name not in FAST_DIALECTS:
             return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
         with _create_scoped_session(self.scoped_session) as session:
             return read_trials(session.connection(), study_id, states, included_trial_ids, trial_id_greater_than)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        if self.engine.dialect.name not in TRIAL_READ_DIALECTS:
+        if self.engine.dialect.name not in FAST_DIALECTS:
             return super().get_trial(trial_id)
         with _create_scoped_session(self.scoped_session) as session:
             found = read_trials(session.connection(), -1, trial_id=trial_id)

@@ -26,12 +26,16 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection
 
-DIALECTS = ("sqlite", "postgresql")
+from search_service.trial_reads import DIALECTS  # noqa: F401 (reads and writes go together)
+
+
+def _mark(conn: Connection) -> str:
+    """The driver's parameter placeholder (sqlite3: ``?``, psycopg: ``%s``)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def _marks(conn: Connection, n: int) -> str:
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return "(" + ", ".join([mark] * n) + ")"
+    return "(" + ", ".join([_mark(conn)] * n) + ")"
 
 
 def trial_state(conn: Connection, trial_id: int, *, for_update: bool = False) -> TrialState:
@@ -77,16 +81,16 @@ def finish(conn: Connection, trial_id: int, state: TrialState, values: Sequence[
             stored, kind = models.TrialValueModel.value_to_stored_repr(value)
             rows.append((tid, objective, stored, kind.name))
         # the value type is an enum on PostgreSQL: its name as a literal, never a parameter
-        marks = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = _mark(conn)
         conn.exec_driver_sql(
             "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES "
-            + ", ".join(f"({marks}, {marks}, {marks}, '{kind}')" for _, _, _, kind in rows)
+            + ", ".join(f"({mark}, {mark}, {mark}, '{kind}')" for _, _, _, kind in rows)
             + " ON CONFLICT (trial_id, objective) DO UPDATE SET value = excluded.value, value_type = excluded.value_type",
             tuple(v for row in rows for v in row[:3]),
         )
     complete = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # naive UTC, as Optuna stores it
     stamp: Any = complete.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else complete
     conn.exec_driver_sql(
-        f"UPDATE trials SET state = '{state.name}', datetime_complete = {_marks(conn, 1)[1:-1]} WHERE trial_id = {tid}",
+        f"UPDATE trials SET state = '{state.name}', datetime_complete = {_mark(conn)} WHERE trial_id = {tid}",
         (stamp,),
     )

@@ -116,9 +116,7 @@ def test_worker_killed_mid_trial_is_failed_within_grace_and_retried_with_its_mas
         for p in procs:
             mro.stop(p)
     assert victim.returncode == -signal.SIGKILL
-    for p, (out, err) in zip(procs[1:], outputs):
-        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
-        assert "Traceback" not in err, err
+    mro.assert_clean_exits(procs[1:], outputs)
 
     # failed by the heartbeat: not before its last beat went stale, and within the grace period
     # (plus one poll of the surviving workers and the slack of a busy machine)
@@ -306,9 +304,8 @@ def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_pat
     finally:
         for p in procs:
             mro.stop(p)
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
-        assert "Traceback" not in err, err
+    mro.assert_clean_exits(procs, outputs)
+    for _, err in outputs:
         for line in err.splitlines():  # each outage turn is one line, password-free
             assert line.startswith("mro-search: storage ") and " unreachable (" in line, line
     assert any("unreachable" in err for _, err in outputs), "no worker noticed the restart"

@@ -146,6 +146,13 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float
     return out or "", err or ""
 
 
+def assert_clean_exits(procs: Sequence[subprocess.Popen], outputs: Sequence[tuple[str, str]]) -> None:
+    """Every worker process exited 0, without a traceback on stderr."""
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, f"worker exit {proc.returncode}:\n{out}\n{err}"
+        assert "Traceback" not in err, err
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -372,6 +379,7 @@ class MroHelpers:
     start = staticmethod(start_cli)
     stop = staticmethod(stop_group)
     wait_for = staticmethod(wait_for)
+    assert_clean_exits = staticmethod(assert_clean_exits)
     freeze_when = staticmethod(freeze_when)
     hold_leader_until_others_work = staticmethod(hold_leader_until_others_work)
     thaw = staticmethod(thaw)

@@ -55,9 +55,7 @@ def test_two_worker_processes_on_a_postgres_study(tiny, mro, pg_url, tmp_path):
     finally:
         for p in procs:
             mro.stop(p)
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
-        assert "Traceback" not in err
+    mro.assert_clean_exits(procs, outputs)
 
     study = mro.open_study(pg_url)
     by_worker = _assert_shared_fairly(mro, study, budget)
@@ -81,9 +79,7 @@ def test_two_worker_processes_on_an_sqlite_study(tiny, mro, sqlite_url, tmp_path
     finally:
         for p in procs:
             mro.stop(p)
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"worker exit {p.returncode}:\n{out}\n{err}"
-        assert "Traceback" not in err
+    mro.assert_clean_exits(procs, outputs)
     by_worker = _assert_shared_fairly(mro, mro.open_study(sqlite_url), budget)
     host = socket.gethostname()
     assert set(by_worker) == {f"{host}:{p.pid}" for p in procs}, by_worker.keys()
