@@ -104,6 +104,7 @@ def test_worker_killed_mid_trial_is_failed_within_grace_and_retried_with_its_mas
     procs = [mro.start([*_worker_args(tiny, pg_url), "--seed", str(i)], cwd=tmp_path) for i in range(3)]
     victim = procs[0]
     try:
+        mro.line_up(study, procs)
         killed = _kill_mid_trial(mro, study, victim, procs[1:])
         killed_at = time.monotonic()
         mro.wait_for(
@@ -292,6 +293,7 @@ def test_workers_ride_out_a_postgres_restart(tiny, mro, own_pg_database, tmp_pat
         # every worker past its start-up (a worker that cannot reach the database when it starts
         # fails at once, in one line): each has run a trial
         # (looked at with the workers stopped, so that they cannot finish the budget meanwhile)
+        mro.line_up(study, procs, timeout=240)
         mro.freeze_when(procs, lambda: _workers_seen(study) >= 3, timeout=240, what="3 workers running trials")
         try:
             _pg_ctl(version, "stop")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -216,6 +217,27 @@ def hold_leader_until_others_work(study, procs: Sequence[subprocess.Popen], *, t
         thaw(procs)
 
 
+def line_up(study, procs: Sequence[subprocess.Popen], *, timeout: float = 180.0) -> None:
+    """Hold each worker process (its own process group, ``start_cli``) stopped from the moment
+    it has started a trial until every one has, then let them all go on: trials take
+    milliseconds and a worker seconds to start, so the first one up could otherwise run the
+    whole budget alone."""
+    host = socket.gethostname()
+    waiting = {f"{host}:{p.pid}": p for p in procs}
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting:
+            assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s: {sorted(waiting)} never started a trial"
+            for proc in waiting.values():
+                assert proc.poll() is None, f"a worker exited (code {proc.returncode}) before all had started"
+            started = {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)}
+            for worker in [w for w in waiting if w in started]:
+                _signal_groups([waiting.pop(worker)], signal.SIGSTOP)
+            time.sleep(0.02)
+    finally:
+        thaw(procs)
+
+
 def _group_members(procs: Sequence[subprocess.Popen]) -> list[int]:
     """The processes of the process groups of ``procs`` (Linux ``/proc``)."""
     groups = {p.pid for p in procs}
@@ -382,6 +404,7 @@ class MroHelpers:
     assert_clean_exits = staticmethod(assert_clean_exits)
     freeze_when = staticmethod(freeze_when)
     hold_leader_until_others_work = staticmethod(hold_leader_until_others_work)
+    line_up = staticmethod(line_up)
     thaw = staticmethod(thaw)
     open_study = staticmethod(open_study)
     complete = staticmethod(complete_trials)
