@@ -1,17 +1,20 @@
 """Assemble ``docs/RESULTS.md`` from the result fragments the benchmarks write.
 
-Usage: python benchmarks/results_page.py [--results docs/results] [--out docs/RESULTS.md]
+Usage: python benchmarks/results_page.py [--results docs/results] [--figures docs/figures]
+                                         [--out docs/RESULTS.md]
 
 Each evidence benchmark (``bench_fidelity.py``, ``bench_planted.py``, ``bench_tables.py``) writes
 ``docs/results/NAME.md`` (the tables, with the date, machine and load of the run) and
 ``NAME.json`` (every number behind them). This script puts the fragments in one page, each
 under the one command that regenerates it; a result that has not been produced yet is listed
-as such, with its command, never filled in by hand.
+as such, with its command, never filled in by hand. The figures ``benchmarks/figures.py`` drew
+from the same JSON (``docs/figures/*.svg``) go under their tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +64,20 @@ SECTIONS = [
     ),
 ]
 
+# Figures (docs/figures/NAME.svg, drawn by benchmarks/figures.py) shown under a fragment, by stem.
+FIGURES = {
+    "bench_fidelity_demo": [("fidelity_demo", "Supernet score against stand-alone score per mask, demo")],
+    "bench_fidelity_mfeat": [("fidelity_mfeat", "Supernet score against stand-alone score per mask, mfeat")],
+    "bench_planted": [("planted_hits", "Seeds with the planted mask on the front after n trials")],
+    "bench_tables_planted": [("table5_planted", "Table 5 on the planted data: test accuracy against MFLOPs"),
+                             ("table4_planted", "Table 4 on the planted data: Spearman rho per rank loss")],
+    "planted_t20/bench_tables_planted": [
+        ("table5_planted_t20", "Table 5 on the planted data, 20 trials per search: test accuracy against MFLOPs")],
+    "bench_tables_mfeat": [("table5_mfeat", "Table 5 on mfeat: test accuracy against MFLOPs"),
+                           ("table4_mfeat", "Table 4 on mfeat: Spearman rho per rank loss")],
+}
+FIGURES_COMMAND = "python benchmarks/figures.py"
+
 HEADER = """# Results
 
 Every table below was produced by the command above it and copied here by
@@ -68,17 +85,26 @@ Every table below was produced by the command above it and copied here by
 (the JSON beside each fragment holds every number behind it). Each fragment names the date,
 the machine and its load. The development machine is a shared 2-core VM without a GPU
 (`benchmarks/README.md`, "Machine and noise"); the search-service figures (hypervolume,
-per-trial overhead, main job) are in `benchmarks/README.md`.
+per-trial overhead, main job) are in `benchmarks/README.md`. The figures are drawn from the
+same JSON files by `python benchmarks/figures.py` (plotly, exported to SVG with kaleido).
 """
 
 
-def build(results: Path) -> str:
+def build(results: Path, figures: Path | None = None, page_dir: Path | None = None) -> str:
+    figures = figures if figures is not None else results.parent / "figures"
+    page_dir = page_dir if page_dir is not None else results.parent
     parts = [HEADER]
     for title, stem, command, what in SECTIONS:
         parts.append(f"\n## {title}\n\n{what}\n\n```bash\n{command}\n```\n")
         fragment = results / f"{stem}.md"
         if fragment.is_file():
             parts.append("\n" + fragment.read_text(encoding="utf-8").strip() + "\n")
+            drawn = [(name, alt) for name, alt in FIGURES.get(stem, []) if (figures / f"{name}.svg").is_file()]
+            if drawn:
+                parts.append(f"\nFigures (`{FIGURES_COMMAND}`, from the same JSON):\n\n")
+                for name, alt in drawn:
+                    rel = Path(os.path.relpath(figures / f"{name}.svg", page_dir)).as_posix()
+                    parts.append(f"![{alt}]({rel})\n\n")
         else:
             parts.append("\n*Not run yet: no `docs/results/" + f"{stem}.md`. Run the command above.*\n")
     return "".join(parts)
@@ -87,9 +113,10 @@ def build(results: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"))
     args = parser.parse_args()
-    page = build(Path(args.results))
+    page = build(Path(args.results), Path(args.figures), Path(args.out).resolve().parent)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(page, encoding="utf-8")
     print(f"wrote {args.out}")

@@ -1,0 +1,218 @@
+"""Figures for ``docs/RESULTS.md``: static SVG images drawn with plotly from the benchmarks' JSON.
+
+Usage: python benchmarks/figures.py [--results docs/results] [--out docs/figures]
+
+Reads the JSON files the evidence benchmarks wrote to ``docs/results/`` (never reruns a
+benchmark; a result that is missing is skipped and named) and writes one SVG per figure to
+``docs/figures/``:
+
+- ``fidelity_STUDY.svg`` (``bench_fidelity_STUDY.json``): each mask's inherited validation
+  score from the supernet against its score after stand-alone training, one colour per seed,
+  Kendall τ in the legend;
+- ``planted_hits.svg`` (``bench_planted.json``): for k = 3, 4, 5, in how many seeds the
+  planted mask was on the Pareto front of the first n trials;
+- ``table5_DATASET.svg`` (``bench_tables_DATASET.json``): Table 5's models, test metric
+  against MFLOPs, mean ± std over seeds;
+- ``table4_DATASET.svg``: Table 4's Spearman ρ (last epoch) per rank loss, mean ± std;
+- ``table5_planted_t20.svg``: Table 5 on the planted data with 20 trials per search.
+
+Static export needs plotly's image engine: ``pip install -e ".[report]"`` (kaleido ≥ 1) and a
+Chrome or Chromium on the machine (``apt-get install chromium``; kaleido finds it, or set
+``BROWSER_PATH``). ``python benchmarks/results_page.py`` then puts each figure under its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SEED_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+ROW_LABELS = {
+    "concat_mlp": "Concat+MLP",
+    "embracenet": "EmbraceNet",
+    "cmt": "Pairwise CMT (all paths)",
+    "no_guidance": "MRO w/o prior guidance",
+    "no_mrg": "MRO w/o MRG prior",
+    "no_rank": "MRO w/o rank regularization",
+    "full": "Full MRO",
+}
+RANK_LABELS = {"l0": "p = 0", "l1": "p = 1", "l2": "p = 2", "linf": "p = ∞"}
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.02, font=dict(size=15)),
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        width=720,
+        height=460,
+        margin=dict(l=70, r=20, t=60, b=60),
+        legend=dict(bgcolor="rgba(255,255,255,0.8)"),
+        **kwargs,
+    )
+    return fig
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
+
+
+def fidelity_figure(result: dict) -> go.Figure:
+    """Inherited (supernet) score against stand-alone score, per mask, one trace per seed."""
+    fig = go.Figure()
+    lo, hi = 1.0, 0.0
+    for i, seed in enumerate(result["per_seed"]):
+        xs = [m["supernet"] for m in seed["per_mask"]]
+        ys = [m["standalone"] for m in seed["per_mask"]]
+        lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers",
+            name=f"seed {seed['seed']}: τ = {seed['kendall_tau']:.3f}",
+            marker=dict(size=7, color=SEED_COLOURS[i % len(SEED_COLOURS)], opacity=0.75),
+            text=[f"{m['mask']} ({m['paths']} paths)" for m in seed["per_mask"]],
+        ))
+    pad = 0.02
+    fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines",
+                             name="y = x", line=dict(color="#888", dash="dot", width=1)))
+    s = result["summary"]["kendall_tau"]
+    metric = result.get("metric", "accuracy")
+    title = (f"Ranking fidelity, {result['settings']['study']}: {result['masks_per_seed']} masks × "
+             f"{len(result['per_seed'])} seeds, Kendall τ {s['mean']:.3f} ± {s['std']:.3f}")
+    return _layout(fig, title, f"supernet (inherited weights), validation {metric}",
+                   f"stand-alone training, validation {metric}")
+
+
+def planted_figure(result: dict) -> go.Figure:
+    """Seeds (of 10) with the planted mask on the front of the first n trials, per k."""
+    fig = go.Figure()
+    for i, (k, s) in enumerate(sorted(result["summary"].items(), key=lambda kv: int(kv[0]))):
+        ns = sorted(s["hits_within"], key=int)
+        fig.add_trace(go.Scatter(
+            x=[int(n) for n in ns], y=[s["hits_within"][n] for n in ns], mode="lines+markers",
+            name=f"k = {k} ({s['paths']} paths, {s['masks_in_space']:,} masks)",
+            line=dict(color=SEED_COLOURS[i % len(SEED_COLOURS)]),
+        ))
+        seeds = s["seeds"]
+    fig.add_hline(y=s["needed"], line=dict(color="#888", dash="dot"),
+                  annotation_text=f"target: {s['needed']} of {seeds}", annotation_position="bottom right")
+    return _layout(fig, "Planted mask on the found Pareto front", "trials (n)",
+                   f"seeds with the planted mask on the front (of {seeds})",
+                   yaxis=dict(range=[-0.3, seeds + 0.5], dtick=1))
+
+
+def table5_figure(result: dict) -> go.Figure:
+    """Table 5: test metric against MFLOPs, mean ± std over seeds, one marker per model."""
+    metric = result["metric"]
+    fig = go.Figure()
+    for i, (key, row) in enumerate(result["table5"]["rows"].items()):
+        runs = row["per_seed"]
+        acc = _mean_std([r["test"][metric] for r in runs])
+        mflops = _mean_std([r["mflops"] for r in runs])
+        fig.add_trace(go.Scatter(
+            x=[mflops[0]], y=[acc[0]], mode="markers", name=ROW_LABELS.get(key, key),
+            error_x=dict(type="data", array=[mflops[1]], visible=True, thickness=1),
+            error_y=dict(type="data", array=[acc[1]], visible=True, thickness=1),
+            marker=dict(size=11, symbol="diamond" if key in ("cmt", "full") else "circle",
+                        color=(SEED_COLOURS + ["#8c564b", "#17becf"])[i % 7]),
+        ))
+    seeds = len(result["settings"]["seeds"])
+    title = (f"Table 5, {result['settings']['dataset']}: test {metric} vs MFLOPs "
+             f"(mean ± std, {seeds} seeds, {result['settings']['trials']} trials per search)")
+    return _layout(fig, title, "MFLOPs per sample (fvcore)", f"test {metric}", xaxis=dict(type="log"))
+
+
+def table4_figure(result: dict) -> go.Figure:
+    """Table 4: Spearman ρ (last epoch) per rank loss, mean ± std, with each seed's value."""
+    rows = result["table4"]["rows"]
+    keys = [k for k in ("l0", "l1", "l2", "linf") if k in rows]
+    means, stds = zip(*(_mean_std(rows[k]["spearman_last"]) for k in keys))
+    labels = [RANK_LABELS[k] for k in keys]
+    fig = go.Figure(go.Bar(x=labels, y=means, name="mean ± std",
+                           error_y=dict(type="data", array=list(stds), visible=True),
+                           marker_color="#9ecae1"))
+    fig.add_trace(go.Scatter(
+        x=[RANK_LABELS[k] for k in keys for _ in rows[k]["spearman_last"]],
+        y=[v for k in keys for v in rows[k]["spearman_last"]],
+        mode="markers", name="per seed", marker=dict(color="#08519c", size=7)))
+    return _layout(fig, f"Table 4, {result['settings']['dataset']}: rank loss and Spearman ρ "
+                        "(prior scores vs validation losses, last epoch)",
+                   "rank loss", "Spearman ρ")
+
+
+def stable_svg(fig: go.Figure, name: str) -> str:
+    """The figure as SVG, with fixed trace ids and plotly's random per-render id replaced by one
+    derived from ``name``: drawing the same results twice gives the same file (no churn in
+    version control)."""
+    for i, trace in enumerate(fig.data):
+        trace.uid = f"{name}-{i}"
+    svg = fig.to_image(format="svg").decode("utf-8")
+    found = re.search(r'id="defs-([0-9a-f]{6})"', svg)
+    if found is None:
+        return svg
+    return svg.replace(found.group(1), hashlib.sha256(name.encode()).hexdigest()[:6])
+
+
+def build(results: Path) -> tuple[dict[str, go.Figure], list[str]]:
+    """The figures whose results exist, by output name, and the result files that are missing."""
+    makers = [
+        ("bench_fidelity_demo", "fidelity_demo", fidelity_figure),
+        ("bench_fidelity_mfeat", "fidelity_mfeat", fidelity_figure),
+        ("bench_planted", "planted_hits", planted_figure),
+        ("bench_tables_planted", "table5_planted", table5_figure),
+        ("bench_tables_planted", "table4_planted", table4_figure),
+        ("planted_t20/bench_tables_planted", "table5_planted_t20", table5_figure),
+        ("bench_tables_mfeat", "table5_mfeat", table5_figure),
+        ("bench_tables_mfeat", "table4_mfeat", table4_figure),
+    ]
+    figures, missing = {}, []
+    for stem, name, make in makers:
+        path = results / f"{stem}.json"
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("settings", {}).get("quick"):
+            missing.append(f"{path} (a --quick run; not drawn)")
+            continue
+        figures[name] = make(result)
+    return figures, sorted(set(missing))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "figures"))
+    args = parser.parse_args()
+    figures, missing = build(Path(args.results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        try:
+            svg = stable_svg(fig, name)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: cannot export {name}.svg ({first}); install the image engine with "
+                  "pip install -e \".[report]\" and a Chrome or Chromium (apt-get install chromium)",
+                  file=sys.stderr)
+            return 1
+        (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+        print(f"wrote {out / name}.svg")
+    for path in missing:
+        print(f"skipped: no {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
