@@ -1,7 +1,9 @@
 """Benchmark: ranking fidelity of the supernet -- inherited scores versus stand-alone training.
 
 Usage: python benchmarks/bench_fidelity.py --study demo|mfeat [--seeds 0,1,2] [--masks N]
-                                           [--epochs E] [--workers W] [--quick] [--json] [--out DIR]
+                                           [--epochs E] [--train KEY=VALUE ...] [--tag NAME]
+                                           [--ceiling SEEDS] [--workers W] [--quick] [--json]
+                                           [--out DIR]
 
 A weight-sharing supernet is only useful for search if the order it gives the subnets (their
 scores with the *inherited* shared weights) is the order they would have if each were trained on
@@ -15,8 +17,10 @@ its own. For one study (``studies/NAME.toml``) and each seed:
 3. every mask is trained stand-alone from scratch (``supernet.train.train_subnet``: the same model
    class and initialisation, the same epochs, batch size, learning rate, weight decay, data and
    seed; every step trains that one subnet) and scored on the same split with a masked forward
-   pass (results appended to ``standalone.jsonl`` beside the checkpoint, so an interrupted run
-   resumes where it stopped);
+   pass (results appended to ``runs/bench_fidelity/NAME-seedS-standalone-<sha>/standalone.jsonl``,
+   keyed by what stand-alone training depends on: [data], [model] and the [train] epochs, batch
+   size, lr, weight decay and seed; an interrupted run resumes where it stopped, and a run that
+   changes only the supernet's training (``--train``) reuses them);
 4. Kendall's tau (tau-b, ties handled) and Spearman's rho (``scipy.stats``) between the two lists of
    scores. Also reported: tau on the validation loss (fewer ties than accuracy), tau of the
    trivial predictor "number of active paths" against stand-alone accuracy (what a ranking that
@@ -27,12 +31,22 @@ Masks: demo (k = 3, 6 paths): all 63. mfeat (k = 6, 30 paths): ``--masks`` (defa
 stratified by the number of active paths (sizes spread evenly over 1..30, distinct masks drawn
 uniformly within a size), deterministic from the seed, so each seed ranks its own sample.
 
+**Noise ceiling** (``--ceiling 0``): the masks of the given seeds are trained stand-alone a second
+time with another seed (seed + 1000) and tau between the two stand-alone rankings is reported: how
+well stand-alone training agrees with itself, the most a supernet's ranking can be expected to
+reach. Where the masks' scores differ by a few validation samples, this ceiling is low.
+
+**Supernet training variants** (``--train KEY=VALUE``, repeatable, TOML values): override the
+study's [train] for the supernet only, e.g. ``--train per_sample_masks=true --train distill=0.5``;
+``--tag NAME`` names the result files ``bench_fidelity_NAME_TAG``, so a variant sits beside the
+baseline ("before and after") with the same stand-alone results.
+
 Target: Kendall tau >= 0.6 (mean over seeds). For reference, uniform weight sharing gave tau ~ 0.2
 in Yu et al., "Evaluating the search phase of neural architecture search" (ICLR 2020).
 
 Stand-alone trainings run in ``--workers`` processes (spawned, one torch thread each); the
-supernets are trained in the same pool. Writes ``DIR/bench_fidelity_NAME.json`` (every per-mask
-score) and ``DIR/bench_fidelity_NAME.md`` (a Markdown table fragment); ``--quick`` writes
+supernets are trained in the same pool. Writes ``DIR/bench_fidelity_NAME[_TAG].json`` (every per-mask
+score) and ``DIR/bench_fidelity_NAME[_TAG].md`` (a Markdown table fragment); ``--quick`` writes
 ``..._quick`` files instead and never overwrites a real result.
 """
 
@@ -46,7 +60,8 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict
+import tomllib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +77,7 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 from search_service.evaluator import load_study_data, objective_metric, train_study  # noqa: E402
 from search_service.study_file import Study, load_study  # noqa: E402
 from supernet.checkpoint import load_checkpoint  # noqa: E402
-from supernet.config import config_sha256  # noqa: E402
+from supernet.config import TrainConfig, config_sha256, parse_section  # noqa: E402
 from supernet.metrics import batch_metric  # noqa: E402
 from supernet.paths import all_masks, format_mask, num_paths  # noqa: E402
 from supernet.scoring import batches, build_cache, predict_masks, score_masks  # noqa: E402
@@ -72,6 +87,9 @@ CACHE_DIR = ROOT / "runs" / "bench_fidelity"
 TARGET_TAU = 0.6
 REFERENCE_TAU = 0.2  # uniform weight sharing, Yu et al. (ICLR 2020)
 DEFAULT_MASKS = 30  # mfeat: at least 30, stratified by size
+CEILING_SEED_OFFSET = 1000  # the noise ceiling's second stand-alone training uses seed + this
+# what stand-alone training (train_subnet) depends on, besides [data] and [model]
+STANDALONE_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed")
 # --quick: a smoke run; synthetic data shrinks to ``samples``, a split data set (mfeat) trains on
 # about a third of its samples (``test_fraction`` raised: the test split is never used here)
 QUICK = {"seeds": "0,1", "epochs": 1, "masks": 6, "samples": [1000, 300, 300], "test_fraction": 0.5}
@@ -84,9 +102,30 @@ def machine_info() -> dict:
     return _common.machine_info(scipy=scipy.__version__)
 
 
-def prepare_study(name: str, seed: int, epochs: int | None, quick: bool) -> Study:
-    """The study with the benchmark's seed (and epochs) and its own cache directory."""
+def parse_overrides(items: list[str]) -> dict:
+    """``["KEY=VALUE", ...]`` (TOML values) -> a dict, checked against [train]'s keys and types."""
+    raw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --train {item!r} is not KEY=VALUE, e.g. --train distill=0.5")
+        try:
+            raw[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise SystemExit(f"error: --train {item!r}: {value!r} is not a TOML value (strings need quotes)") from None
+    problems: list[str] = []
+    parse_section(TrainConfig, raw, "train", problems)
+    if problems:
+        raise SystemExit(f"error: --train: {problems[0]}")
+    return raw
+
+
+def prepare_study(name: str, seed: int, epochs: int | None, quick: bool, overrides: dict | None = None) -> Study:
+    """The study with the benchmark's seed (and epochs, and [train] overrides for the supernet) and
+    its own cache directory."""
     study = load_study(name)
+    if overrides:
+        study.train = replace(study.train, **overrides)
     if quick and study.data.source == "synthetic":
         study.data.samples = list(QUICK["samples"])
     elif quick:
@@ -99,6 +138,20 @@ def prepare_study(name: str, seed: int, epochs: int | None, quick: bool) -> Stud
     # the search settings are not part of the supernet's configuration (nor of its SHA-256)
     study.search.run_dir = str(CACHE_DIR / f"{study.name}-seed{seed}-{study.sha256[:12]}")
     return study
+
+
+def standalone_log(study: Study) -> Path:
+    """Where the stand-alone results for this study's data, model and training budget are kept."""
+    key = {"data": asdict(study.data), "model": asdict(study.model),
+           "train": {k: getattr(study.train, k) for k in STANDALONE_TRAIN_KEYS}}
+    sha = config_sha256(key)[:12]
+    return CACHE_DIR / f"{study.name}-seed{study.train.seed}-standalone-{sha}" / "standalone.jsonl"
+
+
+def reseeded(study: Study, seed: int) -> Study:
+    """The study with another training seed (for the noise ceiling's second stand-alone run)."""
+    other = replace(study, train=replace(study.train, seed=seed))
+    return other
 
 
 def sample_masks(n_paths: int, n: int, seed: int) -> list[tuple[int, ...]]:
@@ -274,8 +327,10 @@ def markdown(report: dict) -> str:
         f"**bench_fidelity, study `{s['study']}`** ({info['date']}, {info['cpu_model']} x{info['cpu_count']}, "
         f"load {info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}; {_n(s['epochs'], 'epoch')}, "
         f"{report['masks_per_seed']} masks per seed, metric {report['metric']} on the validation split "
-        f"({report['valid_samples']} samples), {_n(s['workers'], 'worker')}{', QUICK settings' if s['quick'] else ''}; "
-        f"wall time {report['wall_s']:.0f} s)",
+        f"({report['valid_samples']} samples), {_n(s['workers'], 'worker')}{', QUICK settings' if s['quick'] else ''}"
+        + (f"; supernet [train] overrides: {', '.join(f'{k} = {v}' for k, v in s['train_overrides'].items())}"
+           if s.get("train_overrides") else "")
+        + f"; wall time {report['wall_s']:.0f} s)",
         "",
         "| seed | masks | Kendall τ | Spearman ρ | τ on loss | τ of #paths (baseline) | top-1 regret | "
         "supernet range | stand-alone range | supernet train s | stand-alone s/mask |",
@@ -296,6 +351,13 @@ def markdown(report: dict) -> str:
         f"{fmt_ms(a['kendall_tau_loss'])} | {fmt_ms(a['kendall_tau_size_baseline'])} | "
         f"{fmt_ms(a['top1_regret'], 4)} | | | | |"
     )
+    ceiling_rows = [r for r in report["per_seed"] if "ceiling_tau" in r]
+    if ceiling_rows:
+        lines += ["", "Noise ceiling: the same masks trained stand-alone a second time with another seed; "
+                  "Kendall τ between the two stand-alone rankings (the most a supernet's ranking can be "
+                  "expected to reach):", ""]
+        lines += [f"- seed {r['seed']} vs seed {r['ceiling_seed']}: τ {r['ceiling_tau']:.3f} on {report['metric']}, "
+                  f"τ {r['ceiling_tau_loss']:.3f} on loss" for r in ceiling_rows]
     lines += [
         "",
         f"Target Kendall τ ≥ {TARGET_TAU} (mean over seeds): **{report['verdict']}** "
@@ -326,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: seeds {QUICK['seeds']}, {QUICK['epochs']} epoch, {QUICK['masks']} masks, "
                              f"synthetic samples {QUICK['samples']}, other data test_fraction {QUICK['test_fraction']}")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the study's [train] for the supernet (TOML value; repeatable), "
+                             "e.g. --train per_sample_masks=true --train distill=0.5")
+    parser.add_argument("--tag", default="", help="suffix of the result files: bench_fidelity_NAME_TAG")
+    parser.add_argument("--ceiling", default="", metavar="SEEDS",
+                        help="noise ceiling: train these seeds' masks stand-alone again with seed + "
+                             f"{CEILING_SEED_OFFSET} and report tau between the two stand-alone rankings")
     parser.add_argument("--fresh", action="store_true", help="ignore cached checkpoints and stand-alone results")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the JSON and Markdown files")
@@ -335,12 +404,21 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs = args.epochs or QUICK["epochs"]
         args.masks = args.masks or QUICK["masks"]
     seeds = [int(s) for s in (args.seeds or "0,1,2").split(",") if s.strip()]
+    ceiling = [int(s) for s in args.ceiling.split(",") if s.strip()]
+    if not set(ceiling) <= set(seeds):
+        raise SystemExit(f"error: --ceiling {args.ceiling}: every ceiling seed must be one of --seeds {seeds}")
+    overrides = parse_overrides(args.train)
+    if args.tag and not args.tag.replace("-", "_").isidentifier():
+        raise SystemExit(f"error: --tag {args.tag!r}: use letters, digits, - and _ only")
     torch.set_num_threads(args.threads)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
 
     info = machine_info()
     started = time.perf_counter()
-    studies = {seed: prepare_study(args.study, seed, args.epochs, args.quick) for seed in seeds}
+    studies = {seed: prepare_study(args.study, seed, args.epochs, args.quick, overrides) for seed in seeds}
+    # stand-alone trainings by training seed: each seed's own, and the ceiling's reseeded copies
+    trainings = {seed: studies[seed] for seed in seeds}
+    trainings.update({seed + CEILING_SEED_OFFSET: reseeded(studies[seed], seed + CEILING_SEED_OFFSET) for seed in ceiling})
     first = studies[seeds[0]]
     metric = objective_metric(first)
     epochs = first.train.epochs
@@ -353,25 +431,28 @@ def main(argv: list[str] | None = None) -> int:
     say(f"study {first.name}: {len(data.modalities)} modalities, {P} paths; train/valid "
         f"{len(data.splits['train'])}/{len(data.splits['valid'])} samples; {_n(epochs, 'epoch')} "
         f"({first.train.warmup_epochs} warm-up), batch {first.train.batch_size}, lr {first.train.lr}; "
-        f"metric {metric}; seeds {seeds}; {len(masks[seeds[0]])} masks per seed; {_n(args.workers, 'worker')}")
+        f"metric {metric}; seeds {seeds}; {len(masks[seeds[0]])} masks per seed; {_n(args.workers, 'worker')}"
+        + (f"; supernet [train] overrides {overrides}" if overrides else "")
+        + (f"; noise ceiling for seeds {ceiling}" if ceiling else ""))
 
     # what is already done
     standalone: dict[int, dict[str, dict]] = {}
     jobs: list[tuple] = []
     for seed in seeds:
-        study = studies[seed]
-        log_path = Path(study.search.run_dir) / "standalone.jsonl"
         if args.fresh:
-            study.checkpoint_path.unlink(missing_ok=True)
-            log_path.unlink(missing_ok=True)
-        standalone[seed] = load_standalone(log_path)
-        jobs.append(("supernet", study))
-    for seed in seeds:  # the longest stand-alone trainings (most paths) first
-        todo = [m for m in masks[seed] if format_mask(m) not in standalone[seed]]
-        cached = len(masks[seed]) - len(todo)
+            studies[seed].checkpoint_path.unlink(missing_ok=True)
+        jobs.append(("supernet", studies[seed]))
+    for tseed, study in trainings.items():
+        if args.fresh:
+            standalone_log(study).unlink(missing_ok=True)
+        standalone[tseed] = load_standalone(standalone_log(study))
+    for tseed, study in trainings.items():  # the longest stand-alone trainings (most paths) first
+        seed_masks = masks[tseed % CEILING_SEED_OFFSET]
+        todo = [m for m in seed_masks if format_mask(m) not in standalone[tseed]]
+        cached = len(seed_masks) - len(todo)
         if cached:
-            say(f"seed {seed}: {cached} stand-alone results cached")
-        jobs.extend(("subnet", studies[seed], m, metric) for m in todo)
+            say(f"training seed {tseed}: {cached} stand-alone results cached")
+        jobs.extend(("subnet", study, m, metric) for m in todo)
     jobs[len(seeds):] = sorted(jobs[len(seeds):], key=lambda j: -sum(j[2]))
     n_sub = len(jobs) - len(seeds)
 
@@ -386,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  supernet seed {seed}: " + ("cached checkpoint" if result["cached"] else f"trained in {result['seconds']:.1f} s"))
             return
         standalone[seed][result["mask"]] = result
-        log_path = Path(studies[seed].search.run_dir) / "standalone.jsonl"
+        log_path = standalone_log(trainings[seed])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as f:
             f.write(json.dumps(result) + "\n")
@@ -409,15 +490,29 @@ def main(argv: list[str] | None = None) -> int:
             supernet_prior_spearman_last_epoch=sup["final_spearman_prior"],
             checkpoint=sup["checkpoint"],
         )
+        if seed in ceiling:
+            again = standalone[seed + CEILING_SEED_OFFSET]
+            keys = [format_mask(m) for m in masks[seed]]
+            first_run = [standalone[seed][k] for k in keys]
+            second_run = [again[k] for k in keys]
+            row["ceiling_tau"] = _corr(kendalltau, [r["score"] for r in first_run], [r["score"] for r in second_run])
+            row["ceiling_tau_loss"] = _corr(kendalltau, [r["loss"] for r in first_run], [r["loss"] for r in second_run])
+            row["ceiling_seed"] = seed + CEILING_SEED_OFFSET
+            for entry, r in zip(row["per_mask"], second_run):
+                entry["standalone_again"], entry["standalone_again_loss"] = r["score"], r["loss"]
         per_seed.append(row)
     wall_s = time.perf_counter() - started
     info["loadavg_end"] = list(os.getloadavg())
     keys = ("kendall_tau", "spearman_rho", "kendall_tau_loss", "kendall_tau_size_baseline", "top1_regret")
     summary = {k: mean_std([r[k] for r in per_seed]) for k in keys}
+    if ceiling:
+        summary["ceiling_tau"] = mean_std([r["ceiling_tau"] for r in per_seed if "ceiling_tau" in r])
+        summary["ceiling_tau_loss"] = mean_std([r["ceiling_tau_loss"] for r in per_seed if "ceiling_tau_loss" in r])
     tau = summary["kendall_tau"][0]
     verdict = "MET" if not math.isnan(tau) and tau >= TARGET_TAU else "NOT MET"
     settings = {"study": first.name, "seeds": seeds, "masks": n_masks, "epochs": epochs, "workers": args.workers,
-                "threads": args.threads, "quick": args.quick, "fresh": args.fresh}
+                "threads": args.threads, "quick": args.quick, "fresh": args.fresh,
+                "train_overrides": overrides, "tag": args.tag, "ceiling_seeds": ceiling}
     report = {
         "benchmark": "bench_fidelity",
         "settings": settings,
@@ -434,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_fidelity_{first.name}{'_quick' if args.quick else ''}"
+    stem = f"bench_fidelity_{first.name}{'_' + args.tag if args.tag else ''}{'_quick' if args.quick else ''}"
     report_md = markdown({**report, "summary": summary})
     _common.write_result(out, stem, report, report_md)
 
@@ -451,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean ± std: Kendall tau {fmt_ms(summary['kendall_tau'])}, Spearman rho {fmt_ms(summary['spearman_rho'])}, "
           f"tau on loss {fmt_ms(summary['kendall_tau_loss'])}, #paths baseline tau "
           f"{fmt_ms(summary['kendall_tau_size_baseline'])}")
+    if ceiling:
+        print(f"noise ceiling (stand-alone vs stand-alone, seeds {ceiling}): tau {fmt_ms(summary['ceiling_tau'])}, "
+              f"tau on loss {fmt_ms(summary['ceiling_tau_loss'])}")
     print(f"target Kendall tau >= {TARGET_TAU} (mean over {len(seeds)} seeds): {tau:.3f} -> {verdict}"
           f"   (uniform weight sharing, Yu et al. 2020: tau ~ {REFERENCE_TAU})")
     print(f"wall time {wall_s:.0f} s ({n_sub} stand-alone trainings run, {_n(args.workers, 'worker')}); "

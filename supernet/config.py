@@ -31,6 +31,10 @@ def _at_least(low: float) -> dict[str, Any]:
     return {"min": low}
 
 
+def _between(low: float, high: float) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
 @dataclass
 class DataConfig:
     source: str = field(default="synthetic", metadata=_choices(*DATA_SOURCES))
@@ -76,6 +80,8 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata=_at_least(0.0))
     warmup_epochs: int = field(default=2, metadata=_at_least(0))  # uniform masks before the prior
     masks_per_step: int = field(default=2, metadata=_at_least(1))  # subnets trained on each batch
+    per_sample_masks: bool = False  # a mask per sample (all paths run once) instead of per batch
+    distill: float = field(default=0.0, metadata=_between(0.0, 1.0))  # in-place distillation weight
     rank_loss: str = field(default="l1", metadata=_choices(*RANK_LOSSES))
     rank_every: int = field(default=10, metadata=_at_least(1))  # steps between prior updates
     rank_masks: int = field(default=16, metadata=_at_least(2))  # masks ranked per prior update
@@ -114,7 +120,7 @@ def _type_name(annotation: Any) -> str:
 def parse_section(cls: type[T], raw: Any, section: str, problems: list[str]) -> T:
     """Build ``cls`` from a TOML table, appending every problem found to ``problems``.
 
-    Unknown keys, wrong types, values outside their choices or below their minimum are all
+    Unknown keys, wrong types, values outside their choices or range are all
     reported; the defaults stand in for bad values so that later checks can still run.
     """
     if raw is None:
@@ -140,6 +146,9 @@ def parse_section(cls: type[T], raw: Any, section: str, problems: list[str]) -> 
             continue
         if "min" in meta and value < meta["min"]:
             problems.append(f"[{section}] {key} = {value!r} must be at least {meta['min']}")
+            continue
+        if "max" in meta and value > meta["max"]:
+            problems.append(f"[{section}] {key} = {value!r} must be at most {meta['max']}")
             continue
         kwargs[key] = float(value) if hints[key] is float else value
     return cls(**kwargs)

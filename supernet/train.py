@@ -1,7 +1,9 @@
 """One-shot supernet training with the Modal Relation Graph prior (Table 1 of the paper).
 
-Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights:
-masks are uniform during the warm-up epochs and drawn from the current prior afterwards. Every
+Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights (or,
+with ``per_sample_masks``, a subnet per sample; with ``distill``, in-place distillation from the
+full supernet): masks are uniform during the warm-up epochs and drawn from the current prior
+afterwards. Every
 ``rank_every`` steps the prior is refined: the pooled outputs of *all* paths are computed once on
 the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
 output does not depend on the mask), and the rank loss between the prior's scores of those masks
@@ -151,17 +153,15 @@ def train_supernet(
         order = torch.randperm(len(train), generator=g)
         for features, lengths, labels in batches(train, names, train_cfg.batch_size, order):
             features, lengths, labels = _to(device, features, lengths, labels)
-            # 1. train masks_per_step subnets on this batch (uniform in warm-up, else the prior)
+            # 1. train subnets on this batch (masks uniform in warm-up, else from the prior)
+            n = len(labels) if train_cfg.per_sample_masks else train_cfg.masks_per_step
             if warmup:
-                masks = uniform_masks(train_cfg.masks_per_step, P, g)
+                masks = uniform_masks(n, P, g)
             else:
                 with torch.no_grad():
-                    masks = prior.sample(train_cfg.masks_per_step, g)
+                    masks = prior.sample(n, g)
             optimizer.zero_grad(set_to_none=True)
-            for mask in masks:
-                loss = task_loss(model(features, mask, lengths), labels, data.task) / len(masks)
-                loss.backward()
-                loss_sum += float(loss.detach()) * len(labels)
+            loss_sum += _subnet_step(model, features, lengths, labels, masks, data.task, train_cfg) * len(labels)
             stats.gradients(masks.amax(dim=0).bool())
             optimizer.step()
             seen += len(labels)
@@ -192,6 +192,53 @@ def train_supernet(
     bar.close()
     model.eval()
     return TrainResult(model, prior, history)
+
+
+def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig) -> float:
+    """Backpropagate the loss of the subnets ``masks`` selects on one batch; returns their mean
+    task loss.
+
+    ``per_sample_masks``: mask ``b`` applies to sample ``b`` only. Every path runs once on the
+    batch and each sample averages its own active paths (exactly ``forward`` per sample, since a
+    path's output does not depend on the mask): many subnets per step for the cost of one full
+    pass. Otherwise each mask is one subnet trained on the whole batch.
+
+    ``distill`` > 0 (in-place distillation, BigNAS): the full supernet is trained on the labels
+    too, and each subnet's loss is ``(1 - distill) * task loss + distill * the distance to the
+    full supernet's detached output`` (KL divergence of the softmax for classification, the task
+    loss against it for regression).
+    """
+    if cfg.per_sample_masks:
+        pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path once
+        weights = masks / masks.sum(dim=1, keepdim=True)  # (B, P)
+        outputs = model.head(torch.einsum("bp,bpc->bc", weights.to(pooled.dtype), pooled))[None]  # (1, B, out)
+        full = model.head(pooled.mean(dim=1)) if cfg.distill > 0 else None
+    elif cfg.distill == 0:
+        total = 0.0
+        for mask in masks:  # one backward per subnet: only one subnet's activations held at a time
+            loss = task_loss(model(features, mask, lengths), labels, task) / len(masks)
+            loss.backward()
+            total += float(loss.detach())
+        return total
+    else:
+        outputs = torch.stack([model(features, mask, lengths) for mask in masks])  # (M, B, out)
+        full = model(features, torch.ones(masks.shape[1]), lengths)
+    loss = task_loss(outputs, labels, task).mean()
+    subnet_loss = float(loss.detach())
+    if full is not None:
+        target = full.detach()
+        if task == "classification":
+            soft = F.kl_div(
+                F.log_softmax(outputs, dim=-1),
+                F.log_softmax(target, dim=-1).expand_as(outputs),
+                log_target=True,
+                reduction="none",
+            ).sum(dim=-1).mean()
+        else:
+            soft = (outputs - target).abs().mean()
+        loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
+    loss.backward()
+    return subnet_loss
 
 
 def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, task, cfg: TrainConfig, g, warmup) -> float:

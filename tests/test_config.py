@@ -187,3 +187,15 @@ def test_study_sha256_changes_with_a_value_and_ignores_search(tmp_path: Path) ->
     c.write_text(base.replace("trials = 60", "trials = 61"), encoding="utf-8")
     # the search settings are not part of what the supernet checkpoint depends on
     assert load_study(str(c)).sha256 == digest
+
+
+def test_distill_must_lie_between_0_and_1() -> None:
+    from supernet.config import TrainConfig
+
+    problems: list[str] = []
+    cfg = parse_section(TrainConfig, {"distill": 1.5, "per_sample_masks": "yes"}, "train", problems)
+    assert problems == [
+        "[train] distill = 1.5 must be at most 1.0",
+        "[train] per_sample_masks must be bool, got 'yes' (str)",
+    ]
+    assert cfg.distill == 0.0 and cfg.per_sample_masks is False
