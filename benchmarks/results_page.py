@@ -14,7 +14,10 @@ from the same JSON (``docs/figures/*.svg``) go under their tables.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +37,22 @@ SECTIONS = [
         "bench_fidelity_mfeat",
         "OMP_NUM_THREADS=1 python benchmarks/bench_fidelity.py --study mfeat --seeds 0,1,2 --masks 30",
         "The same on six real views of handwritten digits (k = 6, 30 paths).",
+    ),
+    (
+        "Ranking fidelity on mfeat: supernet training variants (before and after)",
+        "compare:bench_fidelity_mfeat",
+        "\n".join(
+            f"OMP_NUM_THREADS=1 python benchmarks/bench_fidelity.py --study mfeat --seeds 0,1,2 --masks 30 {flags}"
+            for flags in (
+                "--train per_sample_masks=true --train distill=0.5 --tag ps_distill --ceiling 0",
+                "--train per_sample_masks=true --tag ps",
+                "--train distill=0.5 --tag distill",
+            )
+        ),
+        "The same masks and stand-alone results, the supernet trained differently: per-sample masks "
+        "(`[train] per_sample_masks`), in-place distillation from the full supernet (`[train] distill`, "
+        "BigNAS), both. The noise ceiling is Kendall τ between two stand-alone trainings of the same "
+        "masks with different seeds. Every variant tried is listed.",
     ),
     (
         "Planted structure found by the search (k = 3, 4, 5; 10 seeds each)",
@@ -90,6 +109,36 @@ same JSON files by `python benchmarks/figures.py` (plotly, exported to SVG with 
 """
 
 
+def fidelity_comparison(results: Path, stem: str) -> str | None:
+    """One row per run of ``stem`` (the baseline) and its tagged variants ``stem_TAG``, from their JSON."""
+    paths = sorted(results.glob(f"{stem}.json")) + sorted(
+        p for p in results.glob(f"{stem}_*.json") if not p.stem.endswith("_quick"))
+    if not paths:
+        return None
+    lines = [
+        "| run | supernet [train] overrides | Kendall τ | Spearman ρ | τ on loss | top-1 regret | "
+        "noise ceiling τ (τ on loss) | supernet train s | date |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        a = r["summary"]
+        overrides = r["settings"].get("train_overrides") or {}
+
+        def ms(key: str, digits: int = 3, a: dict = a) -> str:
+            m, sd = a[key]["mean"], a[key]["std"]
+            return f"{m:.{digits}f}" + ("" if sd is None or math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+        ceiling = f"{ms('ceiling_tau')} ({ms('ceiling_tau_loss')})" if "ceiling_tau" in a else "–"
+        train_s = statistics.mean(row["supernet_train_s"] for row in r["per_seed"])
+        lines.append(
+            f"| `{path.stem}` | {', '.join(f'{k} = {json.dumps(v)}' for k, v in overrides.items()) or 'none (the study)'} | "
+            f"**{ms('kendall_tau')}** | {ms('spearman_rho')} | {ms('kendall_tau_loss')} | {ms('top1_regret', 4)} | "
+            f"{ceiling} | {train_s:.0f} | {r['machine']['date'][:16]} |"
+        )
+    return "\n".join(lines)
+
+
 def build(results: Path, figures: Path | None = None, page_dir: Path | None = None) -> str:
     figures = figures if figures is not None else results.parent / "figures"
     page_dir = page_dir if page_dir is not None else results.parent
@@ -97,7 +146,10 @@ def build(results: Path, figures: Path | None = None, page_dir: Path | None = No
     for title, stem, command, what in SECTIONS:
         parts.append(f"\n## {title}\n\n{what}\n\n```bash\n{command}\n```\n")
         fragment = results / f"{stem}.md"
-        if fragment.is_file():
+        if stem.startswith("compare:"):
+            table = fidelity_comparison(results, stem.removeprefix("compare:"))
+            parts.append("\n" + (table or "*Not run yet. Run the commands above.*") + "\n")
+        elif fragment.is_file():
             parts.append("\n" + fragment.read_text(encoding="utf-8").strip() + "\n")
             drawn = [(name, alt) for name, alt in FIGURES.get(stem, []) if (figures / f"{name}.svg").is_file()]
             if drawn:

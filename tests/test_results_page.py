@@ -103,3 +103,29 @@ def test_results_page_links_only_existing_figures_and_names_missing_results(tmp_
     assert "*Not run yet: no `docs/results/bench_tables_mfeat.md`" in page
     for _title, _stem, command, _what in results_page.SECTIONS:
         assert f"```bash\n{command}\n```" in page
+
+
+def test_fidelity_comparison_lists_the_baseline_and_every_variant(tmp_path):
+    def run(tau: list[float], overrides: dict, ceiling: float | None = None) -> dict:
+        result = _fidelity("mfeat")
+        for row in result["per_seed"]:
+            row["supernet_train_s"] = 60.0
+        mean = sum(tau) / len(tau)
+        summary = {k: {"mean": mean, "std": 0.01} for k in ("kendall_tau", "spearman_rho", "kendall_tau_loss", "top1_regret")}
+        if ceiling is not None:
+            summary["ceiling_tau"] = summary["ceiling_tau_loss"] = {"mean": ceiling, "std": float("nan")}
+        result.update(summary=summary, machine={"date": "2026-11-28T11:00:00+00:00"})
+        result["settings"]["train_overrides"] = overrides
+        return result
+
+    _write(tmp_path, "bench_fidelity_mfeat", run([0.3, 0.5], {}))
+    _write(tmp_path, "bench_fidelity_mfeat_ps", run([0.6, 0.7], {"per_sample_masks": True}, ceiling=0.45))
+    _write(tmp_path, "bench_fidelity_mfeat_x_quick", run([0.9, 0.9], {}))
+
+    table = results_page.fidelity_comparison(tmp_path, "bench_fidelity_mfeat").splitlines()
+
+    assert len(table) == 4  # header, rule, baseline, one variant (the quick run is left out)
+    assert table[2].startswith("| `bench_fidelity_mfeat` | none (the study) | **0.400 ± 0.010** |")
+    assert table[3].startswith("| `bench_fidelity_mfeat_ps` | per_sample_masks = true | **0.650 ± 0.010** |")
+    assert "| 0.450 (0.450) |" in table[3] and "| – |" in table[2]
+    assert results_page.fidelity_comparison(tmp_path, "bench_fidelity_demo") is None
