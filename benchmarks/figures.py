@@ -6,9 +6,9 @@ Reads the JSON files the evidence benchmarks wrote to ``docs/results/`` (never r
 benchmark; a result that is missing is skipped and named) and writes one SVG per figure to
 ``docs/figures/``:
 
-- ``fidelity_STUDY.svg`` (``bench_fidelity_STUDY.json``): each mask's inherited validation
-  score from the supernet against its score after stand-alone training, one colour per seed,
-  Kendall τ in the legend;
+- ``fidelity_STUDY[_TAG].svg`` (``bench_fidelity_STUDY[_TAG].json``): each mask's inherited
+  validation score from the supernet against its score after stand-alone training, one colour per
+  seed, Kendall τ in the legend (``_TAG``: a supernet training variant);
 - ``planted_hits.svg`` (``bench_planted.json``): for k = 3, 4, 5, in how many seeds the
   planted mask was on the Pareto front of the first n trials;
 - ``table5_DATASET.svg`` (``bench_tables_DATASET.json``): Table 5's models, test metric
@@ -166,9 +166,9 @@ def stable_svg(fig: go.Figure, name: str) -> str:
 
 def build(results: Path) -> tuple[dict[str, go.Figure], list[str]]:
     """The figures whose results exist, by output name, and the result files that are missing."""
-    makers = [
-        ("bench_fidelity_demo", "fidelity_demo", fidelity_figure),
-        ("bench_fidelity_mfeat", "fidelity_mfeat", fidelity_figure),
+    fidelity = sorted({"bench_fidelity_demo", "bench_fidelity_mfeat"} | {
+        p.stem for p in results.glob("bench_fidelity_*.json") if not p.stem.endswith("_quick")})
+    makers = [(stem, stem.replace("bench_", "", 1), fidelity_figure) for stem in fidelity] + [
         ("bench_planted", "planted_hits", planted_figure),
         ("bench_tables_planted", "table5_planted", table5_figure),
         ("bench_tables_planted", "table4_planted", table4_figure),

@@ -139,6 +139,18 @@ def fidelity_comparison(results: Path, stem: str) -> str | None:
     return "\n".join(lines)
 
 
+def _figure_links(wanted: list[tuple[str, str]], figures: Path, page_dir: Path) -> str:
+    """Markdown images for the figures of ``wanted`` that exist, under one line naming the command."""
+    drawn = [(name, alt) for name, alt in wanted if (figures / f"{name}.svg").is_file()]
+    if not drawn:
+        return ""
+    out = [f"\nFigures (`{FIGURES_COMMAND}`, from the same JSON):\n\n"]
+    for name, alt in drawn:
+        rel = Path(os.path.relpath(figures / f"{name}.svg", page_dir)).as_posix()
+        out.append(f"![{alt}]({rel})\n\n")
+    return "".join(out)
+
+
 def build(results: Path, figures: Path | None = None, page_dir: Path | None = None) -> str:
     figures = figures if figures is not None else results.parent / "figures"
     page_dir = page_dir if page_dir is not None else results.parent
@@ -147,16 +159,17 @@ def build(results: Path, figures: Path | None = None, page_dir: Path | None = No
         parts.append(f"\n## {title}\n\n{what}\n\n```bash\n{command}\n```\n")
         fragment = results / f"{stem}.md"
         if stem.startswith("compare:"):
-            table = fidelity_comparison(results, stem.removeprefix("compare:"))
+            base = stem.removeprefix("compare:")
+            table = fidelity_comparison(results, base)
             parts.append("\n" + (table or "*Not run yet. Run the commands above.*") + "\n")
+            variants = sorted(p.stem.replace("bench_", "", 1) for p in results.glob(f"{base}_*.json")
+                              if not p.stem.endswith("_quick"))
+            parts.append(_figure_links(
+                [(name, f"Supernet score against stand-alone score per mask, {name}") for name in variants],
+                figures, page_dir))
         elif fragment.is_file():
             parts.append("\n" + fragment.read_text(encoding="utf-8").strip() + "\n")
-            drawn = [(name, alt) for name, alt in FIGURES.get(stem, []) if (figures / f"{name}.svg").is_file()]
-            if drawn:
-                parts.append(f"\nFigures (`{FIGURES_COMMAND}`, from the same JSON):\n\n")
-                for name, alt in drawn:
-                    rel = Path(os.path.relpath(figures / f"{name}.svg", page_dir)).as_posix()
-                    parts.append(f"![{alt}]({rel})\n\n")
+            parts.append(_figure_links(FIGURES.get(stem, []), figures, page_dir))
         else:
             parts.append("\n*Not run yet: no `docs/results/" + f"{stem}.md`. Run the command above.*\n")
     return "".join(parts)
