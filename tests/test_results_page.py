@@ -114,6 +114,7 @@ def test_fidelity_comparison_lists_the_baseline_and_every_variant(tmp_path):
         summary = {k: {"mean": mean, "std": 0.01} for k in ("kendall_tau", "spearman_rho", "kendall_tau_loss", "top1_regret")}
         if ceiling is not None:
             summary["ceiling_tau"] = summary["ceiling_tau_loss"] = {"mean": ceiling, "std": float("nan")}
+            summary["reliable_pairs_agreement"] = {"mean": 0.9, "std": float("nan")}
         result.update(summary=summary, machine={"date": "2026-11-28T11:00:00+00:00"})
         result["settings"]["train_overrides"] = overrides
         return result
@@ -127,5 +128,5 @@ def test_fidelity_comparison_lists_the_baseline_and_every_variant(tmp_path):
     assert len(table) == 4  # header, rule, baseline, one variant (the quick run is left out)
     assert table[2].startswith("| `bench_fidelity_mfeat` | none (the study) | **0.400 ± 0.010** |")
     assert table[3].startswith("| `bench_fidelity_mfeat_ps` | per_sample_masks = true | **0.650 ± 0.010** |")
-    assert "| 0.450 (0.450) |" in table[3] and "| – |" in table[2]
+    assert "| 0.450 (0.450) | 0.900 |" in table[3] and "| – | – |" in table[2]
     assert results_page.fidelity_comparison(tmp_path, "bench_fidelity_demo") is None
