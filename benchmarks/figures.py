@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,28 +71,49 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def fidelity_figure(result: dict) -> go.Figure:
-    """Inherited (supernet) score against stand-alone score, per mask, one trace per seed."""
-    fig = go.Figure()
+    """Inherited (supernet) score against stand-alone score, per mask, one trace per seed; where the
+    run has a noise ceiling, a second panel: stand-alone against stand-alone with another seed."""
+    ceiling = [seed for seed in result["per_seed"] if "ceiling_tau" in seed]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
+        "supernet vs stand-alone", "stand-alone vs stand-alone, another seed (noise ceiling)")) if ceiling else go.Figure()
+    at = dict(row=1, col=1) if ceiling else {}
     lo, hi = 1.0, 0.0
     for i, seed in enumerate(result["per_seed"]):
         xs = [m["supernet"] for m in seed["per_mask"]]
         ys = [m["standalone"] for m in seed["per_mask"]]
         lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        colour = SEED_COLOURS[i % len(SEED_COLOURS)]
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="markers",
             name=f"seed {seed['seed']}: τ = {seed['kendall_tau']:.3f}",
-            marker=dict(size=7, color=SEED_COLOURS[i % len(SEED_COLOURS)], opacity=0.75),
+            marker=dict(size=7, color=colour, opacity=0.75),
             text=[f"{m['mask']} ({m['paths']} paths)" for m in seed["per_mask"]],
-        ))
+        ), **at)
+        if "ceiling_tau" in seed:
+            again = [m["standalone_again"] for m in seed["per_mask"]]
+            lo, hi = min(lo, *again), max(hi, *again)
+            fig.add_trace(go.Scatter(
+                x=again, y=ys, mode="markers", name=f"ceiling {seed['seed']}: τ = {seed['ceiling_tau']:.3f}",
+                marker=dict(size=7, color=colour, opacity=0.75, symbol="square"),
+                text=[f"{m['mask']} ({m['paths']} paths)" for m in seed["per_mask"]],
+            ), row=1, col=2)
     pad = 0.02
-    fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines",
-                             name="y = x", line=dict(color="#888", dash="dot", width=1)))
+    for col in ((1, 2) if ceiling else (None,)):
+        kw = dict(row=1, col=col) if col else {}
+        fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x",
+                                 showlegend=col in (None, 1), line=dict(color="#888", dash="dot", width=1)), **kw)
     s = result["summary"]["kendall_tau"]
     metric = result.get("metric", "accuracy")
     title = (f"Ranking fidelity, {result['settings']['study']}: {result['masks_per_seed']} masks × "
              f"{len(result['per_seed'])} seeds, Kendall τ {s['mean']:.3f} ± {s['std']:.3f}")
-    return _layout(fig, title, f"supernet (inherited weights), validation {metric}",
-                   f"stand-alone training, validation {metric}")
+    fig = _layout(fig, title, f"supernet (inherited weights), validation {metric}",
+                  f"stand-alone training, validation {metric}")
+    if ceiling:
+        fig.update_layout(width=1100, margin=dict(l=70, r=20, t=95, b=60))
+        fig.update_xaxes(title_text=f"stand-alone, seed + 1000, validation {metric}", row=1, col=2)
+        fig.update_xaxes(range=[lo - pad, hi + pad])
+        fig.update_yaxes(range=[lo - pad, hi + pad])
+    return fig
 
 
 def planted_figure(result: dict) -> go.Figure:
