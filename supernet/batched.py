@@ -60,12 +60,14 @@ def batched_pooled_paths(
             k_m = F.pad(k_m, (0, L - n), value=False)
         padded.append(x)
         kept.append(k_m)
-    H, K = torch.stack(padded), torch.stack(kept)  # (k, B, L, C), (k, B, L)
-    targets = torch.tensor([j for _, j in model.pairs], device=device)
-    sources = torch.tensor([i for i, _ in model.pairs], device=device)
-    x, src = H[targets], H[sources]  # (P, B, L, C)
-    keep_t, keep_s = K[targets], K[sources]  # (P, B, L)
-    all_kept = bool(K.all())
+    # gathered per path by Python indexing: no index tensor to copy to the device (a host-to-device
+    # copy cannot be captured in a CUDA graph)
+    x = torch.stack([padded[j] for _, j in model.pairs])  # (P, B, L, C): each path's target
+    src = torch.stack([padded[i] for i, _ in model.pairs])  # (P, B, L, C): each path's source
+    keep_t = torch.stack([kept[j] for _, j in model.pairs])  # (P, B, L)
+    keep_s = torch.stack([kept[i] for i, _ in model.pairs])
+    # decided from shapes, never from values: no host sync (CUDA-graph capture, torch.compile)
+    all_kept = all(keep[m] is None and h[m].shape[1] == L for m in range(model.k))
     P, heads = len(model.pairs), model.cfg.heads
     hd = C // heads
     paths = list(model.paths)
