@@ -7,7 +7,8 @@ Each evidence benchmark (``bench_fidelity.py``, ``bench_planted.py``, ``bench_ta
 ``docs/results/NAME.md`` (the tables, with the date, machine and load of the run) and
 ``NAME.json`` (every number behind them). This script puts the fragments in one page, each
 under the one command that regenerates it; a result that has not been produced yet is listed
-as such, with its command, never filled in by hand. The figures ``benchmarks/figures.py`` drew
+as such, with its command, never filled in by hand. What a result says is written by hand in
+``NAME.reading.md`` beside it (a benchmark never overwrites it) and shown under it. The figures ``benchmarks/figures.py`` drew
 from the same JSON (``docs/figures/*.svg``) go under their tables.
 """
 
@@ -189,6 +190,12 @@ def build(results: Path, figures: Path | None = None, page_dir: Path | None = No
             parts.append(_figure_links(FIGURES.get(stem, []), figures, page_dir))
         else:
             parts.append("\n*Not run yet: no `docs/results/" + f"{stem}.md`. Run the command above.*\n")
+        # what the result says: written by hand beside the generated fragment (NAME.reading.md, which
+        # no benchmark overwrites), naming the run it reads
+        name = stem.removeprefix("compare:") + ("_variants" if stem.startswith("compare:") else "")
+        reading = results / f"{name}.reading.md"
+        if reading.is_file():
+            parts.append("\n" + reading.read_text(encoding="utf-8").strip() + "\n")
     return "".join(parts)
 
 

@@ -95,7 +95,17 @@ def test_results_page_links_only_existing_figures_and_names_missing_results(tmp_
     (results / "bench_fidelity_demo.md").write_text("**bench_fidelity** table", encoding="utf-8")
     (figs / "planted_hits.svg").write_text("<svg/>", encoding="utf-8")
 
+    (results / "bench_planted.reading.md").write_text("**Reading** (run of today): it worked.", encoding="utf-8")
+    (results / "bench_fidelity_mfeat_variants.reading.md").write_text("**Reading**: variants.", encoding="utf-8")
+
     page = results_page.build(results, figs, tmp_path)
+
+    # the hand-written reading follows its result (and its figures), in its own section
+    planted = page.index("## Planted structure")
+    assert planted < page.index("**bench_planted** table") < page.index("planted_hits.svg") < page.index(
+        "**Reading** (run of today): it worked.") < page.index("## The paper's Tables 5 and 4 on the planted data")
+    variants = page.index("## Ranking fidelity on mfeat: supernet training variants")
+    assert variants < page.index("**Reading**: variants.") < planted
 
     assert "**bench_planted** table" in page and "**bench_fidelity** table" in page
     assert "](figures/planted_hits.svg)" in page
