@@ -134,8 +134,9 @@ def fidelity_comparison(results: Path, stem: str) -> str | None:
         return None
     lines = [
         "| run | supernet [train] overrides | Kendall τ | Spearman ρ | τ on loss | top-1 regret | "
-        "noise ceiling τ (τ on loss) | agreement on reliable pairs | supernet train s | date |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "noise ceiling τ (τ on loss) | τ vs other-seed stand-alone | τ vs mean of both stand-alone | "
+        "agreement on reliable pairs | supernet train s | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         r = json.loads(path.read_text(encoding="utf-8"))
@@ -148,11 +149,12 @@ def fidelity_comparison(results: Path, stem: str) -> str | None:
 
         ceiling = f"{ms('ceiling_tau')} ({ms('ceiling_tau_loss')})" if "ceiling_tau" in a else "–"
         reliable = ms("reliable_pairs_agreement") if "reliable_pairs_agreement" in a else "–"
+        cross = " | ".join(ms(k) if k in a else "–" for k in ("kendall_tau_vs_again", "kendall_tau_vs_mean"))
         train_s = statistics.mean(row["supernet_train_s"] for row in r["per_seed"])
         lines.append(
             f"| `{path.stem}` | {', '.join(f'{k} = {json.dumps(v)}' for k, v in overrides.items()) or 'none (the study)'} | "
             f"**{ms('kendall_tau')}** | {ms('spearman_rho')} | {ms('kendall_tau_loss')} | {ms('top1_regret', 4)} | "
-            f"{ceiling} | {reliable} | {train_s:.0f} | {r['machine']['date'][:16]} |"
+            f"{ceiling} | {cross} | {reliable} | {train_s:.0f} | {r['machine']['date'][:16]} |"
         )
     return "\n".join(lines)
 

@@ -138,5 +138,5 @@ def test_fidelity_comparison_lists_the_baseline_and_every_variant(tmp_path):
     assert len(table) == 4  # header, rule, baseline, one variant (the quick run is left out)
     assert table[2].startswith("| `bench_fidelity_mfeat` | none (the study) | **0.400 ± 0.010** |")
     assert table[3].startswith("| `bench_fidelity_mfeat_ps` | per_sample_masks = true | **0.650 ± 0.010** |")
-    assert "| 0.450 (0.450) | 0.900 |" in table[3] and "| – | – |" in table[2]
+    assert "| 0.450 (0.450) | – | – | 0.900 |" in table[3] and "| – | – | – | – |" in table[2]
     assert results_page.fidelity_comparison(tmp_path, "bench_fidelity_demo") is None
