@@ -345,9 +345,12 @@ def markdown(report: dict) -> str:
         f"load {info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}; {_n(s['epochs'], 'epoch')}, "
         f"{report['masks_per_seed']} masks per seed, metric {report['metric']} on the validation split "
         f"({report['valid_samples']} samples), {_n(s['workers'], 'worker')}{', QUICK settings' if s['quick'] else ''}"
-        + (f"; supernet [train] overrides: {', '.join(f'{k} = {v}' for k, v in s['train_overrides'].items())}"
+        + (f"; supernet [train] overrides: {', '.join(f'{k} = {json.dumps(v)}' for k, v in s['train_overrides'].items())}"
            if s.get("train_overrides") else "")
-        + f"; wall time {report['wall_s']:.0f} s)",
+        + f"; wall time {report['wall_s']:.0f} s"
+        + ("" if report.get("standalone_trainings_run", 1) or not all(r["supernet_cached"] for r in report["per_seed"])
+           else ": every supernet and stand-alone result cached from earlier runs of the same configuration")
+        + ")",
         "",
         "| seed | masks | Kendall τ | Spearman ρ | τ on loss | τ of #paths (baseline) | top-1 regret | "
         "supernet range | stand-alone range | supernet train s | stand-alone s/mask |",
@@ -560,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"kendall_tau_min": TARGET_TAU, "reference_uniform_weight_sharing": REFERENCE_TAU},
         "verdict": verdict,
         "wall_s": wall_s,
+        "standalone_trainings_run": n_sub,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
