@@ -11,8 +11,8 @@ benchmark; a result that is missing is skipped and named) and writes one SVG per
   seed, Kendall τ in the legend (``_TAG``: a supernet training variant);
 - ``planted_hits.svg`` (``bench_planted.json``): for k = 3, 4, 5, in how many seeds the
   planted mask was on the Pareto front of the first n trials;
-- ``table5_DATASET.svg`` (``bench_tables_DATASET.json``): Table 5's models, test metric
-  against MFLOPs, mean ± std over seeds;
+- ``table5_DATASET.svg`` (``bench_tables_DATASET.json``): Table 5's models, mean test metric
+  (± std) against mean MFLOPs (min–max) over seeds;
 - ``table4_DATASET.svg``: Table 4's Spearman ρ (last epoch) per rank loss, mean ± std;
 - ``table5_planted_t20.svg``: Table 5 on the planted data with 20 trials per search.
 
@@ -141,18 +141,22 @@ def table5_figure(result: dict) -> go.Figure:
     for i, (key, row) in enumerate(result["table5"]["rows"].items()):
         runs = row["per_seed"]
         acc = _mean_std([r["test"][metric] for r in runs])
-        mflops = _mean_std([r["mflops"] for r in runs])
+        flops = [r["mflops"] for r in runs]
+        mean_flops = sum(flops) / len(flops)
         fig.add_trace(go.Scatter(
-            x=[mflops[0]], y=[acc[0]], mode="markers", name=ROW_LABELS.get(key, key),
-            error_x=dict(type="data", array=[mflops[1]], visible=True, thickness=1),
+            x=[mean_flops], y=[acc[0]], mode="markers", name=ROW_LABELS.get(key, key),
+            # MFLOPs on a log axis: the bar spans the seeds' min to max (a ± std bar can go below 0)
+            error_x=dict(type="data", symmetric=False, array=[max(flops) - mean_flops],
+                         arrayminus=[mean_flops - min(flops)], visible=True, thickness=1),
             error_y=dict(type="data", array=[acc[1]], visible=True, thickness=1),
             marker=dict(size=11, symbol="diamond" if key in ("cmt", "full") else "circle",
                         color=(SEED_COLOURS + ["#8c564b", "#17becf"])[i % 7]),
         ))
     seeds = len(result["settings"]["seeds"])
     title = (f"Table 5, {result['settings']['dataset']}: test {metric} vs MFLOPs "
-             f"(mean ± std, {seeds} seeds, {result['settings']['trials']} trials per search)")
-    return _layout(fig, title, "MFLOPs per sample (fvcore)", f"test {metric}", xaxis=dict(type="log"))
+             f"(means over {seeds} seeds, {result['settings']['trials']} trials per search)")
+    return _layout(fig, title, "MFLOPs per sample (fvcore; bars: min–max over seeds)",
+                   f"test {metric} (bars: ± std over seeds)", xaxis=dict(type="log"))
 
 
 def table4_figure(result: dict) -> go.Figure:
