@@ -33,8 +33,11 @@ uniformly within a size), deterministic from the seed, so each seed ranks its ow
 
 **Noise ceiling** (``--ceiling 0``): the masks of the given seeds are trained stand-alone a second
 time with another seed (seed + 1000) and tau between the two stand-alone rankings is reported: how
-well stand-alone training agrees with itself, the most a supernet's ranking can be expected to
-reach. Where the masks' scores differ by a few validation samples, this ceiling is low.
+well stand-alone training agrees with itself. Where the masks' scores differ by a few validation
+samples, this ceiling is low. Also reported: tau of the supernet against the second run and
+against the mean of both runs (cross-seed, like the ceiling: the supernet and the first run share
+their seed, hence their initial weights and batch order), and the share of the pairs both runs
+order alike (strictly) that the supernet orders that way too.
 
 **Supernet training variants** (``--train KEY=VALUE``, repeatable, TOML values): override the
 study's [train] for the supernet only, e.g. ``--train per_sample_masks=true --train distill=0.5``;
@@ -374,8 +377,8 @@ def markdown(report: dict) -> str:
     ceiling_rows = [r for r in report["per_seed"] if "ceiling_tau" in r]
     if ceiling_rows:
         lines += ["", "Noise ceiling: the same masks trained stand-alone a second time with another seed; "
-                  "Kendall τ between the two stand-alone rankings (the most a supernet's ranking can be "
-                  "expected to reach):", ""]
+                  "Kendall τ between the two stand-alone rankings (how far stand-alone training agrees with "
+                  "itself; the supernet and the first stand-alone run share their seed, the second run does not):", ""]
         lines += [f"- seed {r['seed']} vs seed {r['ceiling_seed']}: τ {r['ceiling_tau']:.3f} on {report['metric']}, "
                   f"τ {r['ceiling_tau_loss']:.3f} on loss; the supernet against the seed-{r['ceiling_seed']} run: "
                   f"τ {r['kendall_tau_vs_again']:.3f}, against the mean of the two runs: τ {r['kendall_tau_vs_mean']:.3f}. "
