@@ -378,7 +378,9 @@ class _StopBetweenTrials:
     top of the worker's loop, where no storage transaction is open: an interrupt that lands in
     the middle of a database write can leave the write lock held (SQLite then blocks the
     worker's own next write until its busy timeout). The same signal again stops at once. Only
-    in the main thread (Python runs signal handlers there); elsewhere it does nothing.
+    in the main thread (Python runs signal handlers there); elsewhere it does nothing. A signal
+    ignored when the worker starts (a background job of a shell ignores SIGINT) stays ignored, as
+    in the ``run`` process that started the workers.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -389,7 +391,10 @@ class _StopBetweenTrials:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.SIGNALS:
-            self.previous[signum] = signal.getsignal(signum)
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN:  # ignored on entry (a shell's background job, nohup): stays so
+                continue
+            self.previous[signum] = previous
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:

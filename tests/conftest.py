@@ -5,6 +5,7 @@ The factories are fixtures returning callables, so test modules need no imports 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,11 @@ import torch
 from supernet.config import ModelConfig
 from supernet.data.dataset import ModalitySpec, Split
 from supernet.model import Supernet, SupernetSpec
+
+# A suite started in the background by a non-interactive shell (`sh -c 'pytest &'`) inherits SIGINT
+# ignored, and so would every mro-search process the tests start: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Mixed modalities: sequences of different lengths and widths, and one vector modality.
 SEQ_A = ModalitySpec("text", 6, 5)

@@ -94,3 +94,26 @@ def _study_if_exists(mro, url: str):
         return None
     attrs = study._storage.get_study_system_attrs(study._study_id)
     return study if BUDGET_KEY in attrs else None
+
+
+def test_a_signal_ignored_on_entry_stays_ignored():
+    """A worker started as a shell's background job inherits SIGINT ignored (as the ``run`` process
+    that started it does): it keeps ignoring it, and still stops between trials on SIGTERM."""
+    from search_service.search import _StopBetweenTrials
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop = _StopBetweenTrials()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.restore()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop = _StopBetweenTrials()
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        stop.restore()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
