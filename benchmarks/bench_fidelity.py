@@ -153,8 +153,7 @@ def standalone_log(study: Study) -> Path:
 
 def reseeded(study: Study, seed: int) -> Study:
     """The study with another training seed (for the noise ceiling's second stand-alone run)."""
-    other = replace(study, train=replace(study.train, seed=seed))
-    return other
+    return replace(study, train=replace(study.train, seed=seed))
 
 
 def sample_masks(n_paths: int, n: int, seed: int) -> list[tuple[int, ...]]:

@@ -114,9 +114,7 @@ class Bench:
     def per_sample_loss(self, features, labels, masks, batched: bool = True) -> torch.Tensor:
         pooled = (batched_pooled_paths(self.model, features) if batched
                   else self.model.pooled_paths(features))  # (B, P, C)
-        weights = masks / masks.sum(dim=1, keepdim=True)
-        out = self.model.head(torch.einsum("bp,bpc->bc", weights.to(pooled.dtype), pooled))
-        return task_loss(out, labels, "regression")
+        return task_loss(self.model.forward_per_sample(pooled, masks), labels, "regression")
 
     def step(self, mode: str) -> None:
         index = self.next_index()

@@ -27,25 +27,19 @@ import argparse
 import hashlib
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tables import P_LABEL, ROW_NAMES  # noqa: E402  (the tables' own row and rank-loss names)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SEED_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-ROW_LABELS = {
-    "concat_mlp": "Concat+MLP",
-    "embracenet": "EmbraceNet",
-    "cmt": "Pairwise CMT (all paths)",
-    "no_guidance": "MRO w/o prior guidance",
-    "no_mrg": "MRO w/o MRG prior",
-    "no_rank": "MRO w/o rank regularization",
-    "full": "Full MRO",
-}
-RANK_LABELS = {"l0": "p = 0", "l1": "p = 1", "l2": "p = 2", "linf": "p = ∞"}
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs) -> go.Figure:
@@ -64,10 +58,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs) -> go.Figure:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, std
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def fidelity_figure(result: dict) -> go.Figure:
@@ -144,7 +135,7 @@ def table5_figure(result: dict) -> go.Figure:
         flops = [r["mflops"] for r in runs]
         mean_flops = sum(flops) / len(flops)
         fig.add_trace(go.Scatter(
-            x=[mean_flops], y=[acc[0]], mode="markers", name=ROW_LABELS.get(key, key),
+            x=[mean_flops], y=[acc[0]], mode="markers", name=ROW_NAMES.get(key, key),
             # MFLOPs on a log axis: the bar spans the seeds' min to max (a ± std bar can go below 0)
             error_x=dict(type="data", symmetric=False, array=[max(flops) - mean_flops],
                          arrayminus=[mean_flops - min(flops)], visible=True, thickness=1),
@@ -164,12 +155,12 @@ def table4_figure(result: dict) -> go.Figure:
     rows = result["table4"]["rows"]
     keys = [k for k in ("l0", "l1", "l2", "linf") if k in rows]
     means, stds = zip(*(_mean_std(rows[k]["spearman_last"]) for k in keys))
-    labels = [RANK_LABELS[k] for k in keys]
+    labels = [f"p = {P_LABEL[k]}" for k in keys]
     fig = go.Figure(go.Bar(x=labels, y=means, name="mean ± std",
                            error_y=dict(type="data", array=list(stds), visible=True),
                            marker_color="#9ecae1"))
     fig.add_trace(go.Scatter(
-        x=[RANK_LABELS[k] for k in keys for _ in rows[k]["spearman_last"]],
+        x=[f"p = {P_LABEL[k]}" for k in keys for _ in rows[k]["spearman_last"]],
         y=[v for k in keys for v in rows[k]["spearman_last"]],
         mode="markers", name="per seed", marker=dict(color="#08519c", size=7)))
     return _layout(fig, f"Table 4, {result['settings']['dataset']}: rank loss and Spearman ρ "

@@ -126,6 +126,12 @@ same JSON files by `python benchmarks/figures.py` (plotly, exported to SVG with 
 """
 
 
+def _mean_std_text(pair: dict, digits: int = 3) -> str:
+    """``{"mean": m, "std": s}`` as ``m ± s`` (``m`` alone when s is missing or NaN)."""
+    m, sd = pair["mean"], pair["std"]
+    return f"{m:.{digits}f}" + ("" if sd is None or math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
 def fidelity_comparison(results: Path, stem: str) -> str | None:
     """One row per run of ``stem`` (the baseline) and its tagged variants ``stem_TAG``, from their JSON."""
     paths = sorted(results.glob(f"{stem}.json")) + sorted(
@@ -143,17 +149,13 @@ def fidelity_comparison(results: Path, stem: str) -> str | None:
         a = r["summary"]
         overrides = r["settings"].get("train_overrides") or {}
 
-        def ms(key: str, digits: int = 3, a: dict = a) -> str:
-            m, sd = a[key]["mean"], a[key]["std"]
-            return f"{m:.{digits}f}" + ("" if sd is None or math.isnan(sd) else f" ± {sd:.{digits}f}")
-
-        ceiling = f"{ms('ceiling_tau')} ({ms('ceiling_tau_loss')})" if "ceiling_tau" in a else "–"
-        reliable = ms("reliable_pairs_agreement") if "reliable_pairs_agreement" in a else "–"
-        cross = " | ".join(ms(k) if k in a else "–" for k in ("kendall_tau_vs_again", "kendall_tau_vs_mean"))
+        ceiling = f"{_mean_std_text(a['ceiling_tau'])} ({_mean_std_text(a['ceiling_tau_loss'])})" if "ceiling_tau" in a else "–"
+        reliable = _mean_std_text(a["reliable_pairs_agreement"]) if "reliable_pairs_agreement" in a else "–"
+        cross = " | ".join(_mean_std_text(a[k]) if k in a else "–" for k in ("kendall_tau_vs_again", "kendall_tau_vs_mean"))
         train_s = statistics.mean(row["supernet_train_s"] for row in r["per_seed"])
         lines.append(
             f"| `{path.stem}` | {', '.join(f'{k} = {json.dumps(v)}' for k, v in overrides.items()) or 'none (the study)'} | "
-            f"**{ms('kendall_tau')}** | {ms('spearman_rho')} | {ms('kendall_tau_loss')} | {ms('top1_regret', 4)} | "
+            f"**{_mean_std_text(a['kendall_tau'])}** | {_mean_std_text(a['spearman_rho'])} | {_mean_std_text(a['kendall_tau_loss'])} | {_mean_std_text(a['top1_regret'], 4)} | "
             f"{ceiling} | {cross} | {reliable} | {train_s:.0f} | {r['machine']['date'][:16]} |"
         )
     return "\n".join(lines)

@@ -266,6 +266,12 @@ class Supernet(nn.Module):
         averaged = torch.einsum("mp,bpc->mbc", weights, pooled)  # (M, B, C)
         return self.head(averaged)
 
+    def forward_per_sample(self, pooled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One subnet per sample: pooled path outputs ``(B, P, C)``, masks ``(B, P)`` -> ``(B, out)``,
+        row ``b`` exactly what ``forward`` computes for sample ``b`` with mask ``b``."""
+        weights = masks / masks.sum(dim=1, keepdim=True)  # (B, P): mean over each sample's paths
+        return self.head(torch.einsum("bp,bpc->bc", weights.to(pooled.dtype), pooled))
+
     def modalities_of(self, mask: Sequence[int]) -> list[int]:
         return touched_modalities(_bits(mask), self.k)
 

@@ -3,9 +3,8 @@
 Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights (or,
 with ``per_sample_masks``, a subnet per sample; with ``distill``, in-place distillation from the
 full supernet): masks are uniform during the warm-up epochs and drawn from the current prior
-afterwards. Every
-``rank_every`` steps the prior is refined: the pooled outputs of *all* paths are computed once on
-the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
+afterwards. Every ``rank_every`` steps the prior is refined: the pooled outputs of *all* paths
+are computed once on the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
 output does not depend on the mask), and the rank loss between the prior's scores of those masks
 and their losses updates α, β, γ, the graph-attention layer and the rest of the prior. The same
 step refreshes the relation-graph statistics (cosine similarity of the modalities' pooled
@@ -210,8 +209,7 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
     """
     if cfg.per_sample_masks:
         pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path once
-        weights = masks / masks.sum(dim=1, keepdim=True)  # (B, P)
-        outputs = model.head(torch.einsum("bp,bpc->bc", weights.to(pooled.dtype), pooled))[None]  # (1, B, out)
+        outputs = model.forward_per_sample(pooled, masks)[None]  # (1, B, out)
         full = model.head(pooled.mean(dim=1)) if cfg.distill > 0 else None
     elif cfg.distill == 0:
         total = 0.0
