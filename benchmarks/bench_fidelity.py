@@ -473,13 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh:
             standalone_log(study).unlink(missing_ok=True)
         standalone[tseed] = load_standalone(standalone_log(study))
-    for tseed, study in trainings.items():  # the longest stand-alone trainings (most paths) first
-        seed_masks = masks[tseed % CEILING_SEED_OFFSET]
+        seed_masks = masks[tseed % CEILING_SEED_OFFSET]  # a ceiling run trains its seed's masks
         todo = [m for m in seed_masks if format_mask(m) not in standalone[tseed]]
         cached = len(seed_masks) - len(todo)
         if cached:
             say(f"training seed {tseed}: {cached} stand-alone results cached")
         jobs.extend(("subnet", study, m, metric) for m in todo)
+    # the longest stand-alone trainings (most paths) first
     jobs[len(seeds):] = sorted(jobs[len(seeds):], key=lambda j: -sum(j[2]))
     n_sub = len(jobs) - len(seeds)
 
@@ -518,22 +518,20 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=sup["checkpoint"],
         )
         if seed in ceiling:
-            again = standalone[seed + CEILING_SEED_OFFSET]
             keys = [format_mask(m) for m in masks[seed]]
-            first_run = [standalone[seed][k] for k in keys]
-            second_run = [again[k] for k in keys]
-            row["ceiling_tau"] = _corr(kendalltau, [r["score"] for r in first_run], [r["score"] for r in second_run])
-            row["ceiling_tau_loss"] = _corr(kendalltau, [r["loss"] for r in first_run], [r["loss"] for r in second_run])
+            run1 = [standalone[seed][k] for k in keys]
+            run2 = [standalone[seed + CEILING_SEED_OFFSET][k] for k in keys]
+            score1, score2 = [r["score"] for r in run1], [r["score"] for r in run2]
+            row["ceiling_tau"] = _corr(kendalltau, score1, score2)
+            row["ceiling_tau_loss"] = _corr(kendalltau, [r["loss"] for r in run1], [r["loss"] for r in run2])
             # the supernet against the other seed's stand-alone run (cross-seed, like the ceiling), and
             # against the mean of the two runs (less noisy than either)
-            row["kendall_tau_vs_again"] = _corr(kendalltau, sup["scores"], [r["score"] for r in second_run])
-            row["kendall_tau_vs_mean"] = _corr(
-                kendalltau, sup["scores"], [(a["score"] + b["score"]) / 2 for a, b in zip(first_run, second_run)])
+            row["kendall_tau_vs_again"] = _corr(kendalltau, sup["scores"], score2)
+            row["kendall_tau_vs_mean"] = _corr(kendalltau, sup["scores"], [(a + b) / 2 for a, b in zip(score1, score2)])
             row["ceiling_seed"] = seed + CEILING_SEED_OFFSET
-            reliable, pairs, share = reliable_pairs(
-                sup["scores"], [r["score"] for r in first_run], [r["score"] for r in second_run])
-            row["reliable_pairs"], row["pairs"], row["reliable_pairs_agreement"] = reliable, pairs, share
-            for entry, r in zip(row["per_mask"], second_run):
+            row["reliable_pairs"], row["pairs"], row["reliable_pairs_agreement"] = reliable_pairs(
+                sup["scores"], score1, score2)
+            for entry, r in zip(row["per_mask"], run2):
                 entry["standalone_again"], entry["standalone_again_loss"] = r["score"], r["loss"]
         per_seed.append(row)
     wall_s = time.perf_counter() - started

@@ -193,13 +193,15 @@ def build(results: Path) -> tuple[dict[str, go.Figure], list[str]]:
         ("bench_tables_mfeat", "table5_mfeat", table5_figure),
         ("bench_tables_mfeat", "table4_mfeat", table4_figure),
     ]
-    figures, missing = {}, []
+    figures, missing, loaded = {}, [], {}
     for stem, name, make in makers:
         path = results / f"{stem}.json"
         if not path.is_file():
             missing.append(str(path))
             continue
-        result = json.loads(path.read_text(encoding="utf-8"))
+        if stem not in loaded:  # a tables result feeds two figures: read once
+            loaded[stem] = json.loads(path.read_text(encoding="utf-8"))
+        result = loaded[stem]
         if result.get("settings", {}).get("quick"):
             missing.append(f"{path} (a --quick run; not drawn)")
             continue
