@@ -40,7 +40,11 @@ class SearchConfig:
     flops_budget: float = field(default=0.0, metadata={"min": 0.0})  # MFLOPs; 0 = no constraint
     split: str = field(default="valid", metadata={"choices": ("valid", "test")})  # scored split
     storage: str = ""  # storage URL; empty: sqlite in the run directory
-    run_dir: str = ""  # where checkpoint and database go; empty: runs/NAME (relative to cwd)
+    run_dir: str = ""  # where checkpoints and database go; empty: runs/NAME (relative to cwd)
+    # Artifact store for the study's checkpoint and report: a directory, or s3://bucket/prefix
+    # (AWS_* environment variables, AWS_ENDPOINT_URL included). Empty: $MRO_ARTIFACTS, else
+    # runs/NAME/artifacts. Read when the study is created; the study records it.
+    artifacts: str = ""
 
 
 @dataclass
