@@ -47,6 +47,18 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL", help="storage URL (default: $MRO_STORAGE, else the study file, else sqlite in runs/NAME)")
 
 
+def _artifacts_arg(p: argparse.ArgumentParser, *, creating: bool = False) -> None:
+    if creating:
+        text = "artifact store of a new study: a directory or s3://bucket/prefix (default: $MRO_ARTIFACTS, else the study file, else runs/NAME/artifacts)"
+    else:
+        text = "where this machine sees the study's artifact store, if not where the study records it (default: $MRO_ARTIFACTS)"
+    p.add_argument("--artifacts", metavar="LOCATION", help=text)
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--checkpoint", metavar="FILE", help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog="mro-search", description="Search the cross-modal fusion paths of a multimodal transformer with Optuna.", parents=[common])
@@ -71,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, metavar="BITS", help="one bit per path, e.g. 011011")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--direct", action="store_true", help="run the masked forward pass instead of the cache")
+    _checkpoint_arg(p, "supernet checkpoint file (default: the latest training in runs/NAME/checkpoints, else the study's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -82,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the workers' samplers")
     p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
+    _artifacts_arg(p, creating=True)
+    _checkpoint_arg(p, "supernet checkpoint for a new study (default: the latest training in runs/NAME/checkpoints, else train one)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("worker", parents=[common], help="join an existing study from any machine")
@@ -89,15 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--trials", type=int, help="at most this many trials from this worker")
     p.add_argument("--seed", type=int, help="seed of this worker's sampler (default: random)")
+    _artifacts_arg(p)
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("resume", parents=[common], help="continue a stopped study to its budget")
     _study_arg(p)
     _storage_arg(p)
     p.add_argument("--trials", type=int, help="new trial budget (default: the study's)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--seed", type=int, help="base seed of the workers' samplers (default: random)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
+    p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
+    _artifacts_arg(p)
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("pareto", parents=[common], help="the Pareto front of a study")
@@ -111,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("-o", "--output", metavar="FILE.html", help="where to write it (default: runs/NAME/report.html)")
     p.add_argument("--json", action="store_true", help="print a summary of the report as one JSON object")
+    _artifacts_arg(p)
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("dashboard", parents=[common], help="serve the study with optuna-dashboard (127.0.0.1 by default)")
@@ -118,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others expose it without authentication)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host is NAME (repeatable); by default only the bound address and loopback names")
+    p.add_argument("--read-only", action="store_true", help="refuse every change through the dashboard (any method but GET, HEAD, OPTIONS)")
+    _artifacts_arg(p)
     p.set_defaults(handler=cmd_dashboard)
 
     p = sub.add_parser("export", parents=[common], help="export one trial's subnet as a standalone PyTorch model")
@@ -128,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="fine-tune the subnet alone for E epochs on the train split (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier export in DIR")
     p.add_argument("--json", action="store_true", help="print the export's metrics as one JSON object")
+    _artifacts_arg(p)
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a study, its artifacts and its files (asks first on a terminal)")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+    p.add_argument("--json", action="store_true", help="print what was removed as one JSON object")
+    _artifacts_arg(p)
+    p.set_defaults(handler=cmd_delete)
 
     p = sub.add_parser("validate", parents=[common], help="check a study file and report every problem")
     p.add_argument("file", metavar="FILE", help="a study .toml file or a study name")
@@ -155,15 +187,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from search_service.evaluator import train_study
+    from search_service.lifecycle import existing_search
+    from search_service.storage import mask_password, resolve_url
     from search_service.study_file import load_study
 
     study = load_study(args.study)
     logger = None if args.quiet else (lambda msg: log.info(msg))
-    result, checkpoint = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
+    result, checkpoint, new = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
     last = result.history[-1]
+    # a study made from this file keeps its own checkpoint: say how to search with the new one
+    url = resolve_url(study, None)
+    try:
+        search = existing_search(study.name, url)
+    except MROError as exc:
+        log.debug(f"study {study.name} not looked up: {exc}")
+        search = None
+    study_identity = search.checkpoint_record.get("identity") if search is not None else None
+    if search is None:
+        advice = f"search with it: mro-search run --study {study.name}"
+    elif study_identity == checkpoint.identity:
+        advice = f"study {study.name!r} in {mask_password(url)} was created with this checkpoint"
+    else:
+        advice = (f"study {study.name!r} in {mask_password(url)} keeps its own checkpoint {str(study_identity)[:16]}; to search with "
+                  f"this one, start over (mro-search delete --study {study.name} --yes, then mro-search run --study {study.name}) or "
+                  f"create a study under another name with --checkpoint {checkpoint.path}")
     summary = {
         "study": study.name,
         "checkpoint": str(checkpoint.path),
+        "identity": checkpoint.identity,
+        "new": new,
         "config_sha256": checkpoint.config_sha256,
         "epochs": len(result.history),
         "train_loss": last["train_loss"],
@@ -171,14 +223,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         "spearman": last["spearman"],
         "edge_probs": dict(zip(result.model.path_names, last["edge_probs"])),
         "history": result.history,
+        "next": advice,
     }
     if args.json:
         _print_json(summary)
     else:
         print(f"trained {study.name}: {summary['epochs']} epochs, train loss {summary['train_loss']:.4f}, "
               f"Spearman rho {summary['spearman']:.3f}")
-        print(f"checkpoint: {checkpoint.path} (config SHA-256 {checkpoint.config_sha256[:12]})")
+        state = "new" if new else "already there (same weights, prior and configuration)"
+        print(f"checkpoint {checkpoint.short_id}: {checkpoint.path} ({state})")
         print("relation graph p(i->j): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["edge_probs"].items()))
+        print(advice)
     return 0
 
 
@@ -231,17 +286,28 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from search_service.evaluator import Evaluator
+    from search_service.lifecycle import join_search, local_checkpoint, study_checkpoint
     from search_service.study_file import load_study
+    from supernet.checkpoint import latest_checkpoint
 
     study = load_study(args.study)
-    evaluator = Evaluator(study)
+    if args.checkpoint or latest_checkpoint(study.run_dir) is not None:
+        checkpoint = local_checkpoint(study, args.checkpoint)
+        source = str(checkpoint.path)
+    else:  # nothing trained here: the study's own checkpoint, if the study exists
+        joined = join_search(args.study, None)
+        checkpoint = study_checkpoint(joined.search, study.run_dir)
+        source = f"study {study.name}'s"
+    log.info(f"checkpoint {checkpoint.short_id} ({source})")
+    evaluator = Evaluator(study, checkpoint)
     mask = evaluator.parse(args.mask)
     result = evaluator.evaluate(mask, args.split, direct=args.direct)
+    result["checkpoint"] = checkpoint.identity
     if args.json:
         _print_json(result)
         return 0
     print(f"study {result['study']}, mask {result['mask']} ({', '.join(result['active_paths'])}), "
-          f"{result['split']} split, {result['method']}")
+          f"{result['split']} split, {result['method']}, checkpoint {checkpoint.short_id}")
     for name, value in result["metrics"].items():
         print(f"  {name:<12}{value:.4f}")
     print(f"  {'MFLOPs':<12}{result['mflops']:.4f}")
@@ -249,16 +315,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluator(study, *, train_if_missing: bool, quiet: bool):
-    from search_service.evaluator import Evaluator, train_study
+def _joined_evaluator(joined, artifacts: str | None):
+    """The evaluator of a study in storage, with the study's own checkpoint."""
+    from search_service.evaluator import Evaluator
+    from search_service.lifecycle import study_checkpoint
 
-    if train_if_missing and not study.checkpoint_path.exists():
-        log.info(f"no supernet checkpoint at {study.checkpoint_path}: training it first")
-        train_study(study, progress=not quiet, log=None if quiet else log.info)
-    return Evaluator(study)
+    checkpoint = study_checkpoint(joined.search, joined.study.run_dir, artifacts_override=artifacts)
+    return Evaluator(joined.study, checkpoint)
 
 
-def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool) -> None:
+def _say_where(search, checkpoint=None, artifacts: str | None = None) -> dict[str, Any]:
+    """Where a study, its checkpoint and its artifacts are: logged, and returned for --json."""
+    from search_service.lifecycle import artifacts_location
+    from search_service.storage import mask_password
+
+    record = search.checkpoint_record
+    where = {
+        "storage": mask_password(search.url),
+        "checkpoint": checkpoint.identity if checkpoint is not None else record.get("identity"),
+        "checkpoint_artifact": record.get("artifact_id"),
+        "artifacts": None,
+    }
+    try:
+        where["artifacts"] = artifacts_location(search, artifacts)
+    except MROError:
+        pass
+    log.info(f"study {search.name} in {where['storage']}; checkpoint {str(where['checkpoint'])[:16]} "
+             f"(artifact {where['checkpoint_artifact']}); artifacts in {where['artifacts']}")
+    return where
+
+
+def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool, from_file: bool = True, artifacts: str | None = None) -> None:
     import os
     import subprocess
 
@@ -271,11 +358,16 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
         return
     env = dict(os.environ)
     env[ENV_VAR] = url  # not on the command line, where `ps` would show a password
+    if artifacts:
+        from search_service.artifacts import ENV_VAR as ARTIFACTS_VAR
+
+        env[ARTIFACTS_VAR] = artifacts
     # W processes x all cores each would oversubscribe the CPU: share the cores out
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     procs = []
     for w in range(workers):
-        cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", str(study.path.resolve()), "-q"]
+        target = str(study.path.resolve()) if from_file else study.name  # no file: the worker joins by name
+        cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", target, "-q"]
         if seed is not None:
             cmd += ["--seed", str(seed + w)]
         # same process group (Ctrl-C and `kill -- -PGID` reach every worker); stderr relayed
@@ -301,17 +393,10 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
 def _check_server(url: str) -> None:
     """A storage URL that does not parse, or a database server that does not answer (or refuses
     the credentials), fails here, before a supernet is trained for a study it cannot hold.
-    (An embedded SQLite file is only created when the study is.)"""
-    from sqlalchemy.engine import make_url
+    Nothing is created: tables and an embedded SQLite file only with the study."""
+    from search_service.storage import check_reachable
 
-    from search_service.storage import open_storage
-
-    try:
-        backend = make_url(url).get_backend_name()
-    except Exception:
-        backend = None
-    if backend != "sqlite":
-        open_storage(url, heartbeat=False).engine.dispose()
+    check_reachable(url)
 
 
 def _check_workers(workers: int) -> None:
@@ -322,12 +407,13 @@ def _check_workers(workers: int) -> None:
 def _relay_stderr(stream, said: set[str]) -> None:
     """Copy a local worker's stderr to ours. On Ctrl-C every worker stops with it: its
     "interrupted" line is dropped (this process says it once for all), and a notice that each
-    worker prints the same ("stopping after the running trial ...") is shown once."""
+    worker prints the same ("stopping after the running trial ...", "all N masks scored ...")
+    is shown once."""
     for line in stream:
         text = line.strip()
         if text == INTERRUPTED:
             continue
-        if text.startswith("mro-search: stopping"):
+        if text.startswith(("mro-search: stopping", "mro-search: all ")):
             with _RELAY_LOCK:
                 if text in said:
                     continue
@@ -382,9 +468,18 @@ def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search_service.search import create_search
+    from search_service.evaluator import Evaluator, train_study
+    from search_service.lifecycle import (
+        check_matches,
+        create_search,
+        existing_search,
+        local_checkpoint,
+        study_checkpoint,
+    )
+    from search_service.search import check_checkpoint
     from search_service.storage import mask_password, resolve_url
     from search_service.study_file import load_study
+    from supernet.checkpoint import latest_checkpoint
 
     study = load_study(args.study)
     url = resolve_url(study, args.storage)
@@ -392,85 +487,92 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     _check_workers(args.workers)  # before training or creating anything
     _check_server(url)
-    evaluator = _evaluator(study, train_if_missing=True, quiet=args.quiet)
-    search = create_search(study, url, evaluator, trials=args.trials)
+    search = existing_search(study.name, url)  # refuses a study of that name that is not ours
+    if search is not None:  # continue it, with its own checkpoint
+        check_matches(search, study)
+        checkpoint = study_checkpoint(search, study.run_dir, artifacts_override=args.artifacts)
+        if args.checkpoint:
+            check_checkpoint(search, local_checkpoint(study, args.checkpoint))
+    elif args.checkpoint or latest_checkpoint(study.run_dir) is not None:
+        checkpoint = local_checkpoint(study, args.checkpoint)
+    else:
+        log.info(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}: training it first")
+        _, checkpoint, _ = train_study(study, progress=not args.quiet, log=None if args.quiet else log.info)
+    evaluator = Evaluator(study, checkpoint)
+    search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
+    where = _say_where(search, checkpoint, args.artifacts)
     log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
-    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet)
-    extra = {}
+    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts)
+    extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
     if not args.no_report:
-        from search_service.report import write_report
-
-        path = write_report(search, evaluator, study.run_dir / "report.html")
-        extra["report"] = str(path)
+        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
     _print_front(search, args.json, extra)
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from search_service.search import load_search, run_worker
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
+def _write_run_report(search, evaluator, path: Path, artifacts: str | None) -> Path:
+    """The report of ``run``/``resume``: a local file, and a copy in the study's artifact store."""
+    from search_service.lifecycle import upload_report
+    from search_service.report import write_report
 
-    study = load_study(args.study)
-    url = resolve_url(study, args.storage)
-    search = load_search(study.name, url)
-    evaluator = _evaluator(study, train_if_missing=False, quiet=args.quiet)
-    done = run_worker(search, evaluator, max_trials=args.trials, seed=args.seed, progress=not args.quiet)
+    path = write_report(search, evaluator, path)
+    upload_report(search, path, artifacts)
+    return path
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from search_service.lifecycle import join_search
+    from search_service.search import run_worker
+
+    joined = join_search(args.study, args.storage)
+    evaluator = _joined_evaluator(joined, args.artifacts)
+    _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    done = run_worker(joined.search, evaluator, max_trials=args.trials, seed=args.seed, progress=not args.quiet)
     log.info(f"worker finished: {done} trials completed here")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search_service.search import BUDGET_KEY, _check_checkpoint, load_search
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
+    from search_service.lifecycle import join_search
+    from search_service.search import BUDGET_KEY
 
-    study = load_study(args.study)
     _check_workers(args.workers)  # before the study is touched
-    url = resolve_url(study, args.storage)
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-    search = load_search(study.name, url)
-    evaluator = _evaluator(study, train_if_missing=False, quiet=args.quiet)
-    _check_checkpoint(search, evaluator.checkpoint.file_sha256)  # before the study is touched
+    joined = join_search(args.study, args.storage)
+    search, study = joined.search, joined.study
+    evaluator = _joined_evaluator(joined, args.artifacts)  # the study's own checkpoint, before the study is touched
+    where = _say_where(search, evaluator.checkpoint, args.artifacts)
     if args.trials is not None:
         search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
-    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet)
-    _print_front(search, args.json)
+    _run_workers(study, search.url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet,
+                 from_file=joined.from_file, artifacts=args.artifacts)
+    extra = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity}
+    if not args.no_report:
+        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
+    _print_front(search, args.json, extra)
     return 0
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from search_service.search import load_search
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
+    from search_service.lifecycle import join_search
 
-    study = load_study(args.study)
-    search = load_search(study.name, resolve_url(study, args.storage))
-    _print_front(search, args.json)
+    joined = join_search(args.study, args.storage)
+    where = _say_where(joined.search)
+    _print_front(joined.search, args.json, {"artifacts": where["artifacts"], "checkpoint": where["checkpoint"]} if args.json else None)
     return 0
 
 
-def _study_evaluator(study, search):
-    """The study's evaluator, refusing a checkpoint other than the one the study was made with."""
-    from search_service.search import _check_checkpoint
-
-    evaluator = _evaluator(study, train_if_missing=False, quiet=True)
-    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
-    return evaluator
-
-
 def cmd_report(args: argparse.Namespace) -> int:
+    from search_service.lifecycle import join_search
     from search_service.report import build_report
-    from search_service.search import load_search
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
 
-    study = load_study(args.study)
-    search = load_search(study.name, resolve_url(study, args.storage))
-    report = build_report(search, _study_evaluator(study, search))
-    path = report.write(Path(args.output) if args.output else study.run_dir / "report.html")
-    summary = {**report.summary(), "report": str(path)}
+    joined = join_search(args.study, args.storage)
+    evaluator = _joined_evaluator(joined, args.artifacts)
+    where = _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    report = build_report(joined.search, evaluator)
+    path = report.write(Path(args.output) if args.output else joined.study.run_dir / "report.html")
+    summary = {**report.summary(), "report": str(path), "artifacts": where["artifacts"]}
     if args.json:
         _print_json(summary)
     else:
@@ -480,24 +582,31 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from search_service import artifacts
     from search_service.dashboard import serve
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
+    from search_service.lifecycle import artifacts_location, join_search
 
-    study = load_study(args.study)
-    return serve(resolve_url(study, args.storage), study.name, host=args.host, port=args.port)
+    joined = join_search(args.study, args.storage)
+    _say_where(joined.search, None, args.artifacts)
+    store = None
+    try:
+        location = artifacts_location(joined.search, args.artifacts)
+        if location.startswith("s3://") or Path(location).is_dir():
+            store = artifacts.open_store(location)
+    except MROError as exc:
+        log.warning(f"mro-search: the dashboard will not show artifacts ({exc})")
+    return serve(joined.search.url, joined.search.name, host=args.host, port=args.port, artifact_store=store,
+                 allowed_hosts=args.allowed_host, read_only=args.read_only)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search_service.export import export_trial
-    from search_service.search import load_search
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
+    from search_service.lifecycle import join_search
 
-    study = load_study(args.study)
-    search = load_search(study.name, resolve_url(study, args.storage))
-    evaluator = _study_evaluator(study, search)
-    result = export_trial(search, evaluator, args.trial, args.output, finetune_epochs=args.finetune_epochs,
+    joined = join_search(args.study, args.storage)
+    evaluator = _joined_evaluator(joined, args.artifacts)
+    _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    result = export_trial(joined.search, evaluator, args.trial, args.output, finetune_epochs=args.finetune_epochs,
                           force=args.force, log=None if args.quiet else log.info)
     if args.json:
         _print_json(result)
@@ -511,6 +620,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         for name, value in result["metrics"].items():
             print(f"  test {name:<12}{value:.4f}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from search_service.lifecycle import delete_search, join_search
+    from search_service.storage import mask_password
+
+    joined = join_search(args.study, args.storage)
+    search = joined.search
+    n = len(search.optuna_study.get_trials(deepcopy=False))
+    what = f"study {search.name!r} ({n} trials) in {mask_password(search.url)} with its artifacts"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"not deleting {what}: not on a terminal to ask; add --yes to delete it")
+        print(f"delete {what}? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("mro-search: nothing deleted", file=sys.stderr)
+            return 1
+    removed = delete_search(joined, artifacts_override=args.artifacts)
+    if args.json:
+        _print_json(removed)
+    else:
+        files = f": {', '.join(removed['files'])}" if removed["files"] else ""
+        print(f"deleted study {removed['study']} from {removed['storage']}, {removed['artifacts']} artifact(s), "
+              f"{len(removed['files'])} file(s){files}")
     return 0
 
 
@@ -549,29 +683,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
     _configure_logging(args)
+    _guard_secrets(args)
+    from search_service.redaction import scrub
+
     try:
-        if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export):
+        if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export, cmd_report):
             _default_threads()
         return int(args.handler(args) or 0)
     except MROError as exc:
         if args.debug:
-            raise
-        print(f"mro-search: error: {_one_line(str(exc))}", file=sys.stderr)
+            return _print_traceback(exc)
+        print(f"mro-search: error: {_one_line(scrub(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
-            raise
+            _print_traceback(exc)
+            return EXIT_INTERRUPTED
         print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `mro-search pareto | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
         from search_service.storage import is_storage_outage
 
         if args.debug or not is_storage_outage(exc):
-            raise
+            return _print_traceback(exc)
         print(f"mro-search: error: {_outage_message(exc, args)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+EXIT_TRACEBACK = 1  # what Python exits with after an uncaught exception's traceback
+
+
+def _print_traceback(exc: BaseException) -> int:
+    """Print ``exc``'s traceback as Python would, but with every storage secret scrubbed (error
+    messages of drivers and of SQLAlchemy can quote a URL or a connection string)."""
+    import traceback
+
+    from search_service.redaction import scrub
+
+    sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
+    sys.stderr.flush()
+    return EXIT_TRACEBACK
+
+
+def _guard_secrets(args: argparse.Namespace) -> None:
+    """Before anything runs: learn the secrets of every storage URL this command may use
+    (``--storage``, ``$MRO_STORAGE``, the study file's ``[search] storage``), so that they are
+    scrubbed from any text, and scrub log records (``redaction.SecretFilter``)."""
+    import os
+    import tomllib
+
+    from search_service.redaction import install_secret_filter, remember
+
+    for url in (getattr(args, "storage", None), os.environ.get("MRO_STORAGE")):
+        remember(url)
+    study = getattr(args, "study", None) or getattr(args, "file", None)
+    if isinstance(study, str):
+        try:
+            from search_service.study_file import find_study_file
+
+            raw = tomllib.loads(find_study_file(study).read_text(encoding="utf-8"))
+            remember(str((raw.get("search") or {}).get("storage") or ""))
+        except Exception:  # an unreadable study file is the command's own error to report
+            pass
+    install_secret_filter()
 
 
 def _default_threads() -> None:
@@ -601,7 +782,6 @@ def default_threads() -> int:
 
 def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
     import os
-    import re
 
     from search_service.storage import ENV_VAR, mask_password, outage_reason, scrub
 
@@ -609,7 +789,7 @@ def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
     reason = outage_reason(exc, "")
     for url in urls:
         reason = scrub(reason, url)
-    reason = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", reason)  # any other URL's password
+    reason = scrub(reason)  # the secrets of any URL seen, and whatever looks like one
     where = f" {mask_password(urls[0])}" if urls else ""
     return f"storage{where} unreachable ({reason}); nothing was lost: run the command again when the database is back"
 

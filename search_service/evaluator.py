@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from search_service.study_file import Study, task_of
-from supernet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from supernet.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
 from supernet.data import MultimodalData, load_data
+from supernet.errors import CheckpointError
 from supernet.flops import FlopTable, flop_table
 from supernet.metrics import compute_metrics, default_metric
 from supernet.paths import active_paths, format_mask, parse_mask
@@ -31,8 +32,11 @@ def objective_metric(study: Study) -> str:
     return study.search.metric or default_metric(task_of(study) or "classification")
 
 
-def train_study(study: Study, *, epochs: int | None = None, seed: int | None = None, progress: bool = True, log=None) -> tuple[TrainResult, Checkpoint]:
-    """Train the study's supernet and write its checkpoint (``runs/NAME/supernet.pt``)."""
+def train_study(study: Study, *, epochs: int | None = None, seed: int | None = None, progress: bool = True, log=None) -> tuple[TrainResult, Checkpoint, bool]:
+    """Train the study's supernet and write its checkpoint, ``RUN_DIR/checkpoints/<identity>.pt``
+    (never replacing one: ``supernet.checkpoint``); returns the training, the checkpoint and
+    whether the file is new. ``epochs`` and ``seed`` change how it is trained (provenance),
+    not what its scores mean."""
     if epochs is not None:
         study.train.epochs = epochs
         study.train.warmup_epochs = min(study.train.warmup_epochs, epochs)
@@ -40,14 +44,22 @@ def train_study(study: Study, *, epochs: int | None = None, seed: int | None = N
         study.train.seed = seed
     data = load_study_data(study)
     result = train_supernet(data, study.model, study.train, progress=progress, log=log)
-    path = save_checkpoint(study.checkpoint_path, result.model, result.prior, study.supernet_config(), result.history)
-    return result, load_checkpoint(path, expected_sha256=study.sha256)
+    path, new = write_checkpoint(study.run_dir, result.model, result.prior, study.supernet_config(), result.history)
+    return result, load_checkpoint(path, expected_scoring=study.scoring_sha256), new
 
 
 class Evaluator:
+    """Scores a study's masks with one checkpoint (by default the latest training in the
+    study's run directory; a study in storage passes its own, ``lifecycle.study_checkpoint``)."""
+
     def __init__(self, study: Study, checkpoint: Checkpoint | None = None, data: MultimodalData | None = None) -> None:
         self.study = study
-        self.checkpoint = checkpoint or load_checkpoint(study.checkpoint_path, expected_sha256=study.sha256)
+        if checkpoint is None:
+            path = latest_checkpoint(study.run_dir)
+            if path is None:
+                raise CheckpointError(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}; train one with `mro-search train --study {study.name}`")
+            checkpoint = load_checkpoint(path, expected_scoring=study.scoring_sha256)
+        self.checkpoint = checkpoint
         self.model = self.checkpoint.model.eval()
         self._data = data
         self._caches: dict[str, PathCache] = {}

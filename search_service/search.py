@@ -16,11 +16,24 @@ new trial started in that moment cannot take the retry's place, so the dead work
 not lost. Trial numbers are assigned atomically by the storage, so across any number of workers
 and resumes there are never more COMPLETE trials than the budget; a trial refused this way is
 pruned and its worker stops.
+
+Mask space: k modalities have 2**(k(k-1)) - 1 masks, and no mask is scored twice, so a budget
+above that cannot be reached. A mask is *scored* when a COMPLETE trial holds it, or a trial that
+was pruned because the study's metric is undefined for the mask (the trial records its scores,
+``sampler.SCORES_ATTR``): scoring it again would give the same answer. A mask held by a RUNNING
+or WAITING trial (or by a trial the heartbeat has just failed, whose retry is being queued) is
+not scored yet: its holder may die, and the retry may fail too. So a worker stops when every mask
+is scored, saying once ``mro-search: all N masks scored; budget B not reachable`` (exit code 0:
+the study is as complete as it can be); a worker whose only masks left are held by other trials
+waits, as it does when others hold the rest of the budget. The check comes before a trial is
+started (``MROSampler.mask_space``); a worker that loses the race for the last masks anyway gets
+no mask from the sampler, never a repeat, and its trial is pruned with the reason
+(``MROSampler.no_mask_reason``). The Pareto front lists each mask once (the lowest trial
+number), also for studies that hold repeats from before.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,8 +42,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -39,13 +52,11 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from search_service.evaluator import Evaluator, objective_metric
+from search_service.evaluator import Evaluator
 from search_service.sampler import (
     BUDGET_KEY,
     MASK_KEY,
-    PATHS_KEY,
-    PRIOR_KEY,
-    RANK_LOSS_KEY,
+    MaskSpace,
     MROSampler,
 )
 from search_service.storage import (
@@ -55,22 +66,23 @@ from search_service.storage import (
     StorageOutage,
     is_storage_outage,
     mask_password,
-    open_storage,
-    optuna_quiet,
     outage_reason,
     set_trial_attrs,
 )
-from search_service.study_file import Study
 from search_service.trial_index import TrialIndex, budget_place
-from supernet.errors import CheckpointError, ConfigError
+from supernet.checkpoint import SHORT_ID, Checkpoint
+from supernet.errors import CheckpointError
 from supernet.paths import format_mask
 
 log = logging.getLogger("mro_search")
 
-CHECKPOINT_SHA_KEY = "mro:checkpoint_sha256"
-CHECKPOINT_PATH_KEY = "mro:checkpoint_path"
-CONFIG_SHA_KEY = "mro:config_sha256"
+FORMAT_KEY = "mro:format"  # marks a study mro-search created; written last, when the study is whole
+STUDY_FORMAT = "mro-search-study/2"
+CHECKPOINT_KEY = "mro:checkpoint"  # {"artifact_id", "identity", "sha256", "file"}: the study's supernet
+ARTIFACTS_KEY = "mro:artifacts"  # where the study's artifacts live (artifacts.py)
+SCORING_KEY = "mro:scoring_sha256"  # the scoring configuration the study's checkpoint was trained for
 CONFIG_KEY = "mro:study_config"
+STUDY_DIR_KEY = "mro:study_dir"  # folder of the study file it was created from (relative data paths)
 METRIC_KEY = "mro:metric"
 FLOPS_BUDGET_KEY = "mro:flops_budget"
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
@@ -94,8 +106,28 @@ class SearchStudy:
     def budget(self) -> int:
         return int(self.attrs.get(BUDGET_KEY, 0))
 
+    @property
+    def name(self) -> str:
+        return self.optuna_study.study_name
+
+    @property
+    def checkpoint_record(self) -> dict[str, Any]:
+        """Which artifact is the study's checkpoint: ``artifact_id``, ``identity``, ``sha256``."""
+        record = self.attrs.get(CHECKPOINT_KEY)
+        return record if isinstance(record, dict) else {}
+
     def counts(self) -> dict[str, int]:
         return _count_states(self.optuna_study.get_trials(deepcopy=False))
+
+
+def check_checkpoint(search: SearchStudy, checkpoint: Checkpoint) -> None:
+    """Refuse to score a study's masks with any checkpoint but its own."""
+    recorded = search.checkpoint_record.get("identity")
+    if recorded and recorded != checkpoint.identity:
+        raise CheckpointError(
+            f"supernet checkpoint {checkpoint.short_id} is not the one study {search.name!r} was created with "
+            f"({recorded[:SHORT_ID]}); leave out --checkpoint to use the study's own (read from its artifact store)"
+        )
 
 
 def _count_states(trials) -> dict[str, int]:
@@ -103,89 +135,6 @@ def _count_states(trials) -> dict[str, int]:
     for t in trials:
         out[t.state.name.lower()] += 1
     return out
-
-
-def create_search(study: Study, url: str, evaluator: Evaluator, *, trials: int | None = None) -> SearchStudy:
-    """Create the study in storage, or load it and check it belongs to this checkpoint."""
-    optuna_quiet()
-    storage = open_storage(url)
-    name = study.name
-    checkpoint_sha = evaluator.checkpoint.file_sha256
-    existing = _find_study(storage, name)
-    if existing is not None:
-        search = SearchStudy(optuna.load_study(study_name=name, storage=storage), url)
-        _check_checkpoint(search, checkpoint_sha)
-        if trials is not None and trials != search.budget:
-            storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(trials))
-        return search
-    metric = objective_metric(study)
-    budget = int(trials if trials is not None else study.search.trials)
-    prior = [float(q) for q in evaluator.checkpoint.prior.path_probs().detach()]
-    full = evaluator.evaluate((1,) * evaluator.model.num_paths, study.search.split)
-    attrs = {
-        PATHS_KEY: evaluator.path_names,
-        PRIOR_KEY: prior,
-        BUDGET_KEY: budget,
-        RANK_LOSS_KEY: study.train.rank_loss,
-        METRIC_KEY: metric,
-        FLOPS_BUDGET_KEY: study.search.flops_budget,
-        CHECKPOINT_SHA_KEY: checkpoint_sha,
-        CHECKPOINT_PATH_KEY: str(Path(evaluator.checkpoint.path).resolve()),
-        CONFIG_SHA_KEY: study.sha256,
-        CONFIG_KEY: json.dumps(_stored_config(study), sort_keys=True),
-        FULL_MASK_KEY: {"mask": full["mask"], "metrics": full["metrics"], "mflops": full["mflops"]},
-    }
-    try:
-        # all attributes are written before any worker can see a half-made study: create the
-        # study, write them, and only then is it announced (workers wait for BUDGET_KEY)
-        created = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
-        for key, value in attrs.items():
-            storage.set_study_system_attr(created._study_id, key, value)
-        created.set_metric_names([metric, MFLOPS])
-    except Exception:
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except Exception:
-            pass
-        raise
-    return SearchStudy(created, url)
-
-
-def _stored_config(study: Study) -> dict[str, Any]:
-    """The study configuration as the study records it: a storage URL's password masked (the
-    attributes are shown by optuna-dashboard and copied into reports)."""
-    config = study.as_dict()
-    if config["search"].get("storage"):
-        config["search"]["storage"] = mask_password(config["search"]["storage"])
-    return config
-
-
-def load_search(name: str, url: str) -> SearchStudy:
-    optuna_quiet()
-    storage = open_storage(url)
-    if _find_study(storage, name) is None:
-        raise ConfigError(f"no study named {name!r} in {mask_password(url)}; create it with `mro-search run --study {name}`")
-    search = SearchStudy(optuna.load_study(study_name=name, storage=storage), url)
-    if BUDGET_KEY not in search.attrs:
-        raise ConfigError(f"study {name!r} in {mask_password(url)} was not made by mro-search (no {BUDGET_KEY} attribute)")
-    return search
-
-
-def _find_study(storage, name: str):
-    for summary in storage.get_all_studies():
-        if summary.study_name == name:
-            return summary
-    return None
-
-
-def _check_checkpoint(search: SearchStudy, checkpoint_sha: str) -> None:
-    recorded = search.attrs.get(CHECKPOINT_SHA_KEY)
-    if recorded and recorded != checkpoint_sha:
-        raise CheckpointError(
-            f"this worker's supernet checkpoint (SHA-256 {checkpoint_sha[:12]}…) differs from the one study "
-            f"{search.optuna_study.study_name!r} was created with ({recorded[:12]}…); copy that checkpoint "
-            f"here (recorded at {search.attrs.get(CHECKPOINT_PATH_KEY)})"
-        )
 
 
 class Objective:
@@ -200,6 +149,7 @@ class Objective:
         self.flops_budget = float(search.attrs.get(FLOPS_BUDGET_KEY, 0.0) or 0.0)
         self.budget = search.budget
         self.last_counts: dict[str, int] | None = None  # trial states as the last budget check saw them
+        self.last_space: MaskSpace | None = None  # the mask space as the last budget check saw it
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         try:
@@ -214,6 +164,9 @@ class Objective:
         # with the trial itself by a worker's storage (``stamp_trials``), else here
         if trial.user_attrs.get(WORKER_ATTR) != worker_id():
             trial.set_user_attr(WORKER_ATTR, worker_id())
+        why = self._no_mask_left(trial)
+        if why is not None:  # every mask is scored or held by other trials: nothing to score
+            raise optuna.TrialPruned(f"no mask to score: {why}")
         mask, pending = self._suggest_mask(trial)
         try:
             if not any(mask):
@@ -266,6 +219,14 @@ class Objective:
             pending = {}
         return tuple(int(trial.suggest_categorical(name, (0, 1))) for name in self.paths), pending
 
+    def _no_mask_left(self, trial: optuna.Trial) -> str | None:
+        """Why the sampler gave this trial no mask (``MROSampler.no_mask_reason``), or None."""
+        reason = getattr(trial.study.sampler, "no_mask_reason", None)
+        if reason is None:
+            return None
+        _ = trial.relative_params  # the sampler proposes and claims the mask here
+        return reason(trial.study, trial.number)
+
     def _admitted(self, trial: optuna.Trial) -> bool:
         """Whether the trial's place in the budget order is within the budget, judged on the
         trials as the sampler read them after this trial's claim (else read now)."""
@@ -276,6 +237,8 @@ class Objective:
         me = index.find(trial.number)
         place = budget_place(me) if me is not None else (trial.number, trial.number)
         self.last_counts = index.state_counts()
+        space_seen = getattr(trial.study.sampler, "space_seen", None)
+        self.last_space = space_seen(trial.study, trial.number) if space_seen is not None else None
         return index.places_before(place, trial.number) < self.budget
 
 
@@ -294,15 +257,17 @@ def run_worker(
     split: str = "valid",
     poll_seconds: float = 2.0,
 ) -> int:
-    """Run trials until the study's budget of COMPLETE trials is reached (or ``max_trials``).
+    """Run trials until the study's budget of COMPLETE trials is reached (or ``max_trials``),
+    or every mask is scored (said once, as a warning: the budget cannot be reached).
 
-    While the budget is covered by trials that other workers are still running, wait: if one of
-    them dies, its trial is failed after the heartbeat grace period and retried, and this worker
-    may be the one to run it. Returns the number of trials this worker completed.
+    While the budget, or every mask not scored yet, is covered by trials that other workers are
+    still running, wait: if one of them dies, its trial is failed after the heartbeat grace
+    period and retried, and this worker may be the one to run it. Returns the number of trials
+    this worker completed.
     """
     study = search.optuna_study
     attrs = search.attrs
-    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
+    check_checkpoint(search, evaluator.checkpoint)
     sampler = MROSampler(n_startup_trials=evaluator.study.search.n_startup_trials, seed=seed)
     study.sampler = sampler
     objective = Objective(search, evaluator, split)
@@ -324,17 +289,25 @@ def run_worker(
                     # fails stale trials as it starts the next one, and the budget check of
                     # that trial's objective stops it if others took the room meanwhile)
                     fail_stale_trials(study)
-                    counts = _count_states(study.get_trials(deepcopy=False))
+                    trials = study.get_trials(deepcopy=False)
+                    counts = _count_states(trials)
                     outages = 0
                     bar.n = counts["complete"]
                     bar.refresh()
                     if counts["complete"] >= budget:
                         break
-                    if counts["complete"] + counts["running"] >= budget and counts["waiting"] == 0:
-                        time.sleep(poll_seconds)  # others hold the rest of the budget; wait and see
+                    space = sampler.mask_space(study, trials)
+                    if space is not None and space.exhausted:
+                        log.warning(exhausted_notice(space, budget))
+                        break
+                    if counts["waiting"] == 0 and (
+                        counts["complete"] + counts["running"] >= budget or (space is not None and space.untried <= 0)
+                    ):
+                        time.sleep(poll_seconds)  # others hold the rest of the budget or of the masks; wait and see
                         continue
                 room = False
                 objective.last_counts = None
+                objective.last_space = None
                 finished: list[optuna.trial.FrozenTrial] = []  # this worker's trial, as told
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, callbacks=[lambda _s, t, out=finished: out.append(t)])
                 outages = 0
@@ -346,7 +319,9 @@ def run_worker(
                         bar.n = seen["complete"] + 1
                         bar.refresh()
                         # this trial was running then; room if the others left a place free
-                        room = seen["complete"] + seen["running"] < budget
+                        # (and a mask: else the check above stops or waits)
+                        space = objective.last_space
+                        room = seen["complete"] + seen["running"] < budget and (space is None or space.untried > 0)
                 elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
                     break
             except (Exception, StorageOutage) as exc:
@@ -369,6 +344,21 @@ def run_worker(
         stop.restore()
         bar.close()
     return done
+
+
+def exhausted_notice(space: MaskSpace, budget: int) -> str:
+    """The line a worker says when it stops because every mask is scored (the same for every
+    worker of a study: ``run`` shows it once for all its local workers)."""
+    return f"mro-search: all {space.size} masks scored; budget {budget} not reachable"
+
+
+def mask_space_warning(*, paths: Sequence[str], budget: int) -> str | None:
+    """A one-line warning when ``budget`` exceeds the number of masks of ``paths`` (no mask is
+    scored twice, so the search stops when every mask is scored), else None."""
+    n_masks = 2 ** len(paths) - 1
+    if budget <= n_masks:
+        return None
+    return f"mro-search: budget {budget} trials exceeds the {n_masks} masks of {len(paths)} paths; the search stops when every mask is scored"
 
 
 class _StopBetweenTrials:
@@ -420,9 +410,16 @@ def _budget_left(search: SearchStudy, budget: int) -> bool:
 
 
 def pareto_front(search: SearchStudy) -> list[dict[str, Any]]:
-    """The front: trial number, mask, active paths, metrics, MFLOPs; sorted by MFLOPs."""
+    """The front: trial number, mask, active paths, metrics, MFLOPs; sorted by MFLOPs. Each mask
+    once, from its lowest-numbered trial (a study from before masks were never repeated may
+    hold one mask in several complete trials, all on the front)."""
     rows = []
-    for t in search.optuna_study.best_trials:
+    seen: set[Any] = set()
+    for t in sorted(search.optuna_study.best_trials, key=lambda t: t.number):
+        mask = t.user_attrs.get("mask") or tuple(sorted(t.params.items()))
+        if mask in seen:
+            continue
+        seen.add(mask)
         rows.append(
             {
                 "trial": t.number,

@@ -3,6 +3,13 @@
 The URL comes from ``--storage``, else the ``MRO_STORAGE`` environment variable, else the study
 file's ``[search] storage``, else ``sqlite:///runs/NAME/study.db``. Passwords never appear in
 output: print ``mask_password(url)``.
+
+Trials are read and written with plain SQL (``trial_reads``, ``trial_writes``: the same rows as
+Optuna's ORM, a fraction of the CPU) only where that SQL was checked: the installed Optuna
+release, the schema version the database records and the dialect (SQLite, PostgreSQL); anything
+else uses Optuna's own storage calls (same results, slower), said once at debug level
+(``FaultTolerantRDBStorage.fast_sql``). ``MRO_FAST_SQL=0`` forces Optuna's calls, e.g. to compare
+the two in tests and benchmarks (``benchmarks/bench_overhead.py --fallback``).
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
+from search_service.redaction import SecretFilter, install_secret_filter, mask_password, scrub  # noqa: F401 (re-exported)
 from search_service.study_file import Study
-from search_service.trial_reads import DIALECTS as FAST_DIALECTS
-from search_service.trial_reads import read_trials
+from search_service.trial_reads import read_trials, unsupported
 from search_service.trial_writes import finish, trial_state, write_rows
 from supernet.errors import ConfigError, MROError
 
@@ -42,44 +49,79 @@ STALE_KEY = "mro:stale"  # trial system attribute: failed by the heartbeat (set 
 PENDING_RETRY_S = 60.0  # a trial failed by the heartbeat keeps its mask and budget place this long for its retry
 
 
-def resolve_url(study: Study, cli_url: str | None = None) -> str:
-    url = cli_url or os.environ.get(ENV_VAR) or study.search.storage
+def resolve_url(study: Study | None, cli_url: str | None = None, *, name: str | None = None) -> str:
+    """``--storage``, else ``$MRO_STORAGE``, else the study file's ``[search] storage``, else
+    ``sqlite:///RUN_DIR/study.db`` (``runs/NAME`` for a study known only by ``name``). Creates
+    nothing: only a command that creates a study makes the database (``open_storage``)."""
+    url = cli_url or os.environ.get(ENV_VAR) or (study.search.storage if study is not None else "")
     if not url:
-        path = (study.run_dir / "study.db").resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{path}"
+        run_dir = study.run_dir if study is not None else Path("runs") / str(name)
+        url = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     return url
 
 
-def mask_password(url: str) -> str:
-    """The URL with its password replaced by ``***`` (also inside an error message)."""
+def check_reachable(url: str) -> None:
+    """Parse the URL and, for a database server, connect once (credentials included); creates
+    nothing. Raises ``ConfigError`` in one line, password masked."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"storage URL {mask_password(url)!r} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
+    if parsed.get_backend_name() == "sqlite":
+        return
+    from sqlalchemy import create_engine
 
-
-def scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from any text (error messages quote URLs), decoded or as
-    it is written in the URL (percent-encoded)."""
-    secrets = set()
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs = {"connect_args": {"connect_timeout": 10}} if parsed.get_backend_name() == "postgresql" else {}
     try:
-        password = make_url(url).password
-    except (ArgumentError, ValueError):
-        password = None
-    if password:
-        secrets.add(str(password))
-    written = re.search(r"://[^:/@]*:([^@]*)@", url)
-    if written and written.group(1):
-        secrets.add(written.group(1))
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+        engine = create_engine(parsed, **kwargs)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+class NoDatabase(ConfigError):
+    """The storage URL names an SQLite file that does not exist (and nothing may create it)."""
+
+
+OPTUNA_TABLES = ("studies", "version_info", "trials")
+
+
+def _check_optuna_database(url: str, parsed, engine_kwargs: dict[str, Any]) -> bool:
+    """Whether the database holds Optuna's tables; without creating anything. An SQLite file
+    that does not exist raises ``NoDatabase`` (connecting would create it)."""
+    from sqlalchemy import create_engine, inspect
+
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            return False
+        if not Path(database).is_file():
+            raise NoDatabase(f"no study database at {database}")
+        url = f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true"
+        engine_kwargs = {}
+    engine = create_engine(url, **engine_kwargs)
+    try:
+        names = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    return all(t in names for t in OPTUNA_TABLES)
+
+
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = False) -> RDBStorage:
     """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``
-    (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`)."""
+    (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`).
+
+    Only with ``create`` (a command that is about to create a study) may this make a database
+    file or Optuna's tables. Otherwise the database must already be an Optuna database: a
+    missing SQLite file raises ``NoDatabase``, a database without Optuna's tables a
+    ``ConfigError``, and nothing is written."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
@@ -87,7 +129,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}
-        if parsed.database and parsed.database != ":memory:":
+        if create and parsed.database and parsed.database != ":memory:":
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -104,7 +146,14 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
             "heartbeat_stale_trial_callback": RetryStaleTrialCallback(max_retry=MAX_RETRY),
         }
     try:
-        storage = FaultTolerantRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=False, **kwargs)
+        if not create and not _check_optuna_database(url, parsed, engine_kwargs):
+            raise ConfigError(
+                f"storage {mask_password(url)} is not an Optuna database (no Optuna tables); "
+                "point --storage at the database that holds the study"
+            )
+        storage = FaultTolerantRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+    except MROError:
+        raise
     except Exception as exc:  # sqlalchemy/psycopg raise many types for unreachable servers
         reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
@@ -167,11 +216,13 @@ def set_trial_attrs(
     the trial does not have yet, at once: one transaction, not one per value.
 
     Optuna's storage API writes one value per transaction (a commit and four statements each).
-    On an ``RDBStorage`` (also behind Optuna's caching wrapper) with SQLite or PostgreSQL this
-    writes the parameters with one multi-row insert and the attributes with one multi-row
-    upsert per table, the statement Optuna itself uses. Anything else, or any error there
-    (e.g. a parameter the trial already has: then nothing of the batch is written), falls back
-    to the public one-by-one calls.
+    On a :class:`FaultTolerantRDBStorage` (also behind Optuna's caching wrapper) whose
+    ``fast_sql`` holds, this writes the parameters with one multi-row insert and the attributes
+    with one multi-row upsert per table, the statement Optuna itself uses. Any other storage, a
+    parameter the trial already has (then nothing of the batch is written) or a failure of that
+    SQL (a warning, once: ``FaultTolerantRDBStorage.fast_sql_failed``) falls back to the public
+    one-by-one calls. A finished trial raises ``UpdateFinishedTrialError``, a missing one
+    ``KeyError``, an unreachable database its error, as Optuna's calls do.
     """
     system_attrs = system_attrs or {}
     params = params or {}
@@ -185,8 +236,10 @@ def set_trial_attrs(
 
 
 def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> bool:
+    """Write the rows with ``trial_writes`` in one transaction: True, or False when the caller
+    must use Optuna's calls instead (nothing of the batch written)."""
     backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, RDBStorage) or backend.engine.name not in FAST_DIALECTS:
+    if not isinstance(backend, FaultTolerantRDBStorage) or not backend.fast_sql:
         return False
     session = backend.scoped_session()
     try:
@@ -195,11 +248,16 @@ def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any
         write_rows(conn, trial_id, params, user_attrs, system_attrs)
         session.commit()
         return True
-    except optuna.exceptions.UpdateFinishedTrialError:
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
         session.rollback()
         raise
-    except Exception:
+    except IntegrityError:  # a parameter the trial already has: Optuna's call checks it against the new one
         session.rollback()
+        return False
+    except Exception as exc:
+        session.rollback()
+        if not backend.fast_sql_failed("writing a trial's parameters and attributes", exc):
+            raise
         return False
     except BaseException:  # Ctrl-C mid-write: leave the session clean for Optuna to fail the trial
         session.rollback()
@@ -244,6 +302,7 @@ def optuna_quiet() -> None:
     """Optuna's per-trial INFO lines and experimental-API warnings are noise in our output."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    install_secret_filter("optuna")
     for handler in logging.getLogger("optuna").handlers:
         for kind in (_NoInterruptTraceback, _NoRetriedQueryWarning):
             if not any(isinstance(f, kind) for f in handler.filters):
@@ -307,16 +366,28 @@ def outage_reason(exc: BaseException, url: str) -> str:
     return scrub(messages[-1] if messages else type(exc).__name__, url)[:200]
 
 
+FAST_SQL_ENV = "MRO_FAST_SQL"  # "0" (or false, no, off): use Optuna's storage calls, never the trial SQL
+_FALLBACK_SAID: set[str] = set()  # reasons for Optuna's calls already logged by this process
+
+
 class FaultTolerantRDBStorage(RDBStorage):
     """Optuna's ``RDBStorage`` with three changes that keep a study whole under faults, and
-    trial reads without the ORM (``trial_reads``: the same trials, a fraction of the CPU).
+    trial reads and writes in plain SQL (``trial_reads``, ``trial_writes``: the same rows, a
+    fraction of the CPU).
+
+    The plain SQL is tied to the Optuna release, schema and time-zone convention it was checked
+    with. Whether this storage uses it is decided once, when it opens, in ``fast_sql`` (and why
+    not in ``fast_sql_reason``); every override below goes by it, and without it uses the base
+    class's implementation or Optuna's public calls. A failure of the SQL that is neither an
+    unreachable database nor one of Optuna's own errors is a warning, once, and switches this
+    storage to Optuna's calls (``fast_sql_failed``).
 
     * Every RUNNING trial has a heartbeat from the moment it exists. Optuna writes the first
       heartbeat only when the objective starts, and never fails a RUNNING trial without one: a
       worker killed (or cut off from the database) while its sampler was still proposing left a
       trial RUNNING forever, and the study never reached its budget. The heartbeat row is added
-      in the transaction that creates the trial (no extra commit); a WAITING trial (a retry)
-      gets one when a worker takes it.
+      in the transaction that creates the trial (no extra commit; without ``fast_sql``, by
+      Optuna's calls right after it); a WAITING trial (a retry) gets one when a worker takes it.
     * A trial about to be failed as stale is marked ``mro:stale`` first (``STALE_KEY``), so that
       the budget keeps its retry's place until the retry is queued (``search``'s docstring).
     * A heartbeat that cannot be written (the database is restarting) is skipped, not fatal to
@@ -325,8 +396,43 @@ class FaultTolerantRDBStorage(RDBStorage):
     """
 
     stamp: dict[str, Any] = {}  # user attributes of every trial this process starts (``stamp_trials``)
+    fast_sql: bool = False  # trials read and written with ``trial_reads`` / ``trial_writes``
+    fast_sql_reason: str | None = "not checked"  # why not (None when ``fast_sql``)
     _fresh_beats: dict[int, float] | None = None  # trial id -> when its first beat was written here
     _stale_checked: dict[int, float] | None = None  # study id -> when this process last looked for stale trials
+
+    def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        if os.environ.get(FAST_SQL_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+            reason: str | None = f"{FAST_SQL_ENV}={os.environ[FAST_SQL_ENV]}"
+        else:
+            try:
+                with self.engine.connect() as conn:
+                    reason = unsupported(conn)
+            except Exception as exc:
+                if is_storage_outage(exc) and not _schema_error(exc):
+                    raise
+                reason = f"the schema version could not be read ({type(exc).__name__})"
+        self.fast_sql, self.fast_sql_reason = reason is None, reason
+        if reason is not None and reason not in _FALLBACK_SAID:
+            _FALLBACK_SAID.add(reason)
+            log.debug(f"trials are read and written with Optuna's storage calls (slower than mro-search's SQL): {reason}")
+
+    def fast_sql_failed(self, what: str, exc: BaseException) -> bool:
+        """Called with an exception from the plain SQL while doing ``what``: False when the caller
+        must raise it (an unreachable database: workers ride that out; Optuna's own errors), else
+        warn once and use Optuna's calls from now on (True: the caller falls back)."""
+        if isinstance(exc, KeyError | optuna.exceptions.UpdateFinishedTrialError):
+            return False
+        if is_storage_outage(exc) and not _schema_error(exc):
+            return False
+        source = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        first = str(source).strip().splitlines()[0] if str(source).strip() else ""
+        reason = scrub(f"{type(source).__name__}: {first}"[:300], self.url)
+        if self.fast_sql:
+            self.fast_sql, self.fast_sql_reason = False, f"{what} failed: {reason}"
+            log.warning(f"mro-search's trial SQL failed while {what} ({reason}); using Optuna's storage calls from now on (slower)")
+        return True
 
     def stamp_trials(self, user_attrs: dict[str, Any]) -> None:
         """Give every trial this storage starts (``ask``, or a WAITING trial taken) these user
@@ -334,9 +440,19 @@ class FaultTolerantRDBStorage(RDBStorage):
         it, known from the trial's first moment without a commit of its own."""
         self.stamp = dict(user_attrs)
 
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        if not self.fast_sql and trial.state == TrialState.RUNNING:
+            # without ``_get_prepared_new_trial``'s rows: the first beat and the stamp right after
+            if self.heartbeat_interval is not None:
+                self.record_heartbeat(trial._trial_id)
+            if self.stamp:
+                set_trial_attrs(self, trial._trial_id, self.stamp)
+        return trial
+
     def _get_prepared_new_trial(self, study_id, template_trial, session):  # type: ignore[override]
         trial = super()._get_prepared_new_trial(study_id, template_trial, session)
-        if trial.state == TrialState.RUNNING:
+        if self.fast_sql and trial.state == TrialState.RUNNING:
             from optuna.storages._rdb import models
 
             if self.heartbeat_interval is not None:
@@ -358,16 +474,19 @@ class FaultTolerantRDBStorage(RDBStorage):
             super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
-        if state.is_finished() and self.engine.dialect.name in FAST_DIALECTS:
+        if state.is_finished() and self.fast_sql:
             # a trial's end (``tell``): values and state in a few plain statements (``trial_writes``)
             try:
                 with _create_scoped_session(self.scoped_session) as session:
                     conn = session.connection()
                     self.check_trial_is_updatable(trial_id, trial_state(conn, trial_id, for_update=True))
                     finish(conn, trial_id, state, values)
+                return True
             except IntegrityError:
-                return False
-            return True
+                return False  # as Optuna's call
+            except Exception as exc:
+                if not self.fast_sql_failed("finishing a trial", exc):
+                    raise
         changed = super().set_trial_state_values(trial_id, state, values)
         if changed and state == TrialState.RUNNING:  # a WAITING trial taken by a worker
             if self.heartbeat_interval is not None:
@@ -397,21 +516,30 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     def _get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than):  # type: ignore[override]
         # the same trials as Optuna's ORM read, several times faster (``trial_reads``)
-        if self.engine.dialect.name not in FAST_DIALECTS:
-            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        with _create_scoped_session(self.scoped_session) as session:
-            return read_trials(session.connection(), study_id, states, included_trial_ids, trial_id_greater_than)
+        if self.fast_sql:
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    return read_trials(session.connection(), study_id, states, included_trial_ids, trial_id_greater_than)
+            except Exception as exc:
+                if not self.fast_sql_failed("reading trials", exc):
+                    raise
+        return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        if self.engine.dialect.name not in FAST_DIALECTS:
-            return super().get_trial(trial_id)
-        with _create_scoped_session(self.scoped_session) as session:
-            found = read_trials(session.connection(), -1, trial_id=trial_id)
-        if not found:
-            from optuna.storages._rdb.models import NOT_FOUND_MSG
+        if self.fast_sql:
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    found = read_trials(session.connection(), -1, trial_id=trial_id)
+            except Exception as exc:
+                if not self.fast_sql_failed("reading a trial", exc):
+                    raise
+            else:
+                if not found:
+                    from optuna.storages._rdb.models import NOT_FOUND_MSG
 
-            raise KeyError(NOT_FOUND_MSG)
-        return found[0]
+                    raise KeyError(NOT_FOUND_MSG)
+                return found[0]
+        return super().get_trial(trial_id)
 
     def record_heartbeat(self, trial_id: int) -> None:
         # the beat Optuna's heartbeat thread writes as it starts, right after ``ask`` created the
@@ -426,6 +554,14 @@ class FaultTolerantRDBStorage(RDBStorage):
             if not is_storage_outage(exc):
                 raise
             log.debug(f"heartbeat of trial id {trial_id} not written (storage unreachable); the next one retries")
+
+
+def _schema_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says a table or column the SQL names does not exist. SQLite reports that as
+    an ``OperationalError``, which otherwise means the file is locked or unreachable
+    (``is_storage_outage``); PostgreSQL as a ``ProgrammingError``."""
+    text = str(exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc)
+    return any(words in text for words in ("no such table", "no such column", "has no column named"))
 
 
 class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
