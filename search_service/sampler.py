@@ -24,9 +24,14 @@ The relative search space is one ``{0, 1}`` categorical per path, named after th
      Bernoulli sampling: probability proportional to the product of the paths' odds ``q/(1-q)``).
 
    With probability ``exploration`` a uniform untried mask is proposed instead;
-3. a mask that is already complete, running or waiting is never proposed while untried masks
-   remain, and when the untried masks fit in the remaining budget they are enumerated, best
-   prior score first.
+3. a mask that is already complete, running or waiting (or was scored by a trial pruned because
+   its metric is undefined for it) is never proposed, and when the untried masks fit in the
+   remaining budget they are enumerated, best prior score first. When no untried mask is left
+   (every mask is scored, or the rest are held by other trials), or a trial loses its claims
+   ``_CLAIM_ROUNDS`` times in a row, the trial gets no mask rather than a repeat:
+   ``no_mask_reason`` says why, and a path parameter asked of this sampler for that trial
+   prunes it (``optuna.TrialPruned``). ``mask_space`` tells a worker whether any mask is left
+   before it starts a trial.
 
 No state lives only in one process: the prior and the budget are study system attributes; every
 proposal is recomputed from the study's trials. Concurrent workers claim a mask by writing it
@@ -47,18 +52,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import TrialPruned
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import TrialState
 
-from search_service.trial_index import MASK_KEY, TrialIndex
+from search_service.trial_index import MASK_KEY, Mask, TrialIndex, trial_mask
 from supernet.rank_loss import L0_EPSILON, RANK_LOSSES
 from supernet.relation_graph import mask_log_prob
 
@@ -72,6 +79,10 @@ PATHS_KEY = "mro:paths"
 PRIOR_KEY = "mro:prior_keep_probs"
 BUDGET_KEY = "mro:trials"
 RANK_LOSS_KEY = "mro:rank_loss"
+# Trial user attribute that the objective writes once it has scored a mask (``search.Objective``):
+# a PRUNED trial that has it was pruned because its metric is undefined for the mask, which is
+# therefore scored as surely as by a COMPLETE trial.
+SCORES_ATTR = "metrics"
 
 _MAX_ENUMERATED_PATHS = 20  # 2**20 masks: beyond this the space is never enumerated
 _CLAIM_ROUNDS = 8
@@ -82,6 +93,54 @@ _CLAIM_WAIT_S = 5.0  # how long a claim waits for higher-numbered rivals to move
 # stalls between its claim and its check, e.g. on a machine with more workers than cores)
 _CLAIM_POLL_S = 0.02
 _ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
+
+
+@dataclass(frozen=True)
+class MaskSpace:
+    """Where a study stands on its masks (the non-empty masks of its paths).
+
+    A mask is *scored* when a COMPLETE trial holds it, or a trial pruned because its metric is
+    undefined for the mask (``SCORES_ATTR``); it is *held* when it is not scored and a running
+    or waiting trial holds it (or a trial the heartbeat failed a moment ago, whose retry takes
+    it over). A held mask may still come free: its holder may die and the retry fail."""
+
+    size: float  # 2**P - 1 (infinite beyond 62 paths: never exhausted)
+    scored: int
+    held: int
+
+    @property
+    def untried(self) -> float:
+        return self.size - self.scored - self.held
+
+    @property
+    def exhausted(self) -> bool:
+        """Every mask is scored: no trial can score a new one."""
+        return self.scored >= self.size
+
+
+class _MaskIndex(TrialIndex):
+    """A ``TrialIndex`` that also keeps the masks of trials pruned after scoring (their metric is
+    undefined): those masks are scored, and are never proposed again."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        super().__init__(paths)
+        self.undefined: set[Mask] = set()
+
+    def _settle(self, t: FrozenTrial) -> None:
+        super()._settle(t)
+        if t.state == TrialState.PRUNED and SCORES_ATTR in t.user_attrs:
+            mask = trial_mask(t, self.paths)
+            if mask is not None:
+                self.undefined.add(mask)
+
+    def held_masks(self, number: int) -> set[Mask]:
+        return super().held_masks(number) | self.undefined
+
+    def space(self) -> MaskSpace:
+        """The mask space as of the last ``update`` (every open trial's mask counts as held)."""
+        scored = set(self.masks) | self.undefined
+        P = len(self.paths)
+        return MaskSpace(size=2**P - 1 if P <= 62 else math.inf, scored=len(scored), held=len(self.open_masks(-1) - scored))
 
 
 class MROSampler(BaseSampler):
@@ -147,8 +206,9 @@ class MROSampler(BaseSampler):
         self._theta_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._refined_cache: dict[tuple, torch.Tensor] = {}
         self._attrs_cache: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
-        self._indexes: dict[tuple, TrialIndex] = {}  # per (storage, study, paths): derived, per process
+        self._indexes: dict[tuple, _MaskIndex] = {}  # per (storage, study, paths): derived, per process
         self._seen: tuple[int, int, TrialIndex] | None = None  # (study id, trial number, index)
+        self._no_mask: tuple[int, int, str] | None = None  # (study id, trial number, why) of a trial given no mask
 
     def index_seen(self, study: Study, trial_number: int) -> TrialIndex | None:
         """The study's trials as this sampler last read them while it proposed the mask of
@@ -161,6 +221,32 @@ class MROSampler(BaseSampler):
             return None
         return seen[2]
 
+    def space_seen(self, study: Study, trial_number: int) -> MaskSpace | None:
+        """The mask space on the trials of ``index_seen`` (trial ``trial_number``'s own mask
+        counts as held): a worker whose trial completes can tell whether any mask is left for
+        another one without reading the study again."""
+        index = self.index_seen(study, trial_number)
+        return index.space() if isinstance(index, _MaskIndex) else None
+
+    def mask_space(self, study: Study, trials: Sequence[FrozenTrial] | None = None) -> MaskSpace | None:
+        """The study's mask space, on ``trials`` (the study's trials as just read, all of them;
+        read now when omitted). None when the paths are not known yet (a plain study before its
+        first complete trial)."""
+        paths = self._study_paths(study) or self._inferred_paths(study)
+        if not paths:
+            return None
+        index = self._index(study, paths)
+        index.update(trials if trials is not None else study._storage.get_all_trials(study._study_id, deepcopy=False))
+        return index.space()
+
+    def no_mask_reason(self, study: Study, trial_number: int) -> str | None:
+        """Why trial ``trial_number`` got no mask from this sampler (no untried mask was left,
+        or it lost every claim), or None when it got one (or was not sampled here)."""
+        none = self._no_mask
+        if none is None or none[0] != study._study_id or none[1] != trial_number:
+            return None
+        return none[2]
+
     # --- Optuna's contract -------------------------------------------------------------------
 
     def reseed_rng(self) -> None:
@@ -168,11 +254,12 @@ class MROSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        paths = self._study_paths(study)
-        if paths is None:
-            space = self._intersection.calculate(study)
-            paths = sorted(n for n, d in space.items() if _is_bit(d))
+        paths = self._study_paths(study) or self._inferred_paths(study)
         return {name: CategoricalDistribution((0, 1)) for name in paths}
+
+    def _inferred_paths(self, study: Study) -> list[str]:
+        space = self._intersection.calculate(study)
+        return sorted(n for n, d in space.items() if _is_bit(d))
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
@@ -193,43 +280,62 @@ class MROSampler(BaseSampler):
             # take the others from another mask, which may be one already tried
             return {name: int(bit) for name, bit in zip(paths, claimed)}
         rng = np.random.default_rng([self._seed, trial.number])
-        mask = self._propose_and_claim(study, trial, paths, rng)
+        mask, why = self._propose_and_claim(study, trial, paths, rng)
+        if mask is None:
+            self._no_mask = (study._study_id, trial.number, why)
+            return {}
         return dict(zip(paths, mask))
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        why = self.no_mask_reason(study, trial.number)
+        if why is not None and _is_bit(param_distribution):
+            # a path of a trial that got no mask: a random bit here would make a repeat
+            raise TrialPruned(f"no mask to score: {why}")
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     # --- proposal --------------------------------------------------------------------------------
 
-    def _propose_and_claim(self, study: Study, trial: FrozenTrial, paths: list[str], rng: np.random.Generator) -> tuple[int, ...]:
+    def _propose_and_claim(self, study: Study, trial: FrozenTrial, paths: list[str], rng: np.random.Generator) -> tuple[Mask | None, str]:
+        """The mask trial ``trial`` keeps (its claim written and checked), or None and why: no
+        untried mask is left, or every claim was lost to other trials. Never a mask that another
+        trial holds or that was scored."""
         storage = study._storage
         index = self._index(study, paths)
-        excluded: set[tuple[int, ...]] = set()
-        mask: tuple[int, ...] = ()
+        excluded: set[Mask] = set()
+        claimed = False
         for claim_round in range(_CLAIM_ROUNDS):
             index.update(storage.get_all_trials(study._study_id, deepcopy=False))
             held = index.held_masks(trial.number)
-            if claim_round == 0:
-                mask = self._propose(study, trial, index, held, paths, rng, excluded)
-            else:
-                # after a collision, a uniformly random untried mask from this trial's own
-                # generator: two trials that collided in lock-step (the same enumerated mask at
-                # the same moment) would otherwise collide again on the next one
-                mask = _random_untried(held, excluded, len(paths), rng)
+            mask: Mask | None = None
+            if len(held) < _space_size(len(paths)):
+                if claim_round == 0:
+                    mask = self._propose(study, trial, index, held, paths, rng, excluded)
+                if mask is None or mask in held:
+                    # after a collision (or a proposal that found only taken masks), a uniformly
+                    # random untried mask from this trial's own generator: two trials that
+                    # collided in lock-step (the same enumerated mask at the same moment) would
+                    # otherwise collide again on the next one
+                    mask = _random_untried(held, excluded, len(paths), rng)
+            if mask is None:
+                why = _no_untried_reason(index.space())
+                break
             storage.set_trial_system_attr(trial._trial_id, MASK_KEY, _to_str(mask))
-            if mask in held:
-                return mask  # no untried mask was left: this repeat is deliberate
+            claimed = True
             if _keeps_claim(study, trial, index, mask):
                 self._seen = (study._study_id, trial.number, index)
-                return mask
+                return mask, ""
             excluded.add(mask)
-        return mask
+        else:
+            why = f"every mask it claimed ({_CLAIM_ROUNDS} tries) was taken by another trial"
+        if claimed:  # withdraw the lost claim: other trials would wait for it or give way to it
+            storage.set_trial_system_attr(trial._trial_id, MASK_KEY, "")
+        return None, why
 
-    def _index(self, study: Study, paths: list[str]) -> TrialIndex:
+    def _index(self, study: Study, paths: list[str]) -> _MaskIndex:
         key = (id(study._storage), study._study_id, tuple(paths))
         index = self._indexes.get(key)
         if index is None:
-            index = self._indexes[key] = TrialIndex(paths)
+            index = self._indexes[key] = _MaskIndex(paths)
         return index
 
     def _propose(self, study, trial, index: TrialIndex, held, paths, rng, excluded) -> tuple[int, ...]:
@@ -265,7 +371,7 @@ class MROSampler(BaseSampler):
         # sizes up to one path more than the largest front member: a larger mask costs more
         # than the whole front and would have to beat its best accuracy
         max_size = max((sum(m) for m in front), default=P) + 1
-        return _sample_by_size(theta, taken, rng, untried, index.size_counts(index.open_masks(trial.number) | excluded), max_size)
+        return _sample_by_size(theta, taken, rng, untried, index.size_counts(index.open_masks(trial.number) | index.undefined | excluded), max_size)
 
     # --- refinement ------------------------------------------------------------------------------
 
@@ -349,15 +455,29 @@ def _to_str(mask: Sequence[int]) -> str:
     return "".join(str(int(b)) for b in mask)
 
 
-def _random_untried(held: set[tuple[int, ...]], excluded: set[tuple[int, ...]], P: int, rng: np.random.Generator) -> tuple[int, ...]:
+def _space_size(P: int) -> float:
+    """The number of non-empty masks of ``P`` paths (infinite beyond 62: never exhausted)."""
+    return 2**P - 1 if P <= 62 else math.inf
+
+
+def _no_untried_reason(space: MaskSpace) -> str:
+    if space.exhausted:
+        return f"all {space.size} masks scored"
+    return f"the {space.size - space.scored} masks not scored yet are held by running trials"
+
+
+def _random_untried(held: set[Mask], excluded: set[Mask], P: int, rng: np.random.Generator) -> Mask | None:
     """A uniformly random non-empty mask outside ``held`` and ``excluded``; outside ``held``
-    only when ``excluded`` covers the rest (the rivals may have moved on); any mask when every
+    only when ``excluded`` covers the rest (the rivals may have moved on); None when every
     mask is held."""
-    space = 2**P - 1 if P <= 62 else math.inf
+    space = _space_size(P)
     taken = held | excluded
     if len(taken) >= space:
         taken = held
-    return _sample(np.zeros(P), taken, rng, space - len(taken))
+    if len(taken) >= space:
+        return None
+    mask = _sample(np.zeros(P), taken, rng, space - len(taken))
+    return None if mask in taken else mask
 
 
 def _keeps_claim(study: Study, trial: FrozenTrial, index: TrialIndex, mask: tuple[int, ...]) -> bool:

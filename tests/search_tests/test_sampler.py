@@ -98,9 +98,12 @@ def test_all_masks_distinct_until_the_space_is_exhausted():
     masks = run_toy(study, N_MASKS)
     assert "000000" not in masks
     assert len(set(masks)) == N_MASKS, [m for m, n in Counter(masks).items() if n > 1]
-    # with every mask tried, a further trial still gets a valid (repeated) mask
-    extra = run_toy(study, 1)
-    assert extra[0] in masks
+    # with every mask tried, a further trial gets no mask: it is pruned, not given a repeat
+    assert run_toy(study, 1) == []
+    last = study.get_trials(deepcopy=False)[-1]
+    assert last.state == TrialState.PRUNED and not last.params
+    assert study.sampler.no_mask_reason(study, last.number) == f"all {N_MASKS} masks scored"
+    assert study.sampler.mask_space(study).exhausted
 
 
 def test_enumerates_by_prior_score_when_the_untried_masks_fit_the_budget():
