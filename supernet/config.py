@@ -4,6 +4,12 @@ A study file (``studies/NAME.toml``) holds one table per dataclass here (``[data
 ``[train]``) plus the search settings that ``search_service`` owns. ``parse_section`` checks a
 table against its dataclass and *collects* every problem instead of stopping at the first, so that
 ``mro-search validate`` can report them all at once.
+
+Every field states its range in its metadata, and ``parse_section`` enforces all of it: type,
+choices, range (every number has an upper bound a real machine can hold, every float must be
+finite: ``nan`` and ``inf`` are valid TOML), list lengths and the range of each item, and text
+without control characters. The naming rules of study and modality names live in
+:func:`name_problem`, the one place that states them.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +29,13 @@ TASKS = ("classification", "regression")
 POOLINGS = ("mean", "max")
 HEADS = ("linear", "mlp")
 RANK_LOSSES = ("hinge", "l0", "l1", "l2", "linf")
+
+
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit integers
+TEXT_MAX = 4096  # characters of any text field (paths, URLs)
+STUDY_NAME_MAX = 100  # characters: the name becomes folder and file names (runs/NAME/...)
+MODALITY_NAME_MAX = 64
+MODALITIES_MAX = 16  # k modalities make k(k-1) paths
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -35,6 +50,18 @@ def _between(low: float, high: float) -> dict[str, Any]:
     return {"min": low, "max": high}
 
 
+def _fraction() -> dict[str, Any]:
+    return {"min": 0.0, "below": 1.0}
+
+
+def _items(low: float, high: float, *, max_items: int) -> dict[str, Any]:
+    """A list of numbers, each in ``[low, high]``, at most ``max_items`` of them."""
+    return {"item_min": low, "item_max": high, "max_items": max_items}
+
+
+_SEED = _between(0, SEED_MAX)
+
+
 @dataclass
 class DataConfig:
     source: str = field(default="synthetic", metadata=_choices(*DATA_SOURCES))
@@ -42,52 +69,65 @@ class DataConfig:
     # mfeat: the folder of mfeat-*.csv, empty for the compressed copy shipped with mro-search).
     # A relative path is taken relative to the study file.
     path: str = ""
+    # Classification only (npz): the number of classes; 0 = infer it from the labels (then the
+    # class ids found must be exactly 0..C-1, without gaps). Other sources know their classes.
+    classes: int = field(default=0, metadata=_between(0, 100_000))
     # --- synthetic data only -------------------------------------------------------------
-    modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
-    dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # features per step
-    length: int = field(default=8, metadata=_at_least(2))  # steps per sequence
-    samples: list[int] = field(default_factory=lambda: [2000, 500, 500])  # train, valid, test
-    planted_paths: list[str] = field(default_factory=lambda: ["audio->text", "text->vision"])
+    modalities: list[str] = field(
+        default_factory=lambda: ["text", "audio", "vision"], metadata={"max_items": MODALITIES_MAX}
+    )
+    dims: list[int] = field(  # features per step
+        default_factory=lambda: [32, 16, 8], metadata=_items(1, 65_536, max_items=MODALITIES_MAX)
+    )
+    length: int = field(default=8, metadata=_between(2, 4096))  # steps per sequence
+    samples: list[int] = field(  # train, valid, test
+        default_factory=lambda: [2000, 500, 500], metadata=_items(1, 10_000_000, max_items=3)
+    )
+    planted_paths: list[str] = field(
+        default_factory=lambda: ["audio->text", "text->vision"],
+        metadata={"max_items": MODALITIES_MAX * (MODALITIES_MAX - 1)},
+    )
     task: str = field(default="classification", metadata=_choices(*TASKS))
-    noise: float = field(default=0.1, metadata=_at_least(0.0))
+    noise: float = field(default=0.1, metadata=_between(0.0, 1000.0))
     # --- splits for sources that come without one (mfeat, meld's validation split) --------
-    valid_fraction: float = field(default=0.15, metadata=_at_least(0.0))
-    test_fraction: float = field(default=0.15, metadata=_at_least(0.0))
-    seed: int = 0
+    valid_fraction: float = field(default=0.15, metadata=_fraction())
+    test_fraction: float = field(default=0.15, metadata=_fraction())
+    seed: int = field(default=0, metadata=_SEED)
 
 
 @dataclass
 class ModelConfig:
-    width: int = field(default=64, metadata=_at_least(1))  # d: every modality is projected to d
-    heads: int = field(default=4, metadata=_at_least(1))  # attention heads; must divide width
-    layers_per_path: int = field(default=1, metadata=_at_least(1))  # blocks in each path
-    ffn_mult: int = field(default=4, metadata=_at_least(1))  # feed-forward hidden = ffn_mult * width
-    dropout: float = field(default=0.1, metadata=_at_least(0.0))
+    width: int = field(default=64, metadata=_between(1, 16_384))  # d: every modality is projected to d
+    heads: int = field(default=4, metadata=_between(1, 1024))  # attention heads; must divide width
+    layers_per_path: int = field(default=1, metadata=_between(1, 64))  # blocks in each path
+    ffn_mult: int = field(default=4, metadata=_between(1, 64))  # feed-forward hidden = ffn_mult * width
+    dropout: float = field(default=0.1, metadata=_fraction())  # 1 would drop everything
     pooling: str = field(default="mean", metadata=_choices(*POOLINGS))  # over the target's steps
     # "linear": one Linear on the averaged path outputs (cached scoring is then one matmul);
     # "mlp": LayerNorm, Linear, GELU, Linear.
     head: str = field(default="linear", metadata=_choices(*HEADS))
     # A modality given as one vector per sample is cut into this many tokens, so that attention
     # over it is not degenerate (softmax over a single key is always 1).
-    vector_tokens: int = field(default=8, metadata=_at_least(2))
+    vector_tokens: int = field(default=8, metadata=_between(2, 4096))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=10, metadata=_at_least(1))
-    batch_size: int = field(default=64, metadata=_at_least(1))
-    lr: float = field(default=1e-3, metadata=_at_least(0.0))
-    weight_decay: float = field(default=0.01, metadata=_at_least(0.0))
-    warmup_epochs: int = field(default=2, metadata=_at_least(0))  # uniform masks before the prior
-    masks_per_step: int = field(default=2, metadata=_at_least(1))  # subnets trained on each batch
+    epochs: int = field(default=10, metadata=_between(1, 100_000))
+    batch_size: int = field(default=64, metadata=_between(1, 1_000_000))
+    # AdamW's learning rate; above 10 training can only diverge
+    lr: float = field(default=1e-3, metadata=_between(0.0, 10.0))
+    weight_decay: float = field(default=0.01, metadata=_between(0.0, 100.0))
+    warmup_epochs: int = field(default=2, metadata=_between(0, 100_000))  # uniform masks before the prior
+    masks_per_step: int = field(default=2, metadata=_between(1, 1024))  # subnets trained on each batch
     per_sample_masks: bool = False  # a mask per sample (all paths run once) instead of per batch
     distill: float = field(default=0.0, metadata=_between(0.0, 1.0))  # in-place distillation weight
     rank_loss: str = field(default="l1", metadata=_choices(*RANK_LOSSES))
-    rank_every: int = field(default=10, metadata=_at_least(1))  # steps between prior updates
-    rank_masks: int = field(default=16, metadata=_at_least(2))  # masks ranked per prior update
-    prior_lr: float = field(default=0.02, metadata=_at_least(0.0))
-    seed: int = 0
-    device: str = "cpu"
+    rank_every: int = field(default=10, metadata=_between(1, 1_000_000))  # steps between prior updates
+    rank_masks: int = field(default=16, metadata=_between(2, 65_536))  # masks ranked per prior update
+    prior_lr: float = field(default=0.02, metadata=_between(0.0, 10.0))
+    seed: int = field(default=0, metadata=_SEED)
+    device: str = field(default="cpu", metadata={"pattern": (r"cpu|cuda(:\d{1,2})?|mps", "cpu, cuda, cuda:N or mps")})
 
 
 T = TypeVar("T")
@@ -120,7 +160,8 @@ def _type_name(annotation: Any) -> str:
 def parse_section(cls: type[T], raw: Any, section: str, problems: list[str]) -> T:
     """Build ``cls`` from a TOML table, appending every problem found to ``problems``.
 
-    Unknown keys, wrong types, values outside their choices or range are all
+    Unknown keys, wrong types, values outside their choices or range, non-finite floats, lists
+    that are too long or hold an item out of range, and text with control characters are all
     reported; the defaults stand in for bad values so that later checks can still run.
     """
     if raw is None:
@@ -133,25 +174,146 @@ def parse_section(cls: type[T], raw: Any, section: str, problems: list[str]) -> 
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
-            problems.append(f"[{section}] unknown key {key!r}; known keys: {', '.join(fields)}")
+            problems.append(f"[{section}] unknown key {_short(key)}; known keys: {', '.join(fields)}")
             continue
-        meta = fields[key].metadata
         if not _type_ok(value, hints[key]):
             problems.append(
-                f"[{section}] {key} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+                f"[{section}] {key} must be {_type_name(hints[key])}, got {_short(value)} ({type(value).__name__})"
             )
             continue
-        if "choices" in meta and value not in meta["choices"]:
-            problems.append(f"[{section}] {key} = {value!r} is not one of {', '.join(meta['choices'])}")
-            continue
-        if "min" in meta and value < meta["min"]:
-            problems.append(f"[{section}] {key} = {value!r} must be at least {meta['min']}")
-            continue
-        if "max" in meta and value > meta["max"]:
-            problems.append(f"[{section}] {key} = {value!r} must be at most {meta['max']}")
+        problem = _value_problem(value, fields[key].metadata)
+        if problem:
+            problems.append(f"[{section}] {key} = {_short(value)} {problem}")
             continue
         kwargs[key] = float(value) if hints[key] is float else value
     return cls(**kwargs)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters (a 10 MB string stays out of messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" if isinstance(value, str) else text[: limit - 3] + "..."
+
+
+def _value_problem(value: Any, meta: Any) -> str | None:
+    """What is wrong with a value of the right type, judged by its field's metadata, or None."""
+    if isinstance(value, list):
+        if "max_items" in meta and len(value) > meta["max_items"]:
+            return f"has {len(value)} items, at most {meta['max_items']} allowed"
+        for i, item in enumerate(value):
+            problem = _number_problem(item, {"min": meta.get("item_min"), "max": meta.get("item_max")})
+            if problem is None and isinstance(item, str):
+                problem = text_problem(item)
+            if problem:
+                return f"item {i} ({_short(item)}) {problem}"
+        return None
+    if isinstance(value, str):
+        if "choices" in meta and value not in meta["choices"]:
+            return f"is not one of {', '.join(meta['choices'])}"
+        if "pattern" in meta and not re.fullmatch(meta["pattern"][0], value):
+            return f"is not one of {meta['pattern'][1]}"
+        return text_problem(value)
+    return _number_problem(value, meta)
+
+
+def _number_problem(value: Any, meta: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number (nan and inf are not allowed)"
+    low, high, below = meta.get("min"), meta.get("max"), meta.get("below")
+    where = _range_text(low, high, below)
+    if low is not None and value < low:
+        return f"must be at least {low}" + where
+    if high is not None and value > high:
+        return f"must be at most {high}" + where
+    if below is not None and value >= below:
+        return f"must be less than {below}" + where
+    return None
+
+
+def _range_text(low: Any, high: Any, below: Any) -> str:
+    if low is None or (high is None and below is None):
+        return ""
+    return f" (allowed: {low} to {high})" if high is not None else f" (allowed: {low} up to, not including, {below})"
+
+
+def field_range(cls: type, name: str) -> tuple[float, float]:
+    """The inclusive ``(min, max)`` of a numeric field: for command-line flags that override it."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    return meta["min"], meta["max"]
+
+
+def text_problem(text: str) -> str | None:
+    """Text fields (paths, URLs, names) hold no control characters and at most ``TEXT_MAX``
+    characters: a NUL byte in a path is a traceback deep inside ``open``, a newline forges log
+    lines."""
+    if len(text) > TEXT_MAX:
+        return f"is {len(text)} characters long, at most {TEXT_MAX} allowed"
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        return f"holds the control character {bad!r}; remove it"
+    return None
+
+
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+STUDY_NAME_RULE = (
+    f"1 to {STUDY_NAME_MAX} characters: letters, digits, '.', '_' or '-', starting with a letter or digit, "
+    "without '..'"
+)
+MODALITY_NAME_RULE = (
+    f"1 to {MODALITY_NAME_MAX} printable characters, no leading or trailing space, without the path "
+    "arrow '->'"
+)
+
+
+def name_problem(name: object, *, kind: str) -> str | None:
+    """What is wrong with a study name (``kind="study"``) or a modality name (``"modality"``),
+    as a phrase that states the rule (``"must have 1 to 100 characters: ..."``), or None.
+
+    A study name becomes folder and file names (``runs/NAME/supernet.pt``) and a database key: no
+    path separators, no ``..``, no leading dot or dash, no control characters, bounded length. A
+    modality name becomes part of path names ``i->j``: one holding the arrow would make two paths
+    share a name, so their bits would always be equal.
+    """
+    if kind == "study":
+        ok = (
+            isinstance(name, str)
+            and len(name) <= STUDY_NAME_MAX
+            and _STUDY_NAME.fullmatch(name) is not None
+            and ".." not in name
+        )
+        rule = STUDY_NAME_RULE
+    elif kind == "modality":
+        ok = (
+            isinstance(name, str)
+            and 0 < len(name) <= MODALITY_NAME_MAX
+            and name.isprintable()
+            and name == name.strip()
+            and "->" not in name
+        )
+        rule = MODALITY_NAME_RULE
+    else:
+        raise ValueError(f"unknown kind of name {kind!r}")
+    if ok:
+        return None
+    got = f" (got {len(name)} characters)" if isinstance(name, str) and len(name) > 60 else ""
+    return f"must have {rule}{got}"
+
+
+def modality_names_problem(names: list[Any]) -> str | None:
+    """The first problem of a list of modality names (each by :func:`name_problem`, at least 2,
+    at most ``MODALITIES_MAX``, no repeats), or None."""
+    for name in names:
+        problem = name_problem(name, kind="modality")
+        if problem:
+            return f"modality name {_short(name)} {problem}"
+    if len(names) < 2 or len(names) > MODALITIES_MAX:
+        return f"{len(names)} modalities; give 2 to {MODALITIES_MAX}"
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return f"modality names repeat ({', '.join(map(repr, repeated))}); give each modality its own name"
+    return None
 
 
 def config_to_dict(obj: Any) -> dict[str, Any]:

@@ -17,3 +17,16 @@ class DataError(MROError):
 
 class CheckpointError(MROError):
     """A supernet checkpoint is missing, corrupt, or belongs to another study."""
+
+
+class OutputError(MROError):
+    """An output file cannot be written where it was asked for (a special file, a read-only or
+    pseudo file system, no permission, no space)."""
+
+
+class ResourceError(MROError):
+    """A study, a data file or an argument asks for more memory than the machine has."""
+
+
+class TrainingError(MROError):
+    """Training diverged (a loss or a gradient became NaN or infinite); nothing was saved."""

@@ -12,6 +12,12 @@ embeddings, attention-weight variance); the gradient variance is tracked on ever
 
 Spearman ρ between the prior's scores and the observed validation losses of many masks is logged
 after every epoch. Training is seeded: the same configuration and seed give the same weights.
+
+Training never hands on a broken model: a loss or gradient that is NaN or infinite (a learning
+rate far too high, features of 1e30) stops it at once with a :class:`TrainingError` naming the
+epoch and the likely cause, so the caller saves nothing; so do non-finite validation losses and,
+at the end, non-finite weights. Before the model is built, the memory one training step needs is
+checked against what the machine has available (``supernet.memory``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from tqdm import tqdm
 
 from supernet.config import ModelConfig, TrainConfig
 from supernet.data.dataset import MultimodalData, Split
+from supernet.errors import TrainingError
+from supernet.memory import gib, require_memory, training_bytes
 from supernet.model import Supernet, SupernetSpec
 from supernet.paths import all_masks, num_paths, path_pairs
 from supernet.rank_loss import rank_loss, spearman
@@ -37,6 +45,8 @@ from supernet.scoring import batches
 
 RANK_EVAL_SAMPLES = 512  # validation samples used for the per-epoch Spearman ρ
 RANK_EVAL_MASKS = 512  # masks ranked for it (all of them when there are fewer)
+LARGE_FEATURES = 1e4  # |feature| above this: the data was likely not normalized
+HIGH_LR = 0.1  # AdamW learning rates above this rarely train a transformer
 
 
 @dataclass
@@ -70,6 +80,60 @@ def uniform_masks(n: int, n_paths: int, generator: torch.Generator) -> torch.Ten
 
 def model_spec(data: MultimodalData) -> SupernetSpec:
     return SupernetSpec(tuple(data.modalities), data.task, data.output_dim)
+
+
+def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Supernet:
+    """The supernet, once the memory a training step needs is known to be there."""
+    device = torch.device(train_cfg.device)
+    need = training_bytes(data.modalities, data.output_dim, model_cfg, train_cfg, train_samples=len(data.splits["train"]))
+    limit = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        limit = torch.cuda.mem_get_info(device)[0]
+    what = f"training this supernet ({gib(need)} for weights, optimizer state and one step's activations)"
+    fix = "lower [model] width, layers_per_path or ffn_mult, or [train] batch_size or masks_per_step"
+    if device.type == "cpu" or limit is not None:
+        require_memory(need, what=what, fix=fix, limit=limit)
+    return Supernet(model_spec(data), model_cfg).to(device)
+
+
+def _feature_scale(data: MultimodalData) -> float:
+    """The largest |feature| of the train split (read only to explain a divergence)."""
+    scale = 0.0
+    for x in data.splits["train"].features.values():
+        for chunk in x.split(4096):
+            finite = chunk[torch.isfinite(chunk)]
+            if finite.numel():
+                scale = max(scale, float(finite.abs().max()))
+    return scale
+
+
+def _diverged(what: str, epoch: int, cfg: TrainConfig, data: MultimodalData, *, prior: bool = False) -> TrainingError:
+    """The one-line error of a training run that produced NaN or infinity, with its likely cause."""
+    causes = []
+    scale = _feature_scale(data)
+    if scale > LARGE_FEATURES:
+        causes.append(f"features too large (|value| up to {scale:.3g} in the train split): normalize them to mean 0, std 1")
+    if prior and cfg.prior_lr > HIGH_LR:
+        causes.append(f"[train] prior_lr = {cfg.prior_lr:g} too high: lower it (e.g. 0.02)")
+    if cfg.lr > HIGH_LR:
+        causes.append(f"[train] lr = {cfg.lr:g} too high: lower it (e.g. 1e-3)")
+    if not causes:
+        causes.append(f"the learning rate: lower [train] lr = {cfg.lr:g} (e.g. by 10x), or check the features' scale")
+    return TrainingError(
+        f"training diverged at epoch {epoch}/{cfg.epochs}: {what} is not finite; likely cause: "
+        + "; or ".join(causes) + "; nothing was saved"
+    )
+
+
+def _finite_gradients(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads])).all())
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _to(device: torch.device, features, lengths, labels):
@@ -122,7 +186,7 @@ def train_supernet(
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     device = torch.device(train_cfg.device)
-    model = Supernet(model_spec(data), model_cfg).to(device)
+    model = _build_model(data, model_cfg, train_cfg)
     prior = RelationGraphPrior(model.k)
     stats = _Statistics(model, prior)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -160,18 +224,27 @@ def train_supernet(
                 with torch.no_grad():
                     masks = prior.sample(n, g)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += _subnet_step(model, features, lengths, labels, masks, data.task, train_cfg) * len(labels)
+            loss = _subnet_step(model, features, lengths, labels, masks, data.task, train_cfg)
+            if not math.isfinite(loss):
+                raise _diverged(f"the training loss ({loss})", epoch + 1, train_cfg, data)
+            if not _finite_gradients(model):
+                raise _diverged("a gradient", epoch + 1, train_cfg, data)
+            loss_sum += loss * len(labels)
             stats.gradients(masks.amax(dim=0).bool())
             optimizer.step()
             seen += len(labels)
             # 2. every rank_every steps: refine the prior with the rank loss on this batch
             if step % train_cfg.rank_every == 0:
                 value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup)
+                if not math.isfinite(value):
+                    raise _diverged(f"the prior's rank loss ({value})", epoch + 1, train_cfg, data, prior=True)
                 rank_sum, rank_n = rank_sum + value, rank_n + 1
             step += 1
             bar.update(1)
         elapsed = time.perf_counter() - started
         record = _evaluate_epoch(model, prior, valid, eval_index, eval_masks, names, data.task, device)
+        if not (math.isfinite(record["valid_loss_best"]) and math.isfinite(record["valid_loss_full"])):
+            raise _diverged(f"the validation loss ({record['valid_loss_full']})", epoch + 1, train_cfg, data)
         record.update(
             epoch=epoch + 1,
             phase="warmup" if warmup else "prior",
@@ -189,6 +262,8 @@ def train_supernet(
                 f"Spearman rho {record['spearman']:.3f}, {record['samples_per_s']:.0f} samples/s"
             )
     bar.close()
+    if not (_all_finite(model) and _all_finite(prior)):
+        raise _diverged("a weight", train_cfg.epochs, train_cfg, data)
     model.eval()
     return TrainResult(model, prior, history)
 
@@ -310,7 +385,7 @@ def train_subnet(
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     device = torch.device(train_cfg.device)
-    model = Supernet(model_spec(data), model_cfg).to(device)
+    model = _build_model(data, model_cfg, train_cfg)
     bits = tuple(int(b) for b in (mask.tolist() if isinstance(mask, torch.Tensor) else mask))
     if len(bits) != model.num_paths:
         raise ValueError(f"mask has {len(bits)} bits but the model has {model.num_paths} paths")
@@ -338,8 +413,13 @@ def train_subnet(
             optimizer.zero_grad(set_to_none=True)
             loss = task_loss(model(features, bits, lengths), labels, data.task)
             loss.backward()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _diverged(f"the training loss ({value})", epoch + 1, train_cfg, data)
+            if not _finite_gradients(model):
+                raise _diverged("a gradient", epoch + 1, train_cfg, data)
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(labels)
+            loss_sum += value * len(labels)
             seen += len(labels)
             bar.update(1)
         elapsed = time.perf_counter() - started
@@ -350,6 +430,8 @@ def train_subnet(
                 features, lengths, labels = _to(device, features, lengths, labels)
                 total += float(task_loss(model(features, bits, lengths), labels, data.task)) * len(labels)
                 n += len(labels)
+        if not math.isfinite(total):
+            raise _diverged(f"the validation loss ({total / max(n, 1)})", epoch + 1, train_cfg, data)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
@@ -364,5 +446,7 @@ def train_subnet(
                 f"train loss {record['train_loss']:.4f}, valid loss {record['valid_loss']:.4f}"
             )
     bar.close()
+    if not _all_finite(model):
+        raise _diverged("a weight", train_cfg.epochs, train_cfg, data)
     model.eval()
     return SubnetResult(model, bits, history)

@@ -296,3 +296,72 @@ def test_training_with_per_sample_masks_and_distillation_runs_and_is_seeded(data
     assert len(one.history) == 2 and all(math.isfinite(r["train_loss"]) for r in one.history)
     a, b = _state(one), _state(two)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- training never hands on a broken model -------------------------------------------------------
+
+
+def _scaled(data: MultimodalData, factor: float) -> MultimodalData:
+    """``data`` with every feature of every split multiplied by ``factor``."""
+    from dataclasses import replace
+
+    from supernet.data.dataset import Split
+
+    splits = {
+        name: Split(features={m: x * factor for m, x in s.features.items()}, labels=s.labels, lengths=s.lengths)
+        for name, s in data.splits.items()
+    }
+    return replace(data, splits=splits)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_learning_rate_far_too_high_stops_training_with_the_epoch_and_the_cause(task: str) -> None:
+    from supernet.errors import TrainingError
+
+    data = _data(task)
+    with pytest.raises(TrainingError) as info:
+        train_supernet(data, _model_cfg(), _train_cfg(lr=1e30), progress=False)
+    message = str(info.value)
+    assert "training diverged at epoch 1/2" in message
+    assert "[train] lr = 1e+30 too high" in message
+    assert "features too large" not in message
+    assert "nothing was saved" in message and "\n" not in message
+
+
+def test_features_of_1e30_stop_training_naming_the_features() -> None:
+    from supernet.errors import TrainingError
+
+    data = _scaled(_data(), 1e30)
+    with pytest.raises(TrainingError) as info:
+        train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+    message = str(info.value)
+    assert "training diverged at epoch 1/2" in message
+    assert "features too large (|value| up to" in message and "e+30 in the train split" in message
+    assert "normalize them" in message and "lr =" not in message  # the learning rate is fine
+
+
+def test_features_of_1e30_in_the_valid_split_only_stop_training_at_the_validation_loss() -> None:
+    from supernet.errors import TrainingError
+
+    data = _data()
+    huge = _scaled(data, 1e30)
+    data.splits = {**data.splits, "valid": huge.splits["valid"]}
+    with pytest.raises(TrainingError, match=r"epoch 1/2: the validation loss \(nan\) is not finite"):
+        train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+
+
+def test_a_stand_alone_subnet_stops_on_a_non_finite_loss_too() -> None:
+    from supernet.errors import TrainingError
+    from supernet.train import train_subnet
+
+    with pytest.raises(TrainingError, match="training diverged at epoch 1/2"):
+        train_subnet(_scaled(_data(), 1e30), _model_cfg(), _train_cfg(), [1, 0, 0, 0, 0, 1])
+
+
+def test_training_refuses_a_model_the_machine_cannot_hold_before_building_it(data: MultimodalData) -> None:
+    from supernet.errors import ResourceError
+
+    # 16384 wide, 64 blocks per path, ffn x64: about 2e14 bytes of weights, never allocated
+    cfg = _model_cfg(width=16_384, heads=16, layers_per_path=64, ffn_mult=64)
+    with pytest.raises(ResourceError, match=r"training this supernet .* needs about .* TiB of memory but this machine has"):
+        train_supernet(data, cfg, _train_cfg(), progress=False)

@@ -8,6 +8,7 @@ from supernet.config import DATA_SOURCES, DataConfig
 from supernet.data.checks import require_file, validate
 from supernet.data.dataset import SPLITS, ModalitySpec, MultimodalData, Split
 from supernet.errors import ConfigError, DataError
+from supernet.memory import gib, require_memory
 
 __all__ = ["SPLITS", "ModalitySpec", "MultimodalData", "Split", "load_data"]
 
@@ -52,6 +53,14 @@ def load_data(config: DataConfig, *, base_dir: str | Path | None = None) -> Mult
     if not config.path:
         raise DataError(f"[data] path is empty; source {source!r} needs path = {_WHAT[source]}")
     path = require_file(_resolve(config.path, base_dir), _WHAT[source])
+    if source in ("mmsa", "meld"):
+        # a pickle's arrays take about the file's size once loaded, and their float32 copies
+        # up to as much again (the npz loader checks its headers instead)
+        require_memory(
+            2 * path.stat().st_size,
+            what=f"{path} ({gib(path.stat().st_size)} on disk)",
+            fix="use a smaller data set or a machine with more memory",
+        )
     if source == "mmsa":
         from supernet.data.mmsa import load_mmsa
 
@@ -63,5 +72,5 @@ def load_data(config: DataConfig, *, base_dir: str | Path | None = None) -> Mult
     else:
         from supernet.data.npz import load_npz
 
-        data = load_npz(path, valid_fraction=config.valid_fraction, seed=config.seed)
+        data = load_npz(path, valid_fraction=config.valid_fraction, seed=config.seed, classes=config.classes)
     return validate(data, str(path))

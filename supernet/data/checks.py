@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supernet.config import modality_names_problem
 from supernet.data.dataset import SPLITS, MultimodalData, Split
 from supernet.errors import DataError
 
@@ -100,6 +101,36 @@ def labels_to_tensor(values: object, task: str, where: str) -> torch.Tensor:
             f"{where}: negative class id {int(array.min())}; class ids must be 0..C-1, renumber the labels"
         )
     return torch.from_numpy(array)
+
+
+def class_count(labels: dict[str, torch.Tensor], declared: int, source: str) -> int:
+    """The number of classes of integer ``labels`` (one tensor per split).
+
+    ``declared`` > 0 (``[data] classes``): every id must be below it. ``declared`` = 0: the ids
+    found must be exactly 0..C-1. A gap (ids 0, 1, 2, 99) is refused rather than turned into a
+    100-class model whose 96 classes no sample has (and a label of 10^12 into a head of 10^12
+    outputs).
+    """
+    found = torch.unique(torch.cat([y.reshape(-1) for y in labels.values()]))  # sorted
+    if found.numel() == 0:
+        return declared
+    shown = ", ".join(str(int(v)) for v in found[:5]) + (", ..." if found.numel() > 5 else "")
+    if declared:
+        beyond = found[found >= declared]
+        if beyond.numel():
+            raise DataError(
+                f"{source}: label: class id {int(beyond[0])} is outside 0..{declared - 1} ([data] classes = {declared}); "
+                "renumber the labels or raise [data] classes"
+            )
+        return declared
+    top = int(found[-1])
+    if top + 1 != found.numel():
+        first_gap = int((found != torch.arange(found.numel())).nonzero()[0])
+        raise DataError(
+            f"{source}: label: class ids ({shown}; largest {top}) leave gaps (no sample of class {first_gap}); "
+            "renumber the classes 0..C-1, or declare the number of classes with [data] classes = C"
+        )
+    return top + 1
 
 
 def _where(source: str, split: str, key: str) -> str:
@@ -215,8 +246,9 @@ def validate(data: MultimodalData, source: str) -> MultimodalData:
     if not data.modalities:
         raise DataError(f"{source}: no modalities; store at least two")
     names = data.modality_names
-    if len(set(names)) != len(names):
-        raise DataError(f"{source}: modality names {names} repeat; give each modality its own name")
+    problem = modality_names_problem(names)
+    if problem:
+        raise DataError(f"{source}: {problem}")
     for spec in data.modalities:
         if spec.dim < 1 or (spec.length is not None and spec.length < 1):
             raise DataError(

@@ -31,6 +31,7 @@ import torch
 from supernet.config import DataConfig
 from supernet.data.dataset import SPLITS, ModalitySpec, MultimodalData, Split
 from supernet.errors import ConfigError
+from supernet.memory import require_memory, split_bytes
 from supernet.paths import ARROW
 
 CODE_DIM = 8  # size of a key / pointer code; codes are orthogonal, so length <= CODE_DIM
@@ -74,6 +75,12 @@ def make_synthetic(config: DataConfig) -> MultimodalData:
                 f"[data] dims[{m}] = {have} is too small for modality {names[m]!r}: its planted "
                 f"roles need at least {need} features"
             )
+    modalities = [ModalitySpec(name, d, L) for name, d in zip(names, dims)]
+    require_memory(  # the features, and the noise drawn for the largest modality at a time
+        split_bytes(modalities, sum(config.samples)) + split_bytes(modalities[:1], max(config.samples)) * max(dims) // dims[0],
+        what=f"synthetic data ({sum(config.samples)} samples of {sum(dims)} features x {L} steps)",
+        fix="lower [data] samples, dims or length",
+    )
     g = torch.Generator().manual_seed(config.seed)
     # orthogonal codes of norm 2: a pointer matches exactly one key
     codebooks = [
@@ -84,7 +91,7 @@ def make_synthetic(config: DataConfig) -> MultimodalData:
         for name, n in zip(SPLITS, config.samples)
     }
     return MultimodalData(
-        modalities=[ModalitySpec(name, d, L) for name, d in zip(names, dims)],
+        modalities=modalities,
         task=config.task,
         splits=splits,
         num_classes=2 if config.task == "classification" else None,

@@ -231,3 +231,100 @@ def test_lengths_out_of_range(tmp_path: Path) -> None:
     arrays = _arrays()
     arrays["train/text_lengths"][4] = 0
     _error(tmp_path / "l.npz", "train/text_lengths", "1..5", arrays=arrays)
+
+
+# --- headers first, labels against the classes, names ---------------------------------------------
+
+
+def _save_with_forged_header(path: Path, arrays: dict[str, Any], key: str, shape: tuple[int, ...]) -> Path:
+    """An .npz whose member ``key`` declares ``shape`` in its header but holds the original data."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, value in arrays.items():
+            value = np.asarray(value)
+            buffer = io.BytesIO()
+            if name == key:
+                header = {"descr": np.lib.format.dtype_to_descr(value.dtype), "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(buffer, header)
+                buffer.write(value.tobytes())
+            else:
+                np.save(buffer, value)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+    return path
+
+
+def test_a_header_declaring_10_to_the_12_rows_is_refused_before_reading(tmp_path: Path) -> None:
+    path = _save_with_forged_header(tmp_path / "forged.npz", _arrays(), "train/image", (10**12, 10))
+    _error(path, "key train/image declares shape (1000000000000, 10)", "corrupt")
+
+
+def test_arrays_that_do_not_fit_in_the_available_memory_are_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import supernet.memory
+    from supernet.errors import ResourceError
+
+    path = _save(tmp_path / "data.npz", _arrays())
+    monkeypatch.setattr(supernet.memory, "available_bytes", lambda: 4096)  # a machine of 4 KiB
+    with pytest.raises(ResourceError, match=r"data.npz \(\d+ arrays\) needs about .* of memory but this machine has 4 KiB available now"):
+        _load(path)
+
+
+def test_read_layout_gives_shapes_task_and_sizes_without_reading_data(tmp_path: Path) -> None:
+    from supernet.data.npz import read_layout
+
+    layout = read_layout(_save(tmp_path / "data.npz", _arrays(), compressed=True))
+    assert layout.arrays["train/text"] == ((20, 5, 4), np.dtype(np.float32))
+    assert layout.task == "classification" and layout.samples("test") == 8
+    assert {(m.name, m.dim, m.length) for m in layout.modalities()} == {("text", 4, 5), ("audio", 3, 7), ("image", 10, None)}
+    # features as float32 (audio is float64 on disk), the largest array once more in its own dtype
+    assert layout.loaded_bytes() > 34 * (20 + 21 + 10) * 4
+    assert read_layout(_save(tmp_path / "reg.npz", _arrays(task="regression"))).task == "regression"
+    (tmp_path / "not.npz").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        read_layout(tmp_path / "not.npz")
+
+
+def test_class_ids_with_a_gap_are_refused_unless_classes_are_declared(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["train/label"] = np.array([0, 1, 2, 99] * 5)
+    _error(tmp_path / "gap.npz", "class ids (0, 1, 2, 99; largest 99) leave gaps (no sample of class 3)", "[data] classes", arrays=arrays)
+    data = _load(tmp_path / "gap.npz", classes=100)
+    assert data.num_classes == 100 and data.output_dim == 100
+    _error(tmp_path / "gap.npz", "class id 99 is outside 0..3 ([data] classes = 4)", classes=4)
+
+
+def test_a_label_of_10_to_the_12_is_a_gap_not_a_huge_model(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["test/label"] = np.array([0, 1, 2, 10**12, 0, 1, 2, 0])
+    _error(tmp_path / "huge.npz", "largest 1000000000000", "leave gaps", arrays=arrays)
+
+
+def test_declared_classes_cover_ids_absent_from_the_data(tmp_path: Path) -> None:
+    data = _load(_save(tmp_path / "data.npz", _arrays()), classes=5)  # ids 0..2 present, 3 and 4 not
+    assert data.num_classes == 5
+
+
+def test_declared_classes_with_float_labels_are_refused(tmp_path: Path) -> None:
+    _error(tmp_path / "reg.npz", "[data] classes = 3 but the labels are floats", arrays=_arrays(task="regression"), classes=3)
+
+
+@pytest.mark.parametrize(
+    ("names", "words"),
+    [
+        (["text", "audio->image", "image"], ("'audio->image'", "path arrow")),
+        (["text", "", "image"], ("modality name ''", "1 to 64 printable characters")),
+        (["text", "au\ndio", "image"], ("printable",)),
+        (["text", "text", "image"], ("repeat",)),
+    ],
+)
+def test_modality_names_follow_the_naming_rules(tmp_path: Path, names: list[str], words: tuple[str, ...]) -> None:
+    arrays = _arrays()
+    arrays["modalities"] = np.array(names)
+    for split in SIZES:  # keys named after the modalities
+        for old, new in zip(["text", "audio", "image"], names):
+            if old != new and f"{split}/{new}" not in arrays:
+                arrays[f"{split}/{new}"] = arrays[f"{split}/{old}"]
+    _error(tmp_path / "names.npz", "key modalities", *words, arrays=arrays)
