@@ -19,15 +19,33 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Container, Iterable
 from typing import Any
 
+import optuna
 from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Connection
 
-DIALECTS = ("sqlite", "postgresql")  # where ``read_trials`` works; elsewhere use Optuna's read
+# What the statements here and in ``trial_writes`` were written for and checked against: an
+# Optuna release (major.minor), its RDB schema as Optuna records it in the database
+# (``version_info.schema_version``, and the alembic revision in ``alembic_version``), which also
+# fixes the time-zone convention (datetimes stored naive UTC, read as naive local time:
+# ``models.TrialModel.datetime_start``), and two dialects. On anything else the storage uses
+# Optuna's own reads and writes (``unsupported``, ``storage.FaultTolerantRDBStorage.fast_sql``).
+#
+# To admit a new Optuna release: read its changes to ``optuna/storages/_rdb/models.py``,
+# ``storage.py`` (``_get_trials``, ``set_trial_state_values``, ``_get_prepared_new_trial``) and
+# ``alembic/versions/`` (the trial tables, their enums, the datetime convention); install it and
+# run ``tests/search_tests/test_trial_reads.py`` and ``test_batched_writes.py`` (they compare
+# these statements with Optuna's ORM on SQLite and PostgreSQL); then add its major.minor here,
+# and its schema version and head revision (``RDBStorage.get_head_version()``) if they are new.
+OPTUNA_RELEASES = ("5.0",)
+SCHEMA_VERSIONS = (12,)
+ALEMBIC_REVISIONS = ("v3.2.0.a",)
+DIALECTS = ("sqlite", "postgresql")
 _ISO_TEXT = {
     "sqlite": "CAST({} AS TEXT)",
     "postgresql": "to_char({}, 'YYYY-MM-DD HH24:MI:SS.US')",  # whatever the server's DateStyle
@@ -61,6 +79,25 @@ SELECT trial_id, 5, CAST(state AS TEXT), CAST(NULL AS FLOAT), {start}, {complete
        FROM trials WHERE {condition}
 ORDER BY 2, 8
 """
+
+
+def unsupported(conn: Connection) -> str | None:
+    """Why the statements of this module and ``trial_writes`` must not be used on ``conn``'s
+    database with the installed Optuna (the first mismatch with ``OPTUNA_RELEASES``,
+    ``DIALECTS``, ``SCHEMA_VERSIONS``, ``ALEMBIC_REVISIONS``), or ``None`` when they may."""
+    found = re.match(r"(\d+)\.(\d+)", optuna.__version__)
+    release = f"{found.group(1)}.{found.group(2)}" if found else optuna.__version__
+    if release not in OPTUNA_RELEASES:
+        return f"Optuna {optuna.__version__} is installed; the trial SQL was checked with Optuna {', '.join(OPTUNA_RELEASES)}"
+    if conn.dialect.name not in DIALECTS:
+        return f"the database is {conn.dialect.name}; the trial SQL is written for {' and '.join(DIALECTS)}"
+    schema = [row[0] for row in conn.exec_driver_sql("SELECT schema_version FROM version_info")]
+    if len(schema) != 1 or schema[0] not in SCHEMA_VERSIONS:
+        return f"the database records Optuna schema version {', '.join(map(str, schema)) or 'none'}; the trial SQL was checked with {', '.join(map(str, SCHEMA_VERSIONS))}"
+    revisions = [row[0] for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+    if len(revisions) != 1 or revisions[0] not in ALEMBIC_REVISIONS:
+        return f"the database records alembic revision {', '.join(revisions) or 'none'}; the trial SQL was checked with {', '.join(ALEMBIC_REVISIONS)}"
+    return None
 
 
 def read_trials(

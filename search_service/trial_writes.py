@@ -10,8 +10,10 @@ the per-trial overhead (``benchmarks/bench_overhead.py``).
 
 What is stored is what Optuna's own calls store, row for row
 (``tests/search_tests/test_batched_writes.py`` compares the two on SQLite and PostgreSQL);
-a finished trial raises ``UpdateFinishedTrialError`` as Optuna does. SQLite and PostgreSQL
-only (``DIALECTS``); callers fall back to Optuna's calls elsewhere.
+a finished trial raises ``UpdateFinishedTrialError`` as Optuna does. Like the reads, these
+statements are used only where ``trial_reads.unsupported`` finds the Optuna release, schema and
+dialect they were checked with (``storage.FaultTolerantRDBStorage.fast_sql``); elsewhere the
+storage uses Optuna's calls.
 """
 
 from __future__ import annotations

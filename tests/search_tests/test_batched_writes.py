@@ -1,5 +1,6 @@
 """``set_trial_attrs``: parameters and attributes in one transaction per trial instead of one per value,
-with exactly what Optuna's own one-by-one writes store (SQLite, PostgreSQL, in-memory fallback)."""
+with exactly what Optuna's own one-by-one writes store (SQLite, PostgreSQL, in-memory fallback); the
+same with the service's SQL turned off (``MRO_FAST_SQL=0``: Optuna's calls, never ``trial_writes``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,29 @@ BIT = CategoricalDistribution((0, 1))
 PARAMS = {"a->b": 1, "a->c": 0, "b->a": 1}
 USER = {"mask": "101", "active_paths": ["a->b", "b->a"], "metrics": {"accuracy": 0.75, "f1": 0.5}, "accuracy": 0.75, "mflops": 1.25, "params": 1234}
 SYSTEM = {"mro:mask": "101", "constraints": [-0.5]}
+
+
+@pytest.fixture(params=["fast", "fallback"])
+def mode(request, monkeypatch) -> str:
+    """The storage's SQL, or Optuna's calls forced (checked never to reach ``trial_writes``)."""
+    from search_service import storage as storage_module
+
+    if request.param == "fallback":
+        monkeypatch.setenv("MRO_FAST_SQL", "0")
+        for name in ("write_rows", "finish", "trial_state"):
+            monkeypatch.setattr(storage_module, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} used despite MRO_FAST_SQL=0"))
+    else:
+        monkeypatch.delenv("MRO_FAST_SQL", raising=False)
+    return request.param
+
+
+def _opened(url: str, mode: str):
+    from optuna.storages import RDBStorage
+
+    RDBStorage(url).engine.dispose()  # Optuna's tables (``open_storage`` creates none unless asked)
+    storage = open_storage(url, heartbeat=False)
+    assert storage.fast_sql == (mode == "fast"), storage.fast_sql_reason
+    return storage
 
 
 def _study(storage) -> optuna.Study:
@@ -38,8 +62,8 @@ def _written(study: optuna.Study, batched: bool) -> optuna.trial.FrozenTrial:
     return study._storage.get_trial(tid)
 
 
-def _check_same(url: str) -> None:
-    study = _study(open_storage(url, heartbeat=False))
+def _check_same(url: str, mode: str) -> None:
+    study = _study(_opened(url, mode))
     batched, plain = _written(study, True), _written(study, False)
     reread = optuna.load_study(study_name=study.study_name, storage=open_storage(url, heartbeat=False))
     a, b = (t for t in reread.get_trials() if t.number in (batched.number, plain.number))
@@ -50,8 +74,8 @@ def _check_same(url: str) -> None:
     assert a.values == b.values
 
 
-def _check_edge_cases(url: str) -> None:
-    study = _study(open_storage(url, heartbeat=False))
+def _check_edge_cases(url: str, mode: str) -> None:
+    study = _study(_opened(url, mode))
     trial = study.ask()
     storage, tid = study._storage, trial._trial_id
     set_trial_attrs(storage, tid, {"x": 1}, {"s": "a"})
@@ -68,17 +92,17 @@ def _check_edge_cases(url: str) -> None:
         set_trial_attrs(storage, tid, {"late": 1})
 
 
-def test_sqlite_batched_writes_store_what_optuna_stores(tmp_path):
-    _check_same(f"sqlite:///{tmp_path / 'a.db'}")
-    _check_edge_cases(f"sqlite:///{tmp_path / 'b.db'}")
+def test_sqlite_batched_writes_store_what_optuna_stores(tmp_path, mode):
+    _check_same(f"sqlite:///{tmp_path / 'a.db'}", mode)
+    _check_edge_cases(f"sqlite:///{tmp_path / 'b.db'}", mode)
 
 
 @pytest.mark.postgres
-def test_postgres_batched_writes_store_what_optuna_stores(pg_url):
+def test_postgres_batched_writes_store_what_optuna_stores(pg_url, mode):
     from sqlalchemy import text
 
-    _check_same(pg_url)
-    _check_edge_cases(pg_url)
+    _check_same(pg_url, mode)
+    _check_edge_cases(pg_url, mode)
     with open_storage(pg_url, heartbeat=False).engine.connect() as conn:
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
 
@@ -121,14 +145,15 @@ def _finish_all(storage, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_trial_ends_and_single_attributes_store_what_optuna_stores(tmp_path, request, backend, monkeypatch):
+def test_trial_ends_and_single_attributes_store_what_optuna_stores(tmp_path, request, backend, monkeypatch, mode):
     from optuna.storages import RDBStorage
 
     url = f"sqlite:///{tmp_path / 'ends.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     with monkeypatch.context() as m:  # the service's own writes, not a fallback to Optuna's
-        for name in ("set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr"):
-            m.setattr(RDBStorage, name, lambda *a, _n=name, **k: pytest.fail(f"fell back to RDBStorage.{_n}"))
-        mine = _finish_all(open_storage(url, heartbeat=False), "mine")
+        if mode == "fast":
+            for name in ("set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr"):
+                m.setattr(RDBStorage, name, lambda *a, _n=name, **k: pytest.fail(f"fell back to RDBStorage.{_n}"))
+        mine = _finish_all(_opened(url, mode), "mine")
     theirs = _finish_all(RDBStorage(url), "optuna")
     for a, b in zip(mine, theirs, strict=True):
         assert (a.state, a.values, a.params, a.user_attrs, a.system_attrs) == (b.state, b.values, b.params, b.user_attrs, b.system_attrs)

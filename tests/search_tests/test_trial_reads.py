@@ -1,5 +1,6 @@
 """``trial_reads``: the storage's Core reads return exactly the trials Optuna's ORM reads do,
-on SQLite and PostgreSQL, for every kind of parameter, value, attribute and state."""
+on SQLite and PostgreSQL, for every kind of parameter, value, attribute and state; and so does
+the storage with its SQL turned off (``MRO_FAST_SQL=0``: Optuna's own reads, never ``trial_reads``)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,26 @@ def _not_utc(monkeypatch):
     time.tzset()
 
 
+@pytest.fixture(params=["fast", "fallback"])
+def mode(request, monkeypatch) -> str:
+    """The storage's SQL (checked to be in use), or Optuna's calls forced (checked never to
+    reach ``trial_reads``)."""
+    from search_service import storage as storage_module
+
+    if request.param == "fallback":
+        monkeypatch.setenv("MRO_FAST_SQL", "0")
+        monkeypatch.setattr(storage_module, "read_trials", lambda *a, **k: pytest.fail("read with trial_reads despite MRO_FAST_SQL=0"))
+    else:
+        monkeypatch.delenv("MRO_FAST_SQL", raising=False)
+    return request.param
+
+
+def _opened(url: str, mode: str) -> FaultTolerantRDBStorage:
+    storage = FaultTolerantRDBStorage(url)
+    assert storage.fast_sql == (mode == "fast"), storage.fast_sql_reason
+    return storage
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def url(request, tmp_path):
     if request.param == "sqlite":
@@ -81,10 +102,10 @@ def url(request, tmp_path):
     return url
 
 
-def test_core_reads_equal_optunas_orm_reads(url):
+def test_core_reads_equal_optunas_orm_reads(url, mode):
     orm = RDBStorage(url)
     study = _fill(orm)
-    core = FaultTolerantRDBStorage(url)
+    core = _opened(url, mode)
     sid = study._study_id
     everything = orm.get_all_trials(sid, deepcopy=False)
     assert len(everything) == 6 and {t.state for t in everything} == set(TrialState)
@@ -111,11 +132,11 @@ def test_core_reads_equal_optunas_orm_reads(url):
         core._get_trials(sid + 100, None, set(), -1)
 
 
-def test_a_study_on_the_core_reads_behaves_as_on_optunas(tmp_path):
+def test_a_study_on_the_core_reads_behaves_as_on_optunas(tmp_path, mode):
     """Through ``_CachedStorage`` (what a study uses): values, params and best trials agree."""
     url = f"sqlite:///{tmp_path / 'cached.db'}"
     study = _fill(RDBStorage(url))
-    mine = optuna.load_study(study_name="reads", storage=FaultTolerantRDBStorage(url))
+    mine = optuna.load_study(study_name="reads", storage=_opened(url, mode))
     for a, b in zip(mine.get_trials(), study.get_trials()):
         _same(a, b)
     assert [t.number for t in mine.best_trials] == [t.number for t in study.best_trials]

@@ -1,0 +1,280 @@
+"""The guard on the service's trial SQL (``trial_reads``, ``trial_writes``).
+
+A storage uses that SQL only with the Optuna release, recorded schema version, alembic revision
+and dialect it was checked with; otherwise (or with ``MRO_FAST_SQL=0``) every override uses
+Optuna's own calls, with the same trials read and the same rows written, and says why once at
+debug level. A failure of the SQL is a warning and a fallback, never silence; an unreachable
+database still raises. A worker process with the SQL turned off completes its trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+
+from search_service import storage as storage_module
+from search_service import trial_reads
+from search_service.storage import (
+    FaultTolerantRDBStorage,
+    is_storage_outage,
+    open_storage,
+    set_trial_attrs,
+)
+
+BIT = CategoricalDistribution((0, 1))
+FALLBACK_SAID = "trials are read and written with Optuna's storage calls"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path) -> str:
+    """An Optuna database (tables created by Optuna itself) on either backend."""
+    found = f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    RDBStorage(found).engine.dispose()
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch, caplog):
+    """No forced fallback from outside, nothing said yet by this process, mro_search's debug on."""
+    monkeypatch.delenv("MRO_FAST_SQL", raising=False)
+    monkeypatch.setattr(storage_module, "_FALLBACK_SAID", set())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    caplog.set_level(logging.DEBUG, logger="mro_search")
+
+
+def _no_fast_sql(monkeypatch) -> None:
+    """Any use of the service's SQL fails the test."""
+    for name in ("read_trials", "write_rows", "finish", "trial_state"):
+        monkeypatch.setattr(storage_module, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} used while fast_sql is off"))
+
+
+def _said(caplog, words: str, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mro_search" and r.levelno == level and words in r.getMessage()]
+
+
+def _run_trials(storage, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Trials through every override: creation, batched and single writes, every kind of end."""
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], study_name=name)
+    for i, state in enumerate((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, "mro:mask", f"10{i}")
+        set_trial_attrs(study._storage, trial._trial_id, {"mask": f"10{i}", "metrics": {"accuracy": 0.5}}, {"s": i}, params={"a->b": (1.0, BIT), "b->a": (0.0, BIT)})
+        trial.set_user_attr("worker", "host:1")
+        if state == TrialState.COMPLETE:
+            study.tell(trial, (0.5, 1.25))
+        else:
+            study.tell(trial, state=state)
+    return study.get_trials()
+
+
+def _same(mine: list, theirs: list) -> None:
+    assert len(mine) == len(theirs) == 3
+    for a, b in zip(mine, theirs, strict=True):
+        assert (a.number, a.state, a.values, a.params, a.distributions, a.user_attrs, a.system_attrs) == (
+            b.number, b.state, b.values, b.params, b.distributions, b.user_attrs, b.system_attrs
+        )
+
+
+def _scratch_copy(url: str, tmp_path) -> str:
+    """A copy of the database to spoil: another SQLite file, or the test's own PostgreSQL
+    database (created for this test alone)."""
+    if not url.startswith("sqlite"):
+        return url
+    source, copy = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(tmp_path / "copy.db")
+    with copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+    return f"sqlite:///{tmp_path / 'copy.db'}"
+
+
+def _set_schema_version(url: str, version: int) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE version_info SET schema_version = :v"), {"v": version})
+    engine.dispose()
+
+
+def test_the_sql_is_used_where_it_was_checked(url):
+    """This Optuna and both backends are what the SQL was written for: the fast path is on (else
+    the other tests here and the parametrized ones would compare the fallback with itself)."""
+    storage = open_storage(url, heartbeat=False)
+    assert storage.fast_sql and storage.fast_sql_reason is None
+    assert optuna.__version__.startswith(trial_reads.OPTUNA_RELEASES)
+    assert storage.get_current_version() in trial_reads.ALEMBIC_REVISIONS
+
+
+def test_a_recorded_schema_version_it_was_not_checked_with_means_optunas_calls(url, tmp_path, monkeypatch, caplog):
+    # what the service's SQL writes and reads on the database as it is...
+    fast = _run_trials(open_storage(url, heartbeat=True), "fast")
+    # ...and on a copy whose recorded schema version it was not checked with
+    spoiled = _scratch_copy(url, tmp_path)
+    _set_schema_version(spoiled, 13)
+    storages = [open_storage(spoiled, heartbeat=True), open_storage(spoiled, heartbeat=False), FaultTolerantRDBStorage(spoiled)]
+    for storage in storages:
+        assert not storage.fast_sql
+        assert "schema version 13" in storage.fast_sql_reason and "12" in storage.fast_sql_reason
+    with monkeypatch.context() as m:
+        _no_fast_sql(m)
+        fallback = _run_trials(storages[0], "fallback")
+    _same(fallback, fast)
+    _same(optuna.load_study(study_name="fallback", storage=RDBStorage(spoiled)).get_trials(), fast)  # as Optuna reads them
+    _same(optuna.load_study(study_name="fast", storage=storages[1]).get_trials(), fast)
+    # every trial had its first heartbeat (written right after its creation, not with it)
+    engine = create_engine(spoiled)
+    with engine.connect() as conn:
+        beats = conn.execute(text("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t USING (trial_id) JOIN studies s USING (study_id) WHERE s.study_name = 'fallback'")).scalar()
+    engine.dispose()
+    assert beats == 3
+    said = _said(caplog, FALLBACK_SAID, logging.DEBUG)
+    assert len(said) == 1, [r.getMessage() for r in said]  # three storages opened, said once
+    assert "schema version 13" in said[0].getMessage()
+    assert not _said(caplog, "", logging.WARNING)
+    # the check reads the database each time: put back, the SQL is used again
+    _set_schema_version(spoiled, 12)
+    assert open_storage(spoiled, heartbeat=False).fast_sql
+
+
+@pytest.mark.parametrize(
+    "constant, value, reason",
+    [
+        ("OPTUNA_RELEASES", ("4.9",), f"Optuna {optuna.__version__} is installed"),
+        ("SCHEMA_VERSIONS", (11,), "schema version 12"),
+        ("ALEMBIC_REVISIONS", ("v3.0.0.d",), "alembic revision v3.2.0.a"),
+        ("DIALECTS", ("mysql",), "the database is sqlite"),
+    ],
+)
+def test_a_release_schema_or_dialect_it_was_not_checked_with_means_optunas_calls(tmp_path, monkeypatch, caplog, constant, value, reason):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    RDBStorage(url).engine.dispose()
+    monkeypatch.setattr(trial_reads, constant, value)
+    storage = open_storage(url, heartbeat=False)
+    assert not storage.fast_sql and reason in storage.fast_sql_reason
+    assert [reason in r.getMessage() for r in _said(caplog, FALLBACK_SAID, logging.DEBUG)] == [True]
+    _no_fast_sql(monkeypatch)
+    assert [t.state for t in _run_trials(storage, "s")] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+
+
+def test_an_optuna_release_it_was_not_checked_with_means_optunas_calls(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    RDBStorage(url).engine.dispose()
+    monkeypatch.setattr(optuna, "__version__", "5.1.0")
+    storage = FaultTolerantRDBStorage(url)
+    assert not storage.fast_sql and "Optuna 5.1.0 is installed" in storage.fast_sql_reason
+
+
+@pytest.mark.parametrize("value, fast", [("0", False), ("off", False), ("false", False), ("1", True), ("", True)])
+def test_mro_fast_sql_0_forces_optunas_calls(tmp_path, monkeypatch, value, fast):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    RDBStorage(url).engine.dispose()
+    monkeypatch.setenv("MRO_FAST_SQL", value)
+    storage = open_storage(url, heartbeat=False)
+    assert storage.fast_sql == fast
+    assert storage.fast_sql_reason == (None if fast else f"MRO_FAST_SQL={value}")
+
+
+def _broken_write(conn, *args, **kwargs):
+    conn.exec_driver_sql("UPDATE trials SET no_such_column = 1")  # a real error from the database
+
+
+def test_a_failing_fast_write_is_a_warning_and_a_fallback_not_silence(url, monkeypatch, caplog):
+    storage = open_storage(url, heartbeat=False)
+    calls = []
+    monkeypatch.setattr(storage_module, "write_rows", lambda *a: calls.append(1) or _broken_write(*a))
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    set_trial_attrs(storage, trial._trial_id, {"mask": "10"}, {"mro:mask": "10"}, params={"a->b": (1.0, BIT)})
+    warned = _said(caplog, "trial SQL failed while writing a trial's parameters and attributes", logging.WARNING)
+    assert len(warned) == 1 and "no_such_column" in warned[0].getMessage()
+    assert not storage.fast_sql and "no_such_column" in storage.fast_sql_reason
+    got = storage.get_trial(trial._trial_id)  # written all the same, by Optuna's calls
+    assert (got.user_attrs, got.system_attrs, got.params) == ({"mask": "10"}, {"mro:mask": "10"}, {"a->b": 1})
+    set_trial_attrs(storage, trial._trial_id, {"more": 1})
+    study.tell(trial, (0.5, 1.0))
+    assert calls == [1]  # Optuna's calls from then on; warned once
+    assert len(_said(caplog, "trial SQL failed", logging.WARNING)) == 1
+    assert study.get_trials()[0].user_attrs == {"mask": "10", "more": 1}
+
+
+@pytest.mark.parametrize("where", ["read", "end"])
+def test_a_failing_fast_read_or_end_is_a_warning_and_a_fallback(tmp_path, monkeypatch, caplog, where):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    RDBStorage(url).engine.dispose()
+    storage = open_storage(url, heartbeat=False)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+
+    def broken(conn, *args, **kwargs):
+        raise ValueError("an unexpected row")
+
+    monkeypatch.setattr(storage_module, "read_trials" if where == "read" else "finish", broken)
+    if where == "read":
+        assert storage.get_trial(trial._trial_id).number == 0
+        assert [t.number for t in storage.get_all_trials(study._study_id)] == [0]
+    else:
+        study.tell(trial, (0.5, 1.0))
+        assert storage.get_trial(trial._trial_id).values == [0.5, 1.0]
+    (warned,) = _said(caplog, "trial SQL failed while", logging.WARNING)
+    assert "ValueError: an unexpected row" in warned.getMessage()
+    assert not storage.fast_sql
+
+
+@pytest.mark.parametrize("where", ["write_rows", "finish", "read_trials"])
+def test_an_unreachable_database_in_the_fast_path_still_raises(tmp_path, monkeypatch, caplog, where):
+    """Workers ride out an outage (``is_storage_outage``): the fast path neither hides it nor
+    falls back over it; and an update of a finished trial raises as Optuna's call does."""
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    RDBStorage(url).engine.dispose()
+    storage = open_storage(url, heartbeat=False)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(storage_module, where, unreachable)
+    with pytest.raises(Exception) as raised:
+        if where == "write_rows":
+            set_trial_attrs(storage, trial._trial_id, {"mask": "10"})
+        elif where == "finish":
+            storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5, 1.0])
+        else:
+            storage.get_trial(trial._trial_id)
+    assert is_storage_outage(raised.value)
+    assert storage.fast_sql and not _said(caplog, "", logging.WARNING)
+    monkeypatch.undo()
+    study.tell(trial, (0.5, 1.0))
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_trial_attrs(storage, trial._trial_id, {"late": 1})
+    assert storage.fast_sql
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_worker_with_optunas_calls_forced_completes_its_trials(tiny, mro, tmp_path, request, backend):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    budget = 12
+    mro.create(tiny.file, url, trials=budget)
+    result = mro.run(
+        ["worker", "--study", str(tiny.file), "--storage", url, "--seed", "1", "--debug"], cwd=tmp_path, env=mro.env(MRO_FAST_SQL="0")
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count(f"{FALLBACK_SAID} (slower than mro-search's SQL): MRO_FAST_SQL=0") == 1, result.stderr
+    study = mro.open_study(url)
+    done = mro.complete(study)
+    assert len(done) == budget
+    assert len({mro.mask(t) for t in done}) == budget
+    assert all(t.user_attrs["mask"] == mro.mask(t) for t in done)
+    assert len({t.user_attrs["worker"] for t in done}) == 1  # the worker's stamp, on every trial
+    assert all(t.system_attrs.get("mro:mask") == mro.mask(t) for t in done)
+    assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
