@@ -138,9 +138,10 @@ class _MaskIndex(TrialIndex):
 
     def space(self) -> MaskSpace:
         """The mask space as of the last ``update`` (every open trial's mask counts as held)."""
-        scored = set(self.masks) | self.undefined
-        P = len(self.paths)
-        return MaskSpace(size=2**P - 1 if P <= 62 else math.inf, scored=len(scored), held=len(self.open_masks(-1) - scored))
+        # (counted without building the set of scored masks: this runs once per trial)
+        undefined = sum(1 for m in self.undefined if not self.masks[m])
+        held = sum(1 for m in self.open_masks(-1) if not self.masks[m] and m not in self.undefined)
+        return MaskSpace(size=_space_size(len(self.paths)), scored=len(self.masks) + undefined, held=held)
 
 
 class MROSampler(BaseSampler):
