@@ -9,6 +9,15 @@ It listens on 127.0.0.1 unless told otherwise. optuna-dashboard has no authentic
 can change and delete studies, so any other address gets a one-line warning. The URL printed on
 stderr never carries the storage password. ``--port 0`` lets the system pick a free port; the URL
 printed says which.
+
+Listening on loopback is not enough on its own: a web page the user visits can make the browser
+resolve the page's own name to 127.0.0.1 (DNS rebinding) and then call the API as a same-origin
+page, ``DELETE /api/studies/1`` included. Such a request carries the attacker's name in its
+``Host`` header, so ``guard`` answers only requests whose ``Host`` is the bound address, a
+loopback name or address, or a name given with ``--allowed-host`` (403 otherwise); bound to a
+wildcard address (0.0.0.0, ::), any IP address is accepted as ``Host`` too, since no DNS name is
+involved. ``--read-only`` refuses every method but GET, HEAD and OPTIONS (405), so nothing can
+change the study through the dashboard at all.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -31,6 +40,8 @@ log = logging.getLogger("mro_search")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK_NAMES = ("localhost",)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # what --read-only lets through
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -51,6 +62,72 @@ def exposure_warning(host: str) -> str | None:
         f"warning: the dashboard listens on {host}, reachable from other machines, without "
         "authentication (anyone who can connect can read, change and delete studies)"
     )
+
+
+def host_name(header: str | None) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lower-cased,
+    without a trailing dot; None when there is none or it is malformed."""
+    if not header:
+        return None
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        if end < 0 or (header[end + 1 :] and not header[end + 1 :].startswith(":")):
+            return None
+        return header[1:end] or None
+    name, _, port = header.partition(":")
+    if ":" in port or (port and not port.isdigit()):
+        return None
+    return name.rstrip(".") or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(header: str | None, *, bound: str, allowed: Iterable[str] = ()) -> bool:
+    """Whether a request with this ``Host`` header may be answered (see the module's docstring)."""
+    name = host_name(header)
+    if name is None:
+        return False
+    if is_loopback(name):
+        return True
+    names = {bound.strip("[]").lower().rstrip(".")} | {a.strip().strip("[]").lower().rstrip(".") for a in allowed}
+    if name in names:
+        return True
+    return bound.strip("[]") in WILDCARD_ADDRESSES and _is_ip(name)
+
+
+def guard(app: Callable, *, bound: str, allowed_hosts: Iterable[str] = (), read_only: bool = False) -> Callable:
+    """Wrap a WSGI app: refuse other ``Host`` names (403) and, with ``read_only``, every method
+    that can change something (405)."""
+    allowed = tuple(allowed_hosts)
+
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        host = environ.get("HTTP_HOST")
+        if not host_allowed(host, bound=bound, allowed=allowed):
+            shown = (host or "")[:100]
+            return _refuse(start_response, "403 Forbidden", f"mro-search dashboard: Host {shown!r} is not allowed (protection against DNS "
+                           "rebinding); open the dashboard by its address or 'localhost', or start it with --allowed-host NAME")
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if read_only and method not in SAFE_METHODS:
+            return _refuse(start_response, "405 Method Not Allowed", f"mro-search dashboard: read-only (--read-only): {method} is refused",
+                           [("Allow", ", ".join(sorted(SAFE_METHODS)))])
+        return app(environ, start_response)
+
+    return guarded
+
+
+def _refuse(start_response: Callable, status: str, text: str, headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    body = (text + "\n").encode("utf-8", "replace")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                            ("X-Content-Type-Options", "nosniff"), *(headers or [])])
+    log.debug("dashboard: %s", text)
+    return [body]
 
 
 def find_study_id(storage, name: str) -> int | None:
@@ -97,8 +174,21 @@ def server_url(server: WSGIServer, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve(url: str, study_name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ready: Callable[[str], None] | None = None) -> int:
-    """Serve the storage at ``url`` until interrupted; returns 0 after a clean stop."""
+def serve(
+    url: str,
+    study_name: str,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    allowed_hosts: Iterable[str] = (),
+    read_only: bool = False,
+    artifact_store: Any = None,
+    ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve the storage at ``url`` until interrupted; returns 0 after a clean stop.
+
+    ``allowed_hosts``: more names the ``Host`` header may carry; ``read_only``: refuse every
+    change; ``artifact_store``: passed to optuna-dashboard (``wsgi(storage, artifact_store=...)``)."""
     from optuna_dashboard import wsgi
 
     optuna_quiet()
@@ -109,10 +199,11 @@ def serve(url: str, study_name: str, *, host: str = DEFAULT_HOST, port: int = DE
     warning = exposure_warning(host)
     if warning:
         print(f"mro-search: {warning}", file=sys.stderr, flush=True)
-    server = make_server(host, port, wsgi(storage))
+    app = guard(wsgi(storage, artifact_store=artifact_store), bound=host, allowed_hosts=allowed_hosts, read_only=read_only)
+    server = make_server(host, port, app)
     base = server_url(server, host)
     print(f"mro-search: optuna-dashboard for study {study_name!r} ({mask_password(url)}) at "
-          f"{base}/dashboard/studies/{study_id} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+          f"{base}/dashboard/studies/{study_id}{' (read-only)' if read_only else ''} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     if ready is not None:
         ready(base)
 

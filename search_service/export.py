@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import re
 import sys
-import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from search_service._subnet_template import MODEL_PY
 from search_service.sampler import MASK_KEY
 from search_service.storage import mask_password
 from supernet.errors import ConfigError, MROError
+from supernet.files import check_output_directory, check_output_file, make_directory, write_file
 from supernet.metrics import compute_metrics
 from supernet.paths import active_paths, format_mask, parse_mask, path_pairs
 from supernet.scoring import batches
@@ -125,7 +125,7 @@ def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: Se
         "search_split": evaluator.study.search.split,
         "search_metrics": trial.user_attrs.get("metrics"),
         "mflops": evaluator.flops.mflops(mask),
-        "supernet_checkpoint_sha256": evaluator.checkpoint.file_sha256,
+        "supernet_checkpoint": evaluator.checkpoint.identity,
         "study_config_sha256": evaluator.study.sha256,
         "storage": mask_password(search.url),
     }
@@ -227,9 +227,9 @@ def export_trial(
         raise ConfigError(f"--finetune-epochs must be 0 or more, got {finetune_epochs}")
     directory = Path(directory)
     _check_directory(directory, force)
-    from search_service.search import _check_checkpoint
+    from search_service.search import check_checkpoint
 
-    _check_checkpoint(search, evaluator.checkpoint.file_sha256)
+    check_checkpoint(search, evaluator.checkpoint)
     model = evaluator.model
     mask, trial = trial_mask(search, number, evaluator.path_names)
     config = subnet_config(evaluator, mask, trial, search)
@@ -265,18 +265,33 @@ def export_trial(
                                  "batch_size": evaluator.study.train.batch_size, "seed": evaluator.study.train.seed})
     config["finetune_epochs"] = finetune_epochs
 
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_text(directory / "model.py", MODEL_PY)
-    _write_bytes(directory / "weights.pt", lambda f: torch.save(state, f))
-    _write_text(directory / "config.json", json.dumps(config, indent=2, default=_json_default) + "\n")
-    _write_text(directory / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    _write_text(directory / "README.md", _readme(config, metrics, directory))
+    write_export(directory, config, metrics, state)
     return {**metrics, "directory": str(directory), "files": [str(directory / f) for f in FILES], "active_paths": config["active_paths"]}
 
 
+def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """The export's files (``FILES``), each written whole (``supernet.files.write_file``)."""
+    make_directory(directory, what="the export")
+    contents: dict[str, Any] = {
+        "model.py": MODEL_PY,
+        "weights.pt": lambda f: torch.save(state, f),
+        "config.json": json.dumps(config, indent=2, default=_json_default) + "\n",
+        "metrics.json": json.dumps(metrics, indent=2, default=_json_default) + "\n",
+        "README.md": _readme(config, metrics, directory),
+    }
+    for name in FILES:
+        write_file(directory / name, contents[name], what=f"the export's {name}")
+
+
 def _check_directory(directory: Path, force: bool) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"{directory} exists and is not a directory; give -o a folder")
+    """Refuse, before any work, a target where the export cannot go (``supernet.files``): an
+    existing non-folder, a pseudo or read-only file system, a folder holding special files under
+    the export's names; and an earlier export unless ``force``."""
+    check_output_directory(directory, what="the export")
+    if directory.is_dir():
+        for name in FILES:
+            if (directory / name).exists() or (directory / name).is_symlink():
+                check_output_file(directory / name, what=f"the export's {name}")
     if directory.is_dir() and not force:
         clashes = [f for f in FILES if (directory / f).exists()]
         if clashes:
@@ -292,26 +307,6 @@ def _device(name: str, log) -> torch.device:
     return device
 
 
-def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text), "w")
-
-
-def _write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    _atomic(path, write, "wb")
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -320,36 +315,68 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def md_code(text: Any) -> str:
+    """``text`` as a Markdown code span that shows it literally, whatever it holds: a name that is
+    not plain (letters, digits, ``_.+-``, a path arrow) is shown as its JSON string (control
+    characters escaped, so no line break can end the span or start a block), fenced by more
+    backticks than it contains. HTML inside a code span is text, not markup."""
+    text = str(text)
+    shown = text if re.fullmatch(r"[\w.+-]+(->[\w.+-]+)?", text, re.ASCII) else json.dumps(text, ensure_ascii=False)
+    runs = re.findall(r"`+", shown)
+    fence = "`" * (max(map(len, runs)) + 1 if runs else 1)
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
+
+
+def md_cell(text: Any) -> str:
+    """``md_code`` for a table cell: a ``|`` would end the cell even inside a code span."""
+    return md_code(text).replace("|", "\\|")
+
+
+def readme_example(config: dict[str, Any], directory: Path) -> str:
+    """The README's Python example: it runs as it is (random inputs of the right shapes). Every
+    name and path is a Python literal (``repr``), so no name can become code."""
+    inputs = []
+    for m in config["modalities"]:
+        if m["used"]:
+            shape = ", ".join(str(int(d)) for d in [2, *m["shape"][1:]])
+            inputs.append(f"{str(m['name'])!r}: torch.randn({shape})")
+    output = "class logits (B, C); m.predict(inputs) gives class ids" if config["task"] == "classification" else "regression values (B, 1); m.predict(inputs) gives (B,)"
+    return "\n".join([
+        "import sys",
+        "import torch",
+        f"sys.path.insert(0, {str(directory)!r})",
+        "import model",
+        f"m = model.load({str(directory)!r})          # eval mode, CPU; model.load(DIR, map_location=\"cuda\")",
+        f"inputs = {{{', '.join(inputs)}}}   # your features: float32, (B, L, d) or (B, d)",
+        f"out = m(inputs)   # {output}",
+    ])
+
+
 def _readme(config: dict[str, Any], metrics: dict[str, Any], directory: Path) -> str:
     rows = []
     for m in config["modalities"]:
         shape = "(" + ", ".join(str(s) for s in m["shape"]) + ")"
-        rows.append(f"| {m['name']} | {shape} | {'yes' if m['used'] else 'no (may be left out)'} |")
-    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics["metrics"].items() if isinstance(v, (int, float)))
+        rows.append(f"| {md_cell(m['name'])} | {shape} | {'yes' if m['used'] else 'no (may be left out)'} |")
+    metric_rows = "\n".join(f"| {md_cell(k)} | {v:.4f} |" for k, v in metrics["metrics"].items() if isinstance(v, (int, float)))
     tuned = ""
     if metrics.get("finetune_epochs"):
         before = metrics["before_finetune"]
         tuned = (
             f"\nFine-tuned for {metrics['finetune_epochs']} epoch(s) on the train split (AdamW, lr "
             f"{metrics['finetune']['lr']:g}); the weights are the fine-tuned ones. Before fine-tuning: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in before.items() if isinstance(v, (int, float))) + ".\n"
+            + ", ".join(f"{md_code(k)} {v:.4f}" for k, v in before.items() if isinstance(v, (int, float))) + ".\n"
         )
-    output = "class logits `(B, C)`; `m.predict(...)` gives class ids" if config["task"] == "classification" else "regression values `(B, 1)`; `m.predict(...)` gives `(B,)`"
-    example = ", ".join(f'"{m["name"]}": x_{m["name"]}' for m in config["modalities"] if m["used"])
-    return f"""# Subnet {config['mask']} of study `{config['study']}` (trial {config['trial']})
+    return f"""# Subnet {md_code(config['mask'])} of study {md_code(config['study'])} (trial {int(config['trial'])})
 
 Exported by `mro-search export`. Active paths (`i->j`: modality i informs modality j):
-{', '.join(f'`{p}`' for p in config['active_paths'])}. {config['mflops']:.4f} MFLOPs per sample
-(fvcore, one multiply-add = one FLOP), {config['params']} parameters.
+{', '.join(md_code(p) for p in config['active_paths'])}. {config['mflops']:.4f} MFLOPs per sample
+(fvcore, one multiply-add = one FLOP), {int(config['params'])} parameters.
 
 Only torch is needed:
 
 ```python
-import sys
-sys.path.insert(0, "{directory}")
-import model
-m = model.load("{directory}")          # eval mode, CPU; model.load(DIR, map_location="cuda")
-out = m({{{example}}})   # {output}
+{readme_example(config, directory)}
 ```
 
 Inputs (float32; a sequence modality may also get `lengths`, int64 `(B,)`, for padded steps):

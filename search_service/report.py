@@ -29,8 +29,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +46,7 @@ from search_service.sampler import PATHS_KEY
 from search_service.search import FULL_MASK_KEY, METRIC_KEY, SearchStudy, pareto_front
 from search_service.storage import mask_password
 from supernet.errors import ConfigError
+from supernet.files import write_file
 from supernet.paths import active_paths, path_pairs
 from supernet.rank_loss import spearman
 
@@ -86,7 +85,7 @@ class Report:
     metric: str
     budget: int
     counts: dict[str, int]
-    checkpoint_sha256: str
+    checkpoint: str  # the supernet checkpoint's identity (supernet.checkpoint)
     path_names: list[str]
     modality_names: list[str]
     edge_probs: list[float]  # p(i->j), path order
@@ -124,21 +123,12 @@ class Report:
         return _render(self)
 
     def write(self, path: str | Path) -> Path:
+        """Write the page to ``path`` (``supernet.files.write_file``: atomic, regular files only,
+        one-line errors), creating its folder."""
         path = Path(path)
         if path.is_dir():
             raise ConfigError(f"{path} is a directory; give the report a file name, e.g. {path / 'report.html'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.html()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_file(path, self.html(), what="the report", parents=True)
 
 
 def write_report(search: SearchStudy, evaluator: Evaluator, path: str | Path) -> Path:
@@ -190,7 +180,7 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         metric=metric,
         budget=search.budget,
         counts=search.counts(),
-        checkpoint_sha256=evaluator.checkpoint.file_sha256,
+        checkpoint=evaluator.checkpoint.identity,
         path_names=paths,
         modality_names=modalities,
         edge_probs=edge_probs,
@@ -236,7 +226,14 @@ _HOVER = "trial %{customdata[0]}<br>mask %{customdata[1]}<br>%{customdata[2]}<br
 _BLUE, _RED, _GREY = "#1f77b4", "#d62728", "#7f7f7f"
 
 
+def _t(text: Any) -> str:
+    """A name as plotly text: plotly renders a subset of HTML in texts, titles and hover labels
+    (and decodes entities back), so names from study files and stored trials are escaped."""
+    return html.escape(str(text), quote=False)
+
+
 def _wrap_paths(names: list[str], per_line: int = 3) -> str:
+    names = [_t(name) for name in names]
     lines = [", ".join(names[i : i + per_line]) for i in range(0, len(names), per_line)]
     return "<br>".join(lines) or "(no path)"
 
@@ -253,11 +250,11 @@ def _empty(fig: go.Figure, text: str) -> None:
 
 def _front_figure(r: Report) -> go.Figure:
     fig = go.Figure()
-    data = [[t.number, t.mask, _wrap_paths(t.active_paths)] for t in r.trials]
+    data = [[t.number, _t(t.mask), _wrap_paths(t.active_paths)] for t in r.trials]
     fig.add_trace(
         go.Scatter(
             x=[t.mflops for t in r.trials], y=[t.value for t in r.trials], mode="markers", name="trials",
-            marker={"color": _BLUE, "size": 8, "opacity": 0.55}, customdata=data, meta=r.metric, hovertemplate=_HOVER,
+            marker={"color": _BLUE, "size": 8, "opacity": 0.55}, customdata=data, meta=_t(r.metric), hovertemplate=_HOVER,
         )
     )
     front = sorted(r.front, key=lambda row: (row["values"][1], -row["values"][0]))
@@ -265,8 +262,8 @@ def _front_figure(r: Report) -> go.Figure:
         go.Scatter(
             x=[row["values"][1] for row in front], y=[row["values"][0] for row in front], mode="lines+markers",
             line={"shape": "hv", "color": _RED, "width": 2}, marker={"color": _RED, "size": 11, "line": {"color": "white", "width": 1}},
-            name=f"Pareto front ({len(front)})", meta=r.metric, hovertemplate=_HOVER,
-            customdata=[[row["trial"], row["mask"], _wrap_paths(row["active_paths"] or [])] for row in front],
+            name=f"Pareto front ({len(front)})", meta=_t(r.metric), hovertemplate=_HOVER,
+            customdata=[[row["trial"], _t(row["mask"]), _wrap_paths(row["active_paths"] or [])] for row in front],
         )
     )
     if r.full_mask:
@@ -276,12 +273,12 @@ def _front_figure(r: Report) -> go.Figure:
                 go.Scatter(
                     x=[r.full_mask["mflops"]], y=[value], mode="markers", name="full mask (all paths)",
                     marker={"symbol": "star", "size": 18, "color": "#ff7f0e", "line": {"color": "black", "width": 1}},
-                    customdata=[["-", r.full_mask.get("mask", ""), _wrap_paths(r.path_names)]], meta=r.metric, hovertemplate=_HOVER,
+                    customdata=[["-", _t(r.full_mask.get("mask", "")), _wrap_paths(r.path_names)]], meta=_t(r.metric), hovertemplate=_HOVER,
                 )
             )
     if not r.trials:
         _empty(fig, "no completed trials yet")
-    return _layout(fig, f"{FIGURE_TITLES['front']} ({r.metric}, {len(r.trials)} completed trials)", xaxis_title="MFLOPs (per sample, fvcore)", yaxis_title=r.metric, hovermode="closest")
+    return _layout(fig, f"{FIGURE_TITLES['front']} ({_t(r.metric)}, {len(r.trials)} completed trials)", xaxis_title="MFLOPs (per sample, fvcore)", yaxis_title=_t(r.metric), hovermode="closest")
 
 
 def _graph_figure(r: Report) -> go.Figure:
@@ -311,16 +308,16 @@ def _graph_figure(r: Report) -> go.Figure:
         label_x.append(sx + (ex - sx) * t + nx * 1.8)
         label_y.append(sy + (ey - sy) * t + ny * 1.8)
         label_text.append(f"{prob:.2f}")
-        hover.append(f"{r.path_names[p]}<br>p(i->j) = {prob:.4f}<br>keep probability q = {r.keep_probs[p]:.4f}")
+        hover.append(f"{_t(r.path_names[p])}<br>p(i->j) = {prob:.4f}<br>keep probability q = {r.keep_probs[p]:.4f}")
     fig.add_trace(
         go.Scatter(x=label_x, y=label_y, mode="text", text=label_text, textfont={"size": 11, "color": "#333"},
                    hovertext=hover, hoverinfo="text", showlegend=False, name="p(i->j)")
     )
     fig.add_trace(
         go.Scatter(
-            x=[x for x, _ in pos], y=[y for _, y in pos], mode="markers+text", text=r.modality_names,
+            x=[x for x, _ in pos], y=[y for _, y in pos], mode="markers+text", text=[_t(name) for name in r.modality_names],
             textposition="middle center", marker={"size": 58, "color": "#f2f2f2", "line": {"color": "#444", "width": 2}},
-            hoverinfo="text", hovertext=[f"modality {m}: {name}" for m, name in enumerate(r.modality_names)], showlegend=False,
+            hoverinfo="text", hovertext=[f"modality {m}: {_t(name)}" for m, name in enumerate(r.modality_names)], showlegend=False,
             name="modalities",
         )
     )
@@ -341,14 +338,14 @@ def _hypervolume_figure(r: Report) -> go.Figure:
     )
     if not r.hypervolume:
         _empty(fig, "no completed trials yet")
-    ref = f"reference point ({r.metric} = {-r.reference_point[0]:g}, MFLOPs = {r.reference_point[1]:.4g})"
-    return _layout(fig, f"{FIGURE_TITLES['hypervolume']} over trials; {ref}", xaxis_title="trial", yaxis_title=f"hypervolume ({r.metric} x MFLOPs)")
+    ref = f"reference point ({_t(r.metric)} = {-r.reference_point[0]:g}, MFLOPs = {r.reference_point[1]:.4g})"
+    return _layout(fig, f"{FIGURE_TITLES['hypervolume']} over trials; {ref}", xaxis_title="trial", yaxis_title=f"hypervolume ({_t(r.metric)} x MFLOPs)")
 
 
 def _spearman_figure(r: Report) -> go.Figure:
     fig = make_subplots(
         rows=1, cols=2, column_widths=[0.62, 0.38],
-        subplot_titles=(f"search: prior log-probability vs {r.metric}, first n trials", "supernet training: per-epoch rho"),
+        subplot_titles=(f"search: prior log-probability vs {_t(r.metric)}, first n trials", "supernet training: per-epoch rho"),
     )
     fig.add_trace(
         go.Scatter(
@@ -405,7 +402,7 @@ def _render(r: Report) -> str:
         ("paths (mask order)", ", ".join(r.path_names)),
         ("full mask", f"{full.get('mask', '')}: {r.metric} {full_value:.4f}, {full['mflops']:.4f} MFLOPs" if full and full_value is not None else "not recorded"),
         ("hypervolume", f"{r.hypervolume[-1][1]:.5g}" if r.hypervolume else "-"),
-        ("supernet checkpoint", f"SHA-256 {r.checkpoint_sha256}" if r.checkpoint_sha256 else "-"),
+        ("supernet checkpoint", r.checkpoint or "-"),
         ("generated", r.generated),
     ]
     rows = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts)
@@ -427,7 +424,7 @@ def _render(r: Report) -> str:
                      "search found them). Right: rho logged after each training epoch of the supernet (prior score "
                      "against validation loss of many masks, sign flipped so that higher is better)."),
     ]
-    summary = json.dumps(r.summary()).replace("</", "<\\/")  # safe inside <script>
+    summary = json.dumps(r.summary()).replace("<", "\\u003c")  # safe inside <script>: no </script>, no <!--
     body = []
     for key, note in sections:
         body.append(f"<h2>{e(FIGURE_TITLES[key])}</h2>\n<p class='note'>{e(note)}</p>\n{divs[key]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from supernet.checkpoint import FORMAT, file_sha256, load_checkpoint, save_checkpoint
 from supernet.config import config_sha256
 from supernet.data.dataset import ModalitySpec
-from supernet.errors import CheckpointError
+from supernet.errors import CheckpointError, OutputError
 from supernet.model import Supernet
 from supernet.relation_graph import RelationGraphPrior
 
@@ -207,11 +208,11 @@ def test_a_failed_save_leaves_no_temp_file_and_keeps_the_old_one(
     before = file_sha256(path)
 
     def broken_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        Path(f).write_bytes(b"half a checkpo")
-        raise OSError("disk full")
+        f.write(b"half a checkpo")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write the checkpoint to .*supernet.pt: no space left on the disk"):
         save_checkpoint(path, model, prior, CONFIG)
     assert sorted(p.name for p in path.parent.iterdir()) == ["supernet.pt"]
     assert file_sha256(path) == before
