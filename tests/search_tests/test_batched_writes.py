@@ -119,7 +119,7 @@ def test_in_memory_storage_falls_back_to_one_by_one_writes():
 def test_sqlite_storage_commits_to_a_write_ahead_log(tmp_path):
     from sqlalchemy import text
 
-    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=False)
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=False, create=True)
     with storage.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
