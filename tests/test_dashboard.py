@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import psutil
 import pytest
 
 from search_service.cli import main
-from search_service.dashboard import exposure_warning, is_loopback
+from search_service.dashboard import exposure_warning, host_allowed, host_name, is_loopback
 
 STARTUP_SECONDS = 90  # the machine may be busy; the server usually answers within seconds
 
@@ -129,3 +132,107 @@ def test_busy_port_and_unknown_study_are_one_line_errors(tiny_search: Any, tmp_p
     code = main(["dashboard", "--study", str(tiny_search.path), "--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--port", "0"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no study named 'tinysearch'" in err
+
+
+# --- Host names (DNS rebinding) and --read-only, against the real server ---------------------------
+
+
+def _request(base: str, path: str, *, host: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{base}{path}", method=method, data=body, headers={"Host": host, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _study_names(url: str) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
+
+
+@pytest.fixture
+def study_copy(tiny_search: Any, tmp_path: Path) -> str:
+    """A copy of the tiny study's database (SQLite's backup API: the WAL included), which the
+    tests may delete studies from."""
+    import sqlite3
+
+    source = tiny_search.url.removeprefix("sqlite:///")
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    return f"sqlite:///{copy}"
+
+
+@contextlib.contextmanager
+def _serving(tiny_search: Any, url: str, tmp_path: Path, *flags: str) -> Iterator[tuple[str, int]]:
+    log = tmp_path / f"dashboard{len(flags)}.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [*_command(), "dashboard", "--study", str(tiny_search.path), "--storage", url, "--port", "0", *flags],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        base = _wait_for_url(proc, log)
+        (summary,) = [s for s in _get(f"{base}/api/studies")["study_summaries"] if s["study_name"] == "tinysearch"]
+        yield base, summary["study_id"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log.read_text()
+
+
+def test_other_host_names_are_refused_so_dns_rebinding_cannot_delete_a_study(tiny_search: Any, study_copy: str, tmp_path: Path) -> None:
+    with _serving(tiny_search, study_copy, tmp_path) as (base, study_id):
+        port = base.rsplit(":", 1)[1]
+        for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}", "127.0.0.1.evil.example", ""):
+            status, body = _request(base, "/api/studies", host=host)
+            assert status == 403 and b"--allowed-host" in body and b"tinysearch" not in body, (host, status, body)
+        status, _ = _request(base, f"/api/studies/{study_id}", host=f"evil.example:{port}", method="DELETE")
+        assert status == 403
+        assert "tinysearch" in _study_names(study_copy)
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "localhost."):
+            status, body = _request(base, f"/api/studies/{study_id}?after=0", host=host)
+            assert status == 200 and json.loads(body)["name"] == "tinysearch", (host, status)
+        # the same DELETE with the server's own name works: the 403 above was the Host check
+        status, _ = _request(base, f"/api/studies/{study_id}", host=f"127.0.0.1:{port}", method="DELETE")
+        assert status == 204 and "tinysearch" not in _study_names(study_copy)
+
+
+def test_read_only_refuses_every_change_and_allowed_hosts_are_answered(tiny_search: Any, study_copy: str, tmp_path: Path) -> None:
+    with _serving(tiny_search, study_copy, tmp_path, "--read-only", "--allowed-host", "mro.example") as (base, study_id):
+        port = base.rsplit(":", 1)[1]
+        good = f"mro.example:{port}"
+        status, body = _request(base, f"/api/studies/{study_id}?after=0", host=good)
+        assert status == 200 and json.loads(body)["name"] == "tinysearch"
+        assert _request(base, "/api/meta", host=f"127.0.0.1:{port}")[0] == 200
+        assert _request(base, "/api/meta", host=f"other.example:{port}")[0] == 403
+        changes = [
+            ("DELETE", f"/api/studies/{study_id}", None),
+            ("POST", "/api/studies", json.dumps({"study_name": "new", "directions": ["minimize"]}).encode()),
+            ("PUT", f"/api/studies/{study_id}/note", json.dumps({"version": 0, "body": "x"}).encode()),
+            ("PATCH", f"/api/studies/{study_id}", b"{}"),
+        ]
+        for method, path, body in changes:
+            status, text = _request(base, path, host=good, method=method, body=body)
+            assert status == 405 and b"read-only" in text, (method, path, status, text)
+        assert _study_names(study_copy) == ["tinysearch"]
+
+
+def test_host_rules() -> None:
+    assert host_name("Example.ORG.:8080") == "example.org" and host_name("[::1]:80") == "::1" and host_name("a:b:c") is None
+    assert host_name(None) is None and host_name("") is None and host_name("[::1") is None
+    for host in ("localhost", "localhost:1", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080"):
+        assert host_allowed(host, bound="127.0.0.1"), host
+    for host in ("evil.example", "evil.example:8080", "192.168.1.5", None, "", "localhost.evil.example"):
+        assert not host_allowed(host, bound="127.0.0.1"), host
+    assert host_allowed("mro.example:80", bound="127.0.0.1", allowed=["MRO.example"])
+    assert host_allowed("10.0.0.5:8080", bound="10.0.0.5") and not host_allowed("10.0.0.6", bound="10.0.0.5")
+    # bound to all addresses: any IP literal (no DNS name, nothing to rebind), names only when allowed
+    assert host_allowed("192.168.1.5:8080", bound="0.0.0.0") and host_allowed("[fe80::1]:80", bound="::")
+    assert not host_allowed("evil.example", bound="0.0.0.0")
