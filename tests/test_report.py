@@ -109,3 +109,65 @@ def test_cli_report_errors_are_one_line(tiny_search: Any, tmp_path: Path, capsys
     code = main(["report", "--study", str(tiny_search.path), "--storage", tiny_search.url, "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is a directory" in err
+
+
+CRAFTED = ['</script><script>mro_pwned()</script>', '<img src=x onerror=mro_pwned()>', "x'); mro_pwned(); ('\n<b>"]
+
+
+def test_names_are_escaped_everywhere_in_the_page(report: Any) -> None:
+    """Names come from study files and stored trials: none may become markup (another helper's
+    name rules refuse most such names; the page must be safe regardless)."""
+    import dataclasses
+
+    from supernet.paths import path_names
+
+    paths = path_names(CRAFTED)
+    crafted = dataclasses.replace(
+        report, study_name=CRAFTED[0], modality_names=list(CRAFTED), path_names=paths, metric="accuracy",
+        storage="postgresql://u@h/<script>mro_pwned()</script>",
+        trials=[dataclasses.replace(t, mask=CRAFTED[1], active_paths=paths[:2]) for t in report.trials],
+        front=[{**row, "mask": CRAFTED[1], "active_paths": paths[:2]} for row in report.front],
+    )
+    page = crafted.html()
+    assert "mro_pwned" in page  # the names are shown ...
+    for raw in ("<script>mro_pwned", "<img src=x onerror", "<b>"):  # ... never as markup
+        assert raw not in page, raw
+    summary = re.search(r'<script type="application/json" id="mro-summary">(.*?)</script>', page, re.S).group(1)
+    assert "<" not in summary and json.loads(summary)["study"] == CRAFTED[0]
+    # plotly renders a subset of HTML in texts, titles and hover labels: the figures hold the
+    # names escaped (plotly shows them as written)
+    texts = [text for fig in crafted.figures().values() for text in _strings(fig.to_plotly_json())]
+    assert any("mro_pwned" in text for text in texts)
+    for text in texts:
+        for raw in ("<script", "<img", "<b>"):
+            assert raw not in text, text
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        return [s for v in (value.tolist() if hasattr(value, "tolist") else value) for s in _strings(v)]
+    return []
+
+
+def test_password_in_a_query_parameter_is_masked(tiny_search: Any) -> None:
+    search = SearchStudy(tiny_search.search.optuna_study, "postgresql+psycopg://mro@db.example:5432/mro?password=s3cr3t-q&sslmode=require")
+    page = build_report(search, tiny_search.evaluator).html()
+    assert "s3cr3t-q" not in page and "postgresql+psycopg://mro@db.example:5432/mro?password=***&amp;sslmode=require" in page
+
+
+def test_special_targets_are_refused_and_left_alone(report: Any, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from supernet.errors import OutputError
+
+    fifo = tmp_path / "report.html"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/null"), Path("/proc/report.html")):
+        with pytest.raises(OutputError, match="cannot write the report to"):
+            report.write(target)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["report.html"]
