@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from search_service.limits import PORT_MAX, TRIAL_NUMBER_MAX, TRIALS_MAX, WORKERS_MAX
+from supernet.config import SEED_MAX, TrainConfig, field_range
 from supernet.errors import ConfigError, MROError
 
 EXIT_USAGE = 2
@@ -26,9 +28,33 @@ log = logging.getLogger("mro_search")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line (plus usage), exit 2
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> None:
+        """A usage error: exactly one line, ``mro-search: error: <message>``, exit code 2, as every
+        other error (scripts read one line; the usage is one ``--help`` away)."""
+        self.exit(EXIT_USAGE, f"mro-search: error: {_one_line(message)} (see: {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int) -> Any:
+    """An argparse ``type``: an integer in ``[low, high]``, refused before any command runs."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+_SEED = _int_in(0, SEED_MAX)
+_RUN_SEED = _int_in(0, SEED_MAX - WORKERS_MAX + 1)  # worker w gets seed + w: every one in range
+_TRIALS = _int_in(1, TRIALS_MAX)
+_WORKERS = _int_in(1, WORKERS_MAX)
+_EPOCHS = _int_in(*field_range(TrainConfig, "epochs"))
 
 
 def _common() -> argparse.ArgumentParser:
@@ -67,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train the study's supernet and its relation-graph prior")
     _study_arg(p)
-    p.add_argument("--epochs", type=int, help="override [train] epochs")
-    p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument("--epochs", type=_EPOCHS, help="override [train] epochs")
+    p.add_argument("--seed", type=_SEED, help="override [train] seed")
     p.add_argument("--json", action="store_true", help="print the training summary as one JSON object")
     p.set_defaults(handler=cmd_train)
 
@@ -90,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="create the study (training the supernet first if needed) and search")
     _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--trials", type=int, help="trial budget (default: [search] trials)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the workers' samplers")
+    p.add_argument("--trials", type=_TRIALS, help="trial budget (default: [search] trials)")
+    p.add_argument("--workers", type=_WORKERS, default=1, help=f"local worker processes, 1 to {WORKERS_MAX} (default 1)")
+    p.add_argument("--seed", type=_RUN_SEED, default=0, help="base seed of the workers' samplers (worker w gets seed + w)")
     p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
     _artifacts_arg(p, creating=True)
@@ -102,17 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", parents=[common], help="join an existing study from any machine")
     _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--trials", type=int, help="at most this many trials from this worker")
-    p.add_argument("--seed", type=int, help="seed of this worker's sampler (default: random)")
+    p.add_argument("--trials", type=_TRIALS, help="at most this many trials from this worker")
+    p.add_argument("--seed", type=_SEED, help="seed of this worker's sampler (default: random)")
     _artifacts_arg(p)
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("resume", parents=[common], help="continue a stopped study to its budget")
     _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--trials", type=int, help="new trial budget (default: the study's)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--seed", type=int, help="base seed of the workers' samplers (default: random)")
+    p.add_argument("--trials", type=_TRIALS, help="new trial budget (default: the study's)")
+    p.add_argument("--workers", type=_WORKERS, default=1, help=f"local worker processes, 1 to {WORKERS_MAX} (default 1)")
+    p.add_argument("--seed", type=_RUN_SEED, help="base seed of the workers' samplers (worker w gets seed + w; default: random)")
     p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
     _artifacts_arg(p)
@@ -136,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arg(p)
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others expose it without authentication)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.add_argument("--port", type=_int_in(0, PORT_MAX), default=8080, help="port (default 8080; 0: any free port)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host is NAME (repeatable); by default only the bound address and loopback names")
     p.add_argument("--read-only", action="store_true", help="refuse every change through the dashboard (any method but GET, HEAD, OPTIONS)")
@@ -146,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="export one trial's subnet as a standalone PyTorch model")
     _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--trial", type=int, required=True, metavar="N", help="number of a COMPLETE trial (see `mro-search pareto`)")
+    p.add_argument("--trial", type=_int_in(0, TRIAL_NUMBER_MAX), required=True, metavar="N", help="number of a COMPLETE trial (see `mro-search pareto`)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for model.py, weights.pt, config.json, metrics.json, README.md")
-    p.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="fine-tune the subnet alone for E epochs on the train split (default 0)")
+    p.add_argument("--finetune-epochs", type=_int_in(0, field_range(TrainConfig, "epochs")[1]), default=0, metavar="E", help="fine-tune the subnet alone for E epochs on the train split (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier export in DIR")
     p.add_argument("--json", action="store_true", help="print the export's metrics as one JSON object")
     _artifacts_arg(p)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search_service.limits import TRIALS_MAX
 from supernet.checkpoint import scoring_config
 from supernet.config import (
     DATA_SOURCES,
@@ -42,8 +43,8 @@ class SearchConfig:
     # Accuracy objective (maximized); MFLOPs is always the second objective (minimized).
     # Empty: the task's default (acc_7 for regression, accuracy for classification).
     metric: str = ""
-    trials: int = field(default=60, metadata={"min": 1, "max": 1_000_000})  # COMPLETE trials the study aims for
-    n_startup_trials: int = field(default=10, metadata={"min": 0, "max": 1_000_000})  # uniform masks first
+    trials: int = field(default=60, metadata={"min": 1, "max": TRIALS_MAX})  # COMPLETE trials the study aims for
+    n_startup_trials: int = field(default=10, metadata={"min": 0, "max": TRIALS_MAX})  # uniform masks first
     flops_budget: float = field(default=0.0, metadata={"min": 0.0, "max": 1e12})  # MFLOPs; 0 = no constraint
     split: str = field(default="valid", metadata={"choices": ("valid", "test")})  # scored split
     storage: str = ""  # storage URL; empty: sqlite in the run directory

@@ -79,7 +79,7 @@ def test_every_shipped_study_validates(study: Path) -> None:
 
 def test_validate_reports_every_problem_at_once(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('colour = 1\n[model]\nwidth = "wide"\nheads = 0\n[train]\nrank_loss = "l3"\n')
+    bad.write_text('colour = 1\n[data]\nsource = "synthetic"\n[model]\nwidth = "wide"\nheads = 0\n[train]\nrank_loss = "l3"\n')
     out = mro("validate", str(bad))
     assert_one_line_error(out, "4 problems", "colour", "width", "heads", "rank_loss")
 
@@ -146,20 +146,31 @@ def test_evaluate_without_a_checkpoint_says_how_to_make_one(tmp_path: Path) -> N
     assert_one_line_error(mro("evaluate", "--study", str(path), "--mask", "111111"), "mro-search train")
 
 
-def test_checkpoint_of_another_configuration_is_refused(tiny: Path, tmp_path: Path) -> None:
+def test_checkpoint_of_another_model_or_data_is_refused(tiny: Path, tmp_path: Path) -> None:
     other = tmp_path / "tiny.toml"
-    other.write_text(tiny.read_text().replace("lr = ", "lr = ").replace("epochs = 2", "epochs = 3"))
-    assert_one_line_error(mro("evaluate", "--study", str(other), "--mask", "111111"), "another study configuration")
+    other.write_text(tiny.read_text().replace("width = 16", "width = 32"))
+    checkpoint = next((tiny.parent / "run" / "checkpoints").glob("*.pt"))
+    out = mro("evaluate", "--study", str(other), "--mask", "111111", "--checkpoint", str(checkpoint))
+    assert_one_line_error(out, "another data or model configuration", "mro-search train")
+
+
+def test_a_checkpoint_trained_otherwise_scores_the_same_study(tiny: Path, tmp_path: Path) -> None:
+    """How a supernet is trained (epochs, seed) is provenance: such a checkpoint serves the
+    study as it is (the scoring configuration is [data] and [model])."""
+    other = tmp_path / "tiny.toml"
+    other.write_text(tiny.read_text().replace("epochs = 2", "epochs = 3"))
+    checkpoint = next((tiny.parent / "run" / "checkpoints").glob("*.pt"))
+    out = mro("evaluate", "--study", str(other), "--mask", "111111", "--checkpoint", str(checkpoint), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["checkpoint"].startswith(checkpoint.stem)
 
 
 def test_truncated_checkpoint_is_a_one_line_error(tiny: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    source = Path(str(tiny.parent / "run" / "supernet.pt"))
-    (run / "supernet.pt").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
-    path = tmp_path / "tiny.toml"
-    path.write_text(tiny.read_text().replace(str(tiny.parent / "run"), str(run)))
-    assert_one_line_error(mro("evaluate", "--study", str(path), "--mask", "111111"), "truncated or corrupt")
+    source = next((tiny.parent / "run" / "checkpoints").glob("*.pt"))
+    broken = tmp_path / source.name
+    broken.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    out = mro("evaluate", "--study", str(tiny), "--mask", "111111", "--checkpoint", str(broken))
+    assert_one_line_error(out, "truncated or corrupt")
 
 
 def test_help_of_every_command() -> None:

@@ -118,7 +118,8 @@ metric = "mae"
     message = str(info.value)
     for needle in (
         "unknown key 'extra' at top level",
-        "name must be a non-empty string",
+        "name = 'has space' must have 1 to 100 characters",
+        "[data] is missing",
         "epochs must be int",
         "batch_size = 0 must be at least 1",
         "warmup_epochs 50 is more than epochs 10",
@@ -195,7 +196,7 @@ def test_distill_must_lie_between_0_and_1() -> None:
     problems: list[str] = []
     cfg = parse_section(TrainConfig, {"distill": 1.5, "per_sample_masks": "yes"}, "train", problems)
     assert problems == [
-        "[train] distill = 1.5 must be at most 1.0",
+        "[train] distill = 1.5 must be at most 1.0 (allowed: 0.0 to 1.0)",
         "[train] per_sample_masks must be bool, got 'yes' (str)",
     ]
     assert cfg.distill == 0.0 and cfg.per_sample_masks is False
