@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -219,3 +220,73 @@ def test_cli_export_errors_are_one_line(tiny_search: Any, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and needle in err
     assert not (tmp_path / "x").exists()
+
+
+# --- names in generated text, and where the export may go ------------------------------------------
+
+CRAFTED = [
+    "x'); import os; os.system('touch pwned'); ('",
+    'y"); open("pwned", "w"); ("',
+    "line\nbreak```\n```python\nopen('pwned', 'w')\n#",
+    "a|b`c <script>open('pwned','w')</script>",
+]
+
+
+def test_readme_example_runs_and_names_stay_data(make_model, tmp_path: Path) -> None:
+    """A model whose modality names are code (built directly: study files refuse such names, the
+    generated text must be safe regardless). The README's example runs as it is, in a fresh
+    process, and nothing in it runs a name; model.py holds no name at all."""
+    from search_service._subnet_template import MODEL_PY
+    from search_service.export import write_export
+    from supernet.data.dataset import ModalitySpec
+
+    specs = (ModalitySpec(CRAFTED[0], 5, 6), ModalitySpec(CRAFTED[1], 10, None), ModalitySpec(CRAFTED[2], 7, 4), ModalitySpec(CRAFTED[3], 3, 2))
+    model = make_model(specs).eval()
+    mask = (1,) * model.num_paths
+    config = {**architecture_config(model, mask), "study": "it's `a` study\n# heading", "trial": 0, "mflops": 1.0}
+    folder = tmp_path / "out dir 'quoted'" / "subnet"
+    write_export(folder, config, {"metrics": {"accuracy": 0.5}}, subnet_state_dict(model, mask))
+
+    assert (folder / "model.py").read_text() == MODEL_PY
+    readme = (folder / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)\n^```$", readme, re.S | re.M)
+    assert len(blocks) == 1 and readme.count("\n```") == 2  # no name opened or closed a block
+    outside = re.sub(r"^```python\n.*?\n^```$", "", readme, flags=re.S | re.M)
+    assert [line for line in outside.splitlines() if line.startswith("#")] == [outside.splitlines()[0]]  # one heading: the title
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", blocks[0] + "\nprint(tuple(out.shape))"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "(2, 3)"
+    assert not list(tmp_path.rglob("pwned")), "a name ran as code"
+    config_back = json.loads((folder / "config.json").read_text())
+    assert [m["name"] for m in config_back["modalities"]] == CRAFTED
+
+
+def test_markdown_code_spans() -> None:
+    from search_service.export import md_cell, md_code
+
+    assert md_code("text->audio") == "`text->audio`"
+    assert md_code("a`b") == '``"a`b"``' and md_code("``") == '```"``"```'
+    assert md_code("two\nlines") == '`"two\\nlines"`' and "\n" not in md_code("x\r\ny")
+    assert md_cell("a|b") == '`"a\\|b"`'
+
+
+def test_special_targets_are_refused_before_any_work(exported, tiny_search: Any, tmp_path: Path) -> None:
+    import stat
+
+    from supernet.errors import OutputError
+
+    _, trial, _ = exported
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target, words in ((fifo, "is a FIFO (named pipe), not a folder"), (Path("/dev/null"), "is a character device, not a folder"), (Path("/proc/subnet"), "pseudo file system")):
+        with pytest.raises(OutputError, match=re.escape(words)):
+            export_trial(tiny_search.search, tiny_search.evaluator, trial.number, target)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    # a special file under one of the export's names, even with --force
+    folder = tmp_path / "subnet"
+    folder.mkdir()
+    os.mkfifo(folder / "README.md")
+    with pytest.raises(OutputError, match=r"README\.md: it is a FIFO"):
+        export_trial(tiny_search.search, tiny_search.evaluator, trial.number, folder, force=True)
+    assert [p.name for p in folder.iterdir()] == ["README.md"] and stat.S_ISFIFO((folder / "README.md").stat().st_mode)
