@@ -154,7 +154,8 @@ def worker_main(study_file: str, seed: int, out: Path) -> int:
     timer.install()
 
     from search_service.evaluator import Evaluator
-    from search_service.search import load_search, run_worker
+    from search_service.lifecycle import load_search
+    from search_service.search import run_worker
     from search_service.storage import resolve_url
     from search_service.study_file import load_study
 
@@ -227,7 +228,7 @@ def run_benchmark(workers: int, trials: int, url: str, workdir: Path, log) -> di
     from optuna.trial import TrialState
 
     from search_service.evaluator import Evaluator
-    from search_service.search import create_search
+    from search_service.lifecycle import create_search
     from search_service.storage import mask_password, open_storage
     from search_service.study_file import load_study
 

@@ -312,19 +312,28 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from search_service.evaluator import Evaluator
-    from search_service.lifecycle import join_search, local_checkpoint, study_checkpoint
+    from search_service.lifecycle import (
+        check_matches,
+        existing_search,
+        local_checkpoint,
+        study_checkpoint,
+    )
+    from search_service.storage import resolve_url
     from search_service.study_file import load_study
     from supernet.checkpoint import latest_checkpoint
 
     study = load_study(args.study)
-    if args.checkpoint or latest_checkpoint(study.run_dir) is not None:
-        checkpoint = local_checkpoint(study, args.checkpoint)
+    search = None
+    if not args.checkpoint and latest_checkpoint(study.run_dir) is None:  # nothing trained here
+        search = existing_search(study.name, resolve_url(study, None))
+    if search is None:
+        checkpoint = local_checkpoint(study, args.checkpoint)  # says how to train one if there is none
         source = str(checkpoint.path)
-    else:  # nothing trained here: the study's own checkpoint, if the study exists
-        joined = join_search(args.study, None)
-        checkpoint = study_checkpoint(joined.search, study.run_dir)
+    else:  # the study's own checkpoint
+        check_matches(search, study)
+        checkpoint = study_checkpoint(search, study.run_dir)
         source = f"study {study.name}'s"
-    log.info(f"checkpoint {checkpoint.short_id} ({source})")
+    log.debug(f"checkpoint {checkpoint.short_id} ({source})")
     evaluator = Evaluator(study, checkpoint)
     mask = evaluator.parse(args.mask)
     result = evaluator.evaluate(mask, args.split, direct=args.direct)
@@ -350,8 +359,9 @@ def _joined_evaluator(joined, artifacts: str | None):
     return Evaluator(joined.study, checkpoint)
 
 
-def _say_where(search, checkpoint=None, artifacts: str | None = None) -> dict[str, Any]:
-    """Where a study, its checkpoint and its artifacts are: logged, and returned for --json."""
+def _say_where(search, checkpoint=None, artifacts: str | None = None, *, log_it: bool = True) -> dict[str, Any]:
+    """Where a study, its checkpoint and its artifacts are: logged (commands that run for a
+    while say it as they start; the others print it with their results), and returned."""
     from search_service.lifecycle import artifacts_location
     from search_service.storage import mask_password
 
@@ -366,8 +376,9 @@ def _say_where(search, checkpoint=None, artifacts: str | None = None) -> dict[st
         where["artifacts"] = artifacts_location(search, artifacts)
     except MROError:
         pass
-    log.info(f"study {search.name} in {where['storage']}; checkpoint {str(where['checkpoint'])[:16]} "
-             f"(artifact {where['checkpoint_artifact']}); artifacts in {where['artifacts']}")
+    if log_it:
+        log.info(f"study {search.name} in {where['storage']}; checkpoint {str(where['checkpoint'])[:16]} "
+                 f"(artifact {where['checkpoint_artifact']}); artifacts in {where['artifacts']}")
     return where
 
 
@@ -528,12 +539,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
     where = _say_where(search, checkpoint, args.artifacts)
     log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
+    _warn_mask_space(evaluator, search)
     _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts)
     extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
     if not args.no_report:
         extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
     _print_front(search, args.json, extra)
     return 0
+
+
+def _warn_mask_space(evaluator, search) -> None:
+    from search_service.search import mask_space_warning
+
+    warning = mask_space_warning(paths=evaluator.path_names, budget=search.budget)
+    if warning:
+        log.warning(warning)
 
 
 def _write_run_report(search, evaluator, path: Path, artifacts: str | None) -> Path:
@@ -571,6 +591,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     where = _say_where(search, evaluator.checkpoint, args.artifacts)
     if args.trials is not None:
         search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
+    _warn_mask_space(evaluator, search)
     _run_workers(study, search.url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet,
                  from_file=joined.from_file, artifacts=args.artifacts)
     extra = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity}
@@ -584,8 +605,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from search_service.lifecycle import join_search
 
     joined = join_search(args.study, args.storage)
-    where = _say_where(joined.search)
-    _print_front(joined.search, args.json, {"artifacts": where["artifacts"], "checkpoint": where["checkpoint"]} if args.json else None)
+    where = _say_where(joined.search, log_it=False)
+    _print_front(joined.search, args.json, {"storage": where["storage"], "checkpoint": where["checkpoint"], "artifacts": where["artifacts"]})
     return 0
 
 
@@ -595,15 +616,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     joined = join_search(args.study, args.storage)
     evaluator = _joined_evaluator(joined, args.artifacts)
-    where = _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    where = _say_where(joined.search, evaluator.checkpoint, args.artifacts, log_it=False)
     report = build_report(joined.search, evaluator)
     path = report.write(Path(args.output) if args.output else joined.study.run_dir / "report.html")
-    summary = {**report.summary(), "report": str(path), "artifacts": where["artifacts"]}
+    summary = {**report.summary(), "report": str(path), "storage": where["storage"], "checkpoint": where["checkpoint"], "artifacts": where["artifacts"]}
     if args.json:
         _print_json(summary)
     else:
         print(f"report: {path} ({summary['complete_trials']} completed trials, Pareto front of "
               f"{len(summary['pareto_front'])}, hypervolume {summary['hypervolume']:.5g})")
+        print(f"study {joined.search.name} in {where['storage']}; checkpoint {where['checkpoint'][:16]}; artifacts in {where['artifacts']}")
     return 0
 
 
@@ -613,7 +635,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from search_service.lifecycle import artifacts_location, join_search
 
     joined = join_search(args.study, args.storage)
-    _say_where(joined.search, None, args.artifacts)
+    _say_where(joined.search, None, args.artifacts)  # the dashboard logs its address the same way
     store = None
     try:
         location = artifacts_location(joined.search, args.artifacts)
@@ -631,13 +653,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     joined = join_search(args.study, args.storage)
     evaluator = _joined_evaluator(joined, args.artifacts)
-    _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    where = _say_where(joined.search, evaluator.checkpoint, args.artifacts, log_it=False)
     result = export_trial(joined.search, evaluator, args.trial, args.output, finetune_epochs=args.finetune_epochs,
                           force=args.force, log=None if args.quiet else log.info)
     if args.json:
         _print_json(result)
         return 0
     print(f"exported trial {result['trial']} (mask {result['mask']}: {', '.join(result['active_paths'])}) to {result['directory']}")
+    print(f"  from study {joined.search.name} in {where['storage']}, checkpoint {where['checkpoint'][:16]}")
     print(f"  {result['mflops']:.4f} MFLOPs, {result['params']} parameters; load it with "
           f"`import model; m = model.load({str(result['directory'])!r})` (sys.path set to the folder)")
     if result.get("before_finetune"):

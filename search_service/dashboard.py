@@ -192,7 +192,7 @@ def serve(
     from optuna_dashboard import wsgi
 
     optuna_quiet()
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeat=False, create=False)
     study_id = find_study_id(storage, study_name)
     if study_id is None:
         raise ConfigError(f"no study named {study_name!r} in {mask_password(url)}; create it with `mro-search run --study {study_name}`")

@@ -135,7 +135,7 @@ def load_search(name: str, url: str) -> SearchStudy:
     """Open an existing study that mro-search made, creating nothing."""
     optuna_quiet()
     try:
-        storage = open_storage(url)
+        storage = open_storage(url, create=False)
     except NoDatabase as exc:
         raise ConfigError(f"no study named {name!r}: {exc}; create it with `mro-search run --study {name}`") from exc
     summary = find_study(storage, name)
@@ -152,7 +152,7 @@ def existing_search(name: str, url: str) -> SearchStudy | None:
     nothing."""
     optuna_quiet()
     try:
-        storage = open_storage(url)
+        storage = open_storage(url, create=False)
     except NoDatabase:
         return None
     except ConfigError as exc:

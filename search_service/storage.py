@@ -114,14 +114,14 @@ def _check_optuna_database(url: str, parsed, engine_kwargs: dict[str, Any]) -> b
     return all(t in names for t in OPTUNA_TABLES)
 
 
-def open_storage(url: str, *, heartbeat: bool = True, create: bool = False) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
     """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``
     (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`).
 
-    Only with ``create`` (a command that is about to create a study) may this make a database
-    file or Optuna's tables. Otherwise the database must already be an Optuna database: a
-    missing SQLite file raises ``NoDatabase``, a database without Optuna's tables a
-    ``ConfigError``, and nothing is written."""
+    With ``create=False`` (every command but the one that creates a study) this makes no
+    database file and no table: the database must already be an Optuna database; a missing
+    SQLite file raises ``NoDatabase``, a database without Optuna's tables a ``ConfigError``.
+    With ``create`` (the default, as Optuna's ``RDBStorage``) both are made as needed."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:

@@ -5,6 +5,7 @@ The factories are fixtures returning callables, so test modules need no imports 
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -20,6 +21,21 @@ from supernet.model import Supernet, SupernetSpec
 # ignored, and so would every mro-search process the tests start: the Ctrl-C tests need it delivered.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+DISRUPTIVE_ENV = "MRO_TEST_DISRUPTIVE"  # =1: run the tests that stop and restart the PostgreSQL server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``disruptive`` stop and restart the machine's PostgreSQL server: they run only
+    when asked for, with ``-m disruptive`` (or any -m expression naming them) or
+    ``MRO_TEST_DISRUPTIVE=1`` (``.ci/run`` sets it: CI runs on a machine of its own)."""
+    if os.environ.get(DISRUPTIVE_ENV) == "1" or "disruptive" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason=f"restarts the PostgreSQL server: run with -m disruptive or {DISRUPTIVE_ENV}=1")
+    for item in items:
+        if "disruptive" in item.keywords:
+            item.add_marker(skip)
+
 
 # Mixed modalities: sequences of different lengths and widths, and one vector modality.
 SEQ_A = ModalitySpec("text", 6, 5)
@@ -182,7 +198,8 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from types import SimpleNamespace
 
     from search_service.evaluator import Evaluator, train_study
-    from search_service.search import create_search, run_worker
+    from search_service.lifecycle import create_search
+    from search_service.search import run_worker
     from search_service.study_file import load_study
 
     folder = tmp_path_factory.mktemp("tinysearch")

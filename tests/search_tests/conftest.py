@@ -88,7 +88,12 @@ class TinyStudy:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / "supernet.pt"
+        """The checkpoint ``mro-search train`` wrote (``RUN_DIR/checkpoints/<identity>.pt``)."""
+        from supernet.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(self.run_dir)
+        assert path is not None, f"no checkpoint in {self.run_dir}"
+        return path
 
     def variant(self, directory: Path, filename: str = "variant.toml", *, run_dir: Path | None = None, **search: object) -> Path:
         """Another study file for the same supernet (same name), with other [search] keys."""
@@ -275,7 +280,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     file.write_text(study_toml("tiny", run_dir), encoding="utf-8")
     result = run_cli(["train", "--study", str(file), "-q"], cwd=root, timeout=300)
     assert result.returncode == 0, f"mro-search train failed:\n{result.stdout}\n{result.stderr}"
-    assert (run_dir / "supernet.pt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("*.pt"))) == 1
     return TinyStudy(file=file, name="tiny", run_dir=run_dir, root=root)
 
 
@@ -383,7 +388,7 @@ def trial_mask(trial, paths: Sequence[str] = PATHS_K3) -> str:
 def create_tiny_search(file: Path, url: str, *, trials: int):
     """Create the study in storage as ``mro-search run`` does, without running trials."""
     from search_service.evaluator import Evaluator
-    from search_service.search import create_search
+    from search_service.lifecycle import create_search
     from search_service.study_file import load_study
 
     study = load_study(str(file))

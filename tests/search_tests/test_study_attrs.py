@@ -17,17 +17,16 @@ from optuna.study import StudyDirection
 
 from search_service.cli import main
 from search_service.evaluator import Evaluator
+from search_service.sampler import BUDGET_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY
 from search_service.search import (
-    BUDGET_KEY,
-    CHECKPOINT_PATH_KEY,
-    CHECKPOINT_SHA_KEY,
+    ARTIFACTS_KEY,
+    CHECKPOINT_KEY,
     CONFIG_KEY,
-    CONFIG_SHA_KEY,
     FLOPS_BUDGET_KEY,
+    FORMAT_KEY,
     METRIC_KEY,
-    PATHS_KEY,
-    PRIOR_KEY,
-    RANK_LOSS_KEY,
+    SCORING_KEY,
+    STUDY_FORMAT,
 )
 from search_service.study_file import load_study
 from supernet.metrics import metric_names
@@ -44,9 +43,11 @@ def searched(tiny, mro, tmp_path_factory):
     flops_budget = round(evaluator.flops.mflops((1, 1, 1, 0, 0, 0)), 6)  # three paths' worth
     file = tiny.variant(directory, "flops.toml", flops_budget=flops_budget)
     url = f"sqlite:///{directory / 'study.db'}"
-    assert main(["run", "--study", str(file), "--storage", url, "--trials", str(BUDGET), "--no-report", "-q"]) == 0
+    artifacts = directory / "artifacts"
+    assert main(["run", "--study", str(file), "--storage", url, "--artifacts", str(artifacts), "--trials", str(BUDGET), "--no-report", "-q"]) == 0
     study = mro.open_study(url)
-    return SimpleNamespace(file=file, url=url, study=study, evaluator=evaluator, flops_budget=flops_budget, attrs=study._storage.get_study_system_attrs(study._study_id))
+    return SimpleNamespace(file=file, url=url, study=study, evaluator=evaluator, flops_budget=flops_budget, directory=directory,
+                           attrs=study._storage.get_study_system_attrs(study._study_id))
 
 
 def test_objectives_and_their_names(searched):
@@ -76,9 +77,15 @@ def test_every_trial_records_its_architecture_and_metrics(searched, mro):
 
 def test_study_records_checkpoint_configuration_budget_paths_and_prior(searched, tiny):
     attrs, study_file = searched.attrs, load_study(str(searched.file))
-    assert attrs[CHECKPOINT_SHA_KEY] == hashlib.sha256(tiny.checkpoint.read_bytes()).hexdigest()
-    assert attrs[CHECKPOINT_PATH_KEY] == str(tiny.checkpoint.resolve())
-    assert attrs[CONFIG_SHA_KEY] == study_file.sha256
+    record = attrs[CHECKPOINT_KEY]
+    assert record["sha256"] == hashlib.sha256(tiny.checkpoint.read_bytes()).hexdigest()
+    assert record["identity"] == searched.evaluator.checkpoint.identity and tiny.checkpoint.name == record["file"]
+    stored = searched.directory / "artifacts" / record["artifact_id"]  # the study's artifact store (--artifacts)
+    assert attrs[ARTIFACTS_KEY] == str(stored.parent.resolve())
+    assert stored.read_bytes() == tiny.checkpoint.read_bytes()
+    assert json.loads(attrs[f"artifacts:{record['artifact_id']}"])["filename"] == tiny.checkpoint.name  # Optuna's record
+    assert attrs[SCORING_KEY] == study_file.scoring_sha256
+    assert attrs[FORMAT_KEY] == STUDY_FORMAT
     assert json.loads(attrs[CONFIG_KEY]) == json.loads(json.dumps(study_file.as_dict()))
     assert attrs[BUDGET_KEY] == BUDGET
     assert attrs[PATHS_KEY] == searched.evaluator.path_names == [
