@@ -263,7 +263,7 @@ def case_study_file_with_wrong_types(folder, ctx):
 
 def case_zero_workers(folder, ctx):
     # was checked only after training the supernet and creating the study
-    return npz_case(folder, npz_arrays(), "--workers must be at least 1, got 0", extra=("--workers", "0"))
+    return npz_case(folder, npz_arrays(), "argument --workers: must be an integer from 1 to 256, got '0'", extra=("--workers", "0"))
 
 
 def case_mask_of_the_wrong_length(folder, ctx):
@@ -401,6 +401,308 @@ def case_truncated_checkpoint(folder, ctx):
                 ("supernet.pt", "not a readable checkpoint", "truncated or corrupt"), folder, study=ctx["searched"])
 
 
+# --- values that validate but break later, sizes, names, labels, partial files, CLI numbers ---------
+
+
+def _edited(study: Path, *replacements: tuple[str, str]) -> Path:
+    """``study`` with each ``(old, new)`` replaced once (each ``old`` must be there)."""
+    text = study.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    study.write_text(text, encoding="utf-8")
+    return study
+
+
+def _npz_study(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    path = folder / "data.npz"
+    np.savez(path, **(npz_arrays() if arrays is None else arrays))
+    return study_file(folder, "npz", path)
+
+
+def case_learning_rate_nan(folder, ctx):
+    study = _edited(_npz_study(folder), ("[train]\n", "[train]\nlr = nan\n"))
+    return run_case(folder, study, "[train] lr = nan must be a finite number")
+
+
+def case_learning_rate_inf(folder, ctx):
+    study = _edited(_npz_study(folder), ("[train]\n", "[train]\nlr = inf\n"))
+    return run_case(folder, study, "[train] lr = inf must be a finite number", command="train")
+
+
+def case_dropout_above_one(folder, ctx):
+    study = _edited(_npz_study(folder), ("dropout = 0.0", "dropout = 1.5"))
+    return run_case(folder, study, "[model] dropout = 1.5 must be less than 1.0")
+
+
+def case_valid_fraction_nan(folder, ctx):
+    study = _edited(_npz_study(folder), ('path = "', 'valid_fraction = nan\npath = "'))
+    return run_case(folder, study, "[data] valid_fraction = nan must be a finite number", command="train")
+
+
+def case_features_of_1e30(folder, ctx):
+    # valid to every check of the data, but training gives NaN losses: it stops, saves nothing
+    arrays = npz_arrays()
+    for key in [k for k in arrays if k.endswith(("/a", "/b"))]:
+        arrays[key] = arrays[key] * np.float32(1e30)
+    return npz_case(folder, arrays, "training diverged at epoch 1/1", "features too large", "nothing was saved")
+
+
+def case_width_of_a_billion(folder, ctx):
+    study = _edited(_npz_study(folder), ("width = 8", "width = 1000000000"))
+    return run_case(folder, study, "[model] width = 1000000000 must be at most 16384")
+
+
+def case_width_as_1e9(folder, ctx):
+    study = _edited(_npz_study(folder), ("width = 8", "width = 1e9"))
+    return run_case(folder, study, "[model] width must be int, got 1000000000.0 (float)", command="train")
+
+
+def case_model_larger_than_the_machine(folder, ctx):
+    # every value in range, together about 200 TiB to train: refused before anything is built
+    study = _edited(_npz_study(folder), ("width = 8\nheads = 2\nffn_mult = 1", "width = 16384\nheads = 16\nlayers_per_path = 64\nffn_mult = 64"))
+    return run_case(folder, study, "needs about", "TiB of memory but this machine has", "lower [model] width")
+
+
+def case_npz_label_of_10_to_the_12(folder, ctx):
+    arrays = npz_arrays()
+    arrays["train/label"][3] = 10**12
+    return npz_case(folder, arrays, "data.npz", "largest 1000000000000", "leave gaps", "[data] classes")
+
+
+def case_npz_header_declaring_10_to_the_12_rows(folder, ctx):
+    import io
+    import zipfile
+
+    path = folder / "data.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, value in npz_arrays().items():
+            buffer = io.BytesIO()
+            if key == "train/b":  # the header says 10^12 rows, the member holds 20
+                np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 5)})
+                buffer.write(value.tobytes())
+            else:
+                np.save(buffer, value)
+            archive.writestr(f"{key}.npy", buffer.getvalue())
+    return run_case(folder, study_file(folder, "npz", path), "key train/b declares shape (1000000000000, 5)", "corrupt")
+
+
+def case_study_name_of_300_characters(folder, ctx):
+    study = _edited(_npz_study(folder), ('name = "bad"', f'name = "{"n" * 300}"'))
+    return run_case(folder, study, "must have 1 to 100 characters", "(got 300 characters)")
+
+
+def case_study_name_with_a_nul_byte(folder, ctx):
+    study = _edited(_npz_study(folder), ('name = "bad"', 'name = "bad\\u0000name"'))
+    return run_case(folder, study, "name = 'bad\\x00name' must have 1 to 100 characters", command="train")
+
+
+def case_study_name_climbing_out(folder, ctx):
+    study = _edited(_npz_study(folder), ('name = "bad"', 'name = ".."'))
+    return run_case(folder, study, "name = '..' must have", "without '..'", command="train")
+
+
+def case_study_file_name_with_spaces(folder, ctx):
+    # no name in the file: the file's name is the study's, and follows the same rules
+    study = _edited(_npz_study(folder), ('name = "bad"\n', ""))
+    spaced = study.rename(folder / "my study.toml")
+    return run_case(folder, spaced, "the file name 'my study.toml'", "must have 1 to 100 characters")
+
+
+def case_modality_name_with_the_path_arrow(folder, ctx):
+    arrays = npz_arrays()
+    arrays["modalities"] = np.array(["a", "b->c"])
+    for split in SIZES:
+        arrays[f"{split}/b->c"] = arrays.pop(f"{split}/b")
+    return npz_case(folder, arrays, "key modalities", "modality name 'b->c'", "without the path arrow '->'")
+
+
+def case_synthetic_modality_name_with_the_path_arrow(folder, ctx):
+    study = folder / "arrow.toml"
+    study.write_text('[data]\nsource = "synthetic"\nmodalities = ["a", "b->c", "c"]\ndims = [3, 3, 3]\nplanted_paths = []\n'
+                     f'[search]\nrun_dir = "{(folder / "run").as_posix()}"\n', encoding="utf-8")
+    return run_case(folder, study, "[data] modalities: modality name 'b->c'", "without the path arrow")
+
+
+def case_float_labels_with_metric_accuracy(folder, ctx):
+    arrays = npz_arrays()
+    for split in SIZES:
+        arrays[f"{split}/label"] = np.random.default_rng(1).uniform(-1, 1, size=SIZES[split])  # regression-looking
+    study = _edited(_npz_study(folder, arrays), ("[search]\n", '[search]\nmetric = "accuracy"\n'))
+    return run_case(folder, study, "metric 'accuracy' is for classification", "are floats (regression targets)", "np.int64")
+
+
+def case_class_99_in_a_4_class_set(folder, ctx):
+    arrays = npz_arrays()
+    for split, n in SIZES.items():
+        arrays[f"{split}/label"] = np.arange(n) % 4
+    arrays["valid/label"][0] = 99
+    return npz_case(folder, arrays, "class ids (0, 1, 2, 3, 99; largest 99) leave gaps", "[data] classes")
+
+
+def case_class_99_beyond_declared_classes(folder, ctx):
+    arrays = npz_arrays()
+    arrays["test/label"][0] = 99
+    study = _edited(_npz_study(folder, arrays), ('path = "', 'classes = 4\npath = "'))
+    return run_case(folder, study, "class id 99 is outside 0..3 ([data] classes = 4)")
+
+
+def case_empty_study_file(folder, ctx):
+    study = folder / "empty.toml"
+    study.write_text("", encoding="utf-8")
+    return run_case(folder, study, "[data] is missing", "source =")
+
+
+def case_study_file_without_data(folder, ctx):
+    study = _edited(_npz_study(folder), ("[data]\n", ""), ('source = "npz"\n', ""), ('path = "', '# path = "'))
+    return run_case(folder, study, "[data] is missing", command="train")
+
+
+def case_data_without_source(folder, ctx):
+    study = _edited(_npz_study(folder), ('source = "npz"\n', ""))
+    return run_case(folder, study, "[data] source is missing")
+
+
+def _flag_case(folder: Path, command: str, *flags: str, needle: str, ctx=None) -> Case:
+    """A command with an out-of-range flag on a valid study: refused before it touches anything."""
+    if ctx is not None:  # the searched study, which must stay as it is
+        tiny = ctx["tiny"]
+        return Case([command, "--study", str(tiny.file), "--storage", ctx["searched"], *flags, "-q"], (needle,), folder,
+                    watch=tiny.run_dir, study=ctx["searched"])
+    return run_case(folder, _npz_study(folder), needle, extra=flags, command=command)
+
+
+def case_seed_minus_one(folder, ctx):
+    return _flag_case(folder, "run", "--seed", "-1", needle="argument --seed: must be an integer from 0 to 4294967040, got '-1'")
+
+
+def case_seed_of_2_to_the_32(folder, ctx):
+    return _flag_case(folder, "train", "--seed", "4294967296", needle="argument --seed: must be an integer from 0 to 4294967295, got '4294967296'")
+
+
+def case_resume_with_a_seed_out_of_range(folder, ctx):
+    # `resume` used to change the budget before failing on the seed
+    return _flag_case(folder, "resume", "--trials", "9", "--seed", "-1", needle="argument --seed: must be an integer", ctx=ctx)
+
+
+def case_zero_trials(folder, ctx):
+    return _flag_case(folder, "worker", "--trials", "0", needle="argument --trials: must be an integer from 1 to 1000000, got '0'", ctx=ctx)
+
+
+def case_zero_epochs(folder, ctx):
+    return _flag_case(folder, "train", "--epochs", "0", needle="argument --epochs: must be an integer from 1 to 100000, got '0'")
+
+
+def case_port_out_of_range(folder, ctx):
+    return _flag_case(folder, "dashboard", "--port", "70000", needle="argument --port: must be an integer from 0 to 65535, got '70000'", ctx=ctx)
+
+
+def case_negative_trial_number(folder, ctx):
+    return _flag_case(folder, "export", "--trial", "-1", "-o", str(folder / "out"), needle="argument --trial: must be an integer from 0", ctx=ctx)
+
+
+def case_negative_finetune_epochs(folder, ctx):
+    return _flag_case(folder, "export", "--trial", "0", "-o", str(folder / "out"), "--finetune-epochs", "-2",
+                      needle="argument --finetune-epochs: must be an integer from 0 to 100000, got '-2'", ctx=ctx)
+
+
+# --- output paths and secrets (supernet.files, search_service.redaction) ----------------------------
+
+
+def _special_target_case(folder, ctx, command: str, target: Path, *needles: str, check=None) -> Case:
+    """``report``/``export`` of the searched tiny study with ``-o target``."""
+    tiny = ctx["tiny"]
+    extra = ["--trial", "0"] if command == "export" else []
+    return Case([command, "--study", str(tiny.file), "--storage", ctx["searched"], *extra, "-o", str(target), "-q"], needles, folder,
+                watch=folder, study=ctx["searched"], check=check)
+
+
+def _still_a_fifo(fifo: Path) -> Callable[[], None]:
+    import stat
+
+    def check() -> None:
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
+
+    return check
+
+
+def _dev_null_untouched() -> None:
+    import stat
+
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode), "/dev/null was replaced"
+
+
+def case_report_onto_a_fifo(folder, ctx):
+    fifo = folder / "report.html"
+    os.mkfifo(fifo)
+    return _special_target_case(folder, ctx, "report", fifo, "cannot write the report to", "it is a FIFO (named pipe), not a regular file",
+                                check=_still_a_fifo(fifo))
+
+
+def case_report_onto_dev_null(folder, ctx):
+    return _special_target_case(folder, ctx, "report", Path("/dev/null"), "cannot write the report to /dev/null", "character device",
+                                check=_dev_null_untouched)
+
+
+def case_report_into_proc(folder, ctx):
+    target = Path("/proc/mro-search-report.html")
+
+    def nothing_there() -> None:
+        assert not target.exists()
+
+    return _special_target_case(folder, ctx, "report", target, str(target), "proc pseudo file system", check=nothing_there)
+
+
+def case_export_onto_a_fifo(folder, ctx):
+    fifo = folder / "subnet"
+    os.mkfifo(fifo)
+    return _special_target_case(folder, ctx, "export", fifo, "cannot write the export to", "is a FIFO (named pipe), not a folder",
+                                check=_still_a_fifo(fifo))
+
+
+def case_export_onto_dev_null(folder, ctx):
+    return _special_target_case(folder, ctx, "export", Path("/dev/null"), "cannot write the export to /dev/null", "character device, not a folder",
+                                check=_dev_null_untouched)
+
+
+def _read_only(folder: Path, ctx) -> tuple[Path, str | None, str | None]:
+    """A read-only folder inside ``folder`` (``tests/test_files.py``'s ``read_only_folder``: a
+    read-only bind mount as root, mode 0o555 otherwise), released after the commands ran.
+    Returns the folder, the words of the expected error, or a reason to skip."""
+    from test_files import read_only_folder
+
+    target = folder / "read-only"
+    (target / "old.html").parent.mkdir(parents=True)
+    (target / "old.html").write_text("old")
+    try:
+        reason = ctx["cleanup"].enter_context(read_only_folder(target))
+    except BaseException as exc:  # pytest.skip where no read-only folder can be made
+        return target, None, str(exc) or type(exc).__name__
+    return target, reason, None
+
+
+def case_report_in_a_read_only_folder(folder, ctx):
+    target, reason, skip = _read_only(folder, ctx)
+    case = _special_target_case(folder, ctx, "report", target / "report.html", f"cannot write the report to {target / 'report.html'}", reason or "")
+    case.skip = skip
+    return case
+
+
+def case_export_into_a_read_only_folder(folder, ctx):
+    target, reason, skip = _read_only(folder, ctx)
+    case = _special_target_case(folder, ctx, "export", target / "subnet", f"cannot write the export to {target / 'subnet'}", reason or "")
+    case.skip = skip
+    return case
+
+
+def case_storage_password_as_a_query_parameter(folder, ctx):
+    # nothing listens on port 1; the password is given as ?password=, percent-encoded
+    url = f"postgresql+psycopg://postgres@127.0.0.1:1/mro?connect_timeout=5&password={SECRET}%21"
+    return Case(["pareto", "--study", str(ctx["tiny"].file), "--storage", url, "-q"],
+                ("cannot open storage", "postgresql+psycopg://postgres@127.0.0.1:1/mro?connect_timeout=5&password=***"), folder,
+                secret=SECRET)
+
+
 CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)}
 
 
@@ -428,7 +730,8 @@ def outcomes(request, tiny, mro, searched, tmp_path_factory) -> dict[str, Outcom
 
     roles = contextlib.ExitStack()
     request.addfinalizer(roles.close)
-    ctx = {"tiny": tiny, "searched": searched, "pg_down": _pg_unreachable(), "password_role": roles.enter_context(password_role())}
+    ctx = {"tiny": tiny, "searched": searched, "pg_down": _pg_unreachable(), "password_role": roles.enter_context(password_role()),
+           "cleanup": roles}
     selected = {item.callspec.params["name"] for item in request.session.items if getattr(item, "originalname", None) == "test_bad_input"}
     built: dict[str, Outcome] = {}
     for name, build in CASES.items():
