@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_overhead.py [--trials 1000] [--backends sqlite,postgres]
                                            [--pg-admin postgresql+psycopg://postgres@127.0.0.1:5432/test]
-                                           [--json]
+                                           [--fallback] [--json]
 
 The real service path runs ``--trials`` trials: ``create_search`` (study system attributes as
 ``mro-search run`` writes them), then ``run_worker`` (its loop, ``MROSampler``, the real
@@ -22,6 +22,10 @@ median and p95 over windows of 100 trials ending at 100, 500 and 1,000 finished 
 breakdown (sampler ``sample_relative`` incl. the claim; Objective without scoring; the rest:
 trial creation, ``tell``, the worker loop's reads). Target: median <= 20 ms at 1,000 trials and
 growth no faster than linear in the number of trials.
+
+``--fallback`` measures the storage with the service's trial SQL turned off (``MRO_FAST_SQL=0``:
+Optuna's own storage calls, what a storage uses with an Optuna release or schema that SQL was not
+checked with; ``search_service/storage.py``). Each result says which path ran (``fast_sql``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch  # noqa: E402
 
 from search_service import search as search_mod  # noqa: E402
 from search_service.evaluator import Evaluator  # noqa: E402
+from search_service.lifecycle import create_search  # noqa: E402
 from search_service.sampler import MROSampler  # noqa: E402
 from search_service.storage import mask_password, optuna_quiet  # noqa: E402
 from search_service.study_file import SearchConfig, Study  # noqa: E402
@@ -116,7 +121,9 @@ def make_study(trials: int, run_dir: Path) -> Study:
 
 def run_backend(name: str, url: str, study: Study, evaluator: Evaluator, trials: int) -> dict:
     timings = Timings()
-    search = search_mod.create_search(study, url, evaluator, trials=trials)
+    search = create_search(study, url, evaluator, trials=trials)
+    backend = getattr(search.optuna_study._storage, "_backend", search.optuna_study._storage)
+    fast_sql, fast_sql_reason = backend.fast_sql, backend.fast_sql_reason
     undo = instrument(evaluator, timings)
     started = time.perf_counter()
     try:
@@ -144,7 +151,12 @@ def run_backend(name: str, url: str, study: Study, evaluator: Evaluator, trials:
             "score_median_ms": float(np.median(score[lo:hi] * 1e3)),
         }
     counts = search.counts()
-    return {"backend": name, "url": mask_password(url), "completed": done, "counts": counts, "total_s": total_s, "windows": rows}
+    if backend.fast_sql != fast_sql:  # the SQL failed during the run (a warning said so): the figures mix both paths
+        fast_sql_reason = f"switched during the run: {backend.fast_sql_reason}"
+    return {
+        "backend": name, "url": mask_password(url), "fast_sql": fast_sql, "fast_sql_reason": fast_sql_reason,
+        "completed": done, "counts": counts, "total_s": total_s, "windows": rows,
+    }
 
 
 def create_pg_database(admin_url: str) -> tuple[str, str]:
@@ -169,7 +181,8 @@ def drop_pg_database(admin_url: str, name: str) -> None:
 
 
 def report(r: dict) -> None:
-    print(f"\n{r['backend']} ({r['url']}): {r['completed']} trials completed in {r['total_s']:.1f} s; states {r['counts']}")
+    path = "the service's trial SQL" if r["fast_sql"] and not r["fast_sql_reason"] else f"Optuna's storage calls ({r['fast_sql_reason']})"
+    print(f"\n{r['backend']} ({r['url']}), {path}: {r['completed']} trials completed in {r['total_s']:.1f} s; states {r['counts']}")
     print(f"  {'finished':>8} {'median ms':>10} {'p95 ms':>8} {'cpu ms':>7} {'sampler':>8} {'objective':>10} {'scoring':>8}")
     for end, w in r["windows"].items():
         print(f"  {end:>8} {w['median_ms']:10.2f} {w['p95_ms']:8.2f} {w['cpu_median_ms']:7.2f} {w['sampler_median_ms']:8.2f} {w['objective_median_ms']:10.2f} {w['score_median_ms']:8.2f}")
@@ -189,8 +202,11 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--pg-admin", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--fallback", action="store_true", help="Optuna's storage calls instead of the service's trial SQL (MRO_FAST_SQL=0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.fallback:
+        os.environ["MRO_FAST_SQL"] = "0"
     torch.set_num_threads(args.threads)
     optuna_quiet()
     info = bench_search.machine_info()

@@ -157,11 +157,11 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     except Exception as exc:  # sqlalchemy/psycopg raise many types for unreachable servers
         reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
-    _fast_commits(storage, parsed.get_backend_name(), parsed.database)
+    _fast_commits(storage, parsed.get_backend_name(), parsed.database, wal=create)
     return storage
 
 
-def _fast_commits(storage: RDBStorage, backend: str, database: str | None) -> None:
+def _fast_commits(storage: RDBStorage, backend: str, database: str | None, *, wal: bool = True) -> None:
     """Make the many small commits of a trial cheap (``benchmarks/bench_overhead.py``).
 
     A trial commits about 20 small transactions (its parameters one by one, its attributes,
@@ -178,7 +178,9 @@ def _fast_commits(storage: RDBStorage, backend: str, database: str | None) -> No
     from sqlalchemy import event
 
     if backend == "sqlite":
-        file_db = bool(database) and database != ":memory:"
+        # the journal mode is kept in the file: set when the database is made (``wal``), never
+        # changed by a command that may not write to it (another application's file)
+        file_db = wal and bool(database) and database != ":memory:"
 
         def on_connect(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()

@@ -162,3 +162,41 @@ def test_real_synthetic_source_passes_the_checks(tmp_path: Path) -> None:
     config = DataConfig(source="synthetic", samples=[40, 10, 10])
     data = load_data(config, base_dir=tmp_path)
     assert [len(data.splits[s]) for s in SPLITS] == [40, 10, 10]
+
+
+def test_modality_names_follow_the_naming_rules_for_every_loader() -> None:
+    data = _data()
+    data.modalities = [ModalitySpec("a->b", 4, 5), ModalitySpec("b", 6)]
+    _error(data, "modality name 'a->b'", "without the path arrow '->'")
+
+
+def test_class_count_infers_without_gaps_or_checks_the_declared_number() -> None:
+    from supernet.data.checks import class_count
+
+    labels = {"train": torch.tensor([0, 1, 2, 2]), "test": torch.tensor([1, 3])}
+    assert class_count(labels, 0, "f.npz") == 4
+    assert class_count(labels, 10, "f.npz") == 10
+    with pytest.raises(DataError, match=r"f.npz: label: class ids \(0, 1, 3; largest 3\) leave gaps \(no sample of class 2\)"):
+        class_count({"train": torch.tensor([0, 1, 3])}, 0, "f.npz")
+    with pytest.raises(DataError, match=r"class id 3 is outside 0..2 \(\[data\] classes = 3\)"):
+        class_count(labels, 3, "f.npz")
+
+
+def test_synthetic_data_larger_than_the_memory_available_is_refused_before_generating(monkeypatch: pytest.MonkeyPatch) -> None:
+    import supernet.memory
+    from supernet.errors import ResourceError
+
+    monkeypatch.setattr(supernet.memory, "available_bytes", lambda: 2**20)  # a machine of 1 MiB
+    with pytest.raises(ResourceError, match=r"synthetic data \(3000 samples of 56 features x 8 steps\) needs about .* 1.0 MiB available now"):
+        load_data(DataConfig(source="synthetic"))
+
+
+def test_a_pickle_larger_than_the_memory_available_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import supernet.memory
+    from supernet.errors import ResourceError
+
+    path = tmp_path / "aligned_50.pkl"
+    path.write_bytes(b"\x80\x04" + b"\x00" * 4096)
+    monkeypatch.setattr(supernet.memory, "available_bytes", lambda: 1024)
+    with pytest.raises(ResourceError, match=r"aligned_50.pkl \(4 KiB on disk\) needs about 8 KiB"):
+        load_data(DataConfig(source="mmsa", path=str(path)))
