@@ -40,7 +40,7 @@ from supernet.files import check_output_directory, check_output_file, make_direc
 from supernet.metrics import compute_metrics
 from supernet.paths import active_paths, format_mask, parse_mask, path_pairs
 from supernet.scoring import batches
-from supernet.train import task_loss
+from supernet.train import device_problem, task_loss
 
 if TYPE_CHECKING:
     from search_service.evaluator import Evaluator
@@ -300,9 +300,10 @@ def _check_directory(directory: Path, force: bool) -> None:
 
 def _device(name: str, log) -> torch.device:
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    problem = device_problem(device)
+    if problem:
         if log:
-            log(f"[train] device {name} is not available here: using the CPU")
+            log(f"[train] device {name} is not available here ({problem}): using the CPU")
         return torch.device("cpu")
     return device
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from supernet.config import ModelConfig, TrainConfig
 from supernet.data.dataset import MultimodalData, Split
-from supernet.errors import TrainingError
+from supernet.errors import ConfigError, TrainingError
 from supernet.memory import gib, require_memory, training_bytes
 from supernet.model import Supernet, SupernetSpec
 from supernet.paths import all_masks, num_paths, path_pairs
@@ -82,9 +82,26 @@ def model_spec(data: MultimodalData) -> SupernetSpec:
     return SupernetSpec(tuple(data.modalities), data.task, data.output_dim)
 
 
+def device_problem(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used on this machine (``[train] device`` is checked in the study
+    file only for its form: ``cuda:1`` is a fine device elsewhere), or None."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "this machine's torch sees no CUDA device"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no MPS device"
+    return None
+
+
 def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Supernet:
-    """The supernet, once the memory a training step needs is known to be there."""
+    """The supernet, once the device is known to exist and the memory a training step needs to
+    be there."""
     device = torch.device(train_cfg.device)
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"[train] device {train_cfg.device!r} is not available: {problem}; set [train] device = 'cpu'")
     need = training_bytes(data.modalities, data.output_dim, model_cfg, train_cfg, train_samples=len(data.splits["train"]))
     limit = None
     if device.type == "cuda" and torch.cuda.is_available():
