@@ -287,7 +287,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         spec = model_spec(load_data(study.data, base_dir=study.base_dir))
     model = Supernet(spec, study.model)
     table = flop_table(model)
-    mask = parse_mask(args.mask, model.num_paths) if args.mask else (1,) * model.num_paths
+    mask = parse_mask(args.mask, model.num_paths) if args.mask is not None else (1,) * model.num_paths
     result = {
         "study": study.name,
         "mask": format_mask(mask),
