@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine they ran on, the per-job result caches of
-the long evidence runs, and running jobs in worker processes."""
+the long evidence runs, a study's cached supernet checkpoint, and running jobs in worker
+processes."""
 
 from __future__ import annotations
 
@@ -51,6 +52,47 @@ def load_jsonl(path: Path, key: str) -> dict[str, dict]:
                 continue
             done[row[key]] = row
     return done
+
+
+def cached_checkpoint(study: Any) -> Any | None:
+    """The supernet last trained in ``study``'s run directory (``RUN_DIR/checkpoints``, found by
+    ``supernet.checkpoint.latest_checkpoint``) when it was trained with exactly this study's
+    configuration, training included (the checkpoint's ``config_sha256`` is ``study.sha256``);
+    else None. A file that cannot be read, or that is another configuration's, is removed, so
+    that the training that replaces it is written (``write_checkpoint`` keeps a file it finds).
+    Only for the benchmarks' own cache directories (``runs/bench_*``)."""
+    from supernet.checkpoint import latest_checkpoint, load_checkpoint
+    from supernet.errors import CheckpointError
+
+    path = latest_checkpoint(study.run_dir)
+    if path is None:
+        return None
+    try:
+        return load_checkpoint(path, expected_sha256=study.sha256)
+    except CheckpointError:  # damaged or foreign: train again
+        path.unlink(missing_ok=True)
+        return None
+
+
+def forget_checkpoint(study: Any) -> None:
+    """Remove the latest checkpoint of ``study``'s run directory (``--fresh``: train again)."""
+    from supernet.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(study.run_dir)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def train_checkpoint(study: Any, data: Any) -> Any:
+    """Train ``study``'s supernet on ``data`` and write it as ``RUN_DIR/checkpoints/<id>.pt``
+    (``supernet.checkpoint.write_checkpoint``, as ``mro-search train`` does); returns the
+    checkpoint, loaded back from the file."""
+    from supernet.checkpoint import load_checkpoint, write_checkpoint
+    from supernet.train import train_supernet
+
+    result = train_supernet(data, study.model, study.train, progress=False)
+    path, _ = write_checkpoint(study.run_dir, result.model, result.prior, study.supernet_config(), result.history)
+    return load_checkpoint(path, expected_sha256=study.sha256)
 
 
 def run_jobs(jobs: Iterable, run: Callable, record: Callable, *, workers: int, initializer: Callable | None = None) -> None:

@@ -10,8 +10,8 @@ scores with the *inherited* shared weights) is the order they would have if each
 its own. For one study (``studies/NAME.toml``) and each seed:
 
 1. the supernet is trained with that seed (``search_service.evaluator.train_study``: the study's
-   [data], [model] and [train], seed replaced; cached in ``runs/bench_fidelity/NAME-seedS-<config
-   sha>/supernet.pt`` so reruns skip it);
+   [data], [model] and [train], seed replaced; written as ``runs/bench_fidelity/NAME-seedS-<config
+   sha>/checkpoints/<identity>.pt``, the run directory's latest training, so reruns skip it);
 2. the masks are scored with the supernet's inherited weights on the validation split
    (``build_cache`` + ``score_masks``: exact, the study's metric, accuracy for demo and mfeat);
 3. every mask is trained stand-alone from scratch (``supernet.train.train_subnet``: the same model
@@ -79,7 +79,6 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from search_service.evaluator import load_study_data, objective_metric, train_study  # noqa: E402
 from search_service.study_file import Study, load_study  # noqa: E402
-from supernet.checkpoint import load_checkpoint  # noqa: E402
 from supernet.config import TrainConfig, config_sha256, parse_section  # noqa: E402
 from supernet.metrics import batch_metric  # noqa: E402
 from supernet.paths import all_masks, format_mask, num_paths  # noqa: E402
@@ -208,14 +207,9 @@ def _study_data(study: Study):
 def job_supernet(study: Study) -> dict:
     """Train the study's supernet (unless a checkpoint for exactly this configuration exists)."""
     started = time.perf_counter()
-    path = study.checkpoint_path
-    if path.is_file():
-        try:
-            load_checkpoint(path, expected_sha256=study.sha256)
-            return {"kind": "supernet", "seed": study.train.seed, "cached": True, "seconds": 0.0}
-        except Exception:  # damaged or foreign: train again
-            pass
-    train_study(study, progress=False)
+    if _common.cached_checkpoint(study) is not None:
+        return {"kind": "supernet", "seed": study.train.seed, "cached": True, "seconds": 0.0}
+    train_study(study, progress=False)  # -> RUN_DIR/checkpoints/<identity>.pt, the latest training
     return {"kind": "supernet", "seed": study.train.seed, "cached": False,
             "seconds": time.perf_counter() - started}
 
@@ -257,7 +251,9 @@ def _corr(fn, x, y) -> float:
 
 
 def supernet_scores(study: Study, masks: list[tuple[int, ...]], metric: str) -> dict:
-    ckpt = load_checkpoint(study.checkpoint_path, expected_sha256=study.sha256)
+    ckpt = _common.cached_checkpoint(study)
+    if ckpt is None:
+        raise SystemExit(f"error: no supernet checkpoint for seed {study.train.seed} in {study.run_dir / 'checkpoints'}")
     model = ckpt.model.eval()
     data = _study_data(study)
     started = time.perf_counter()
@@ -272,8 +268,8 @@ def supernet_scores(study: Study, masks: list[tuple[int, ...]], metric: str) -> 
         "score_s": time.perf_counter() - started,
         "train_s_recorded": float(sum(r.get("seconds", 0.0) for r in history)),
         "final_spearman_prior": history[-1].get("spearman") if history else None,
-        "checkpoint": str(study.checkpoint_path.relative_to(ROOT)) if study.checkpoint_path.is_relative_to(ROOT)
-        else str(study.checkpoint_path),
+        "checkpoint": str(ckpt.path.relative_to(ROOT)) if ckpt.path.is_relative_to(ROOT) else str(ckpt.path),
+        "checkpoint_identity": ckpt.identity,
     }
 
 
@@ -467,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[tuple] = []
     for seed in seeds:
         if args.fresh:
-            studies[seed].checkpoint_path.unlink(missing_ok=True)
+            _common.forget_checkpoint(studies[seed])
         jobs.append(("supernet", studies[seed]))
     for tseed, study in trainings.items():
         if args.fresh:

@@ -10,10 +10,11 @@ never exhaust or enumerate the space), 128/64/64 samples, a width-8 supernet tra
 epoch by ``mro-search train``; trials are scored from the path cache. Steps:
 
 1. write the study file in ``--workdir`` (default: a temporary folder) and train it;
-2. create the study (``search.create_search``, as ``mro-search run`` does) in ``--storage``, or
-   in a fresh database made on ``--pg-admin``'s server and dropped afterwards;
-3. start ``--workers`` worker processes at once. Each is the service's worker
-   (``load_search`` + ``Evaluator`` + ``run_worker``, exactly what ``mro-search worker`` runs)
+2. create the study (``lifecycle.create_search``, as ``mro-search run`` does; its artifact store
+   is the run directory's ``artifacts``) in ``--storage``, or in a fresh database made on
+   ``--pg-admin``'s server and dropped afterwards;
+3. start ``--workers`` worker processes at once. Each is the service's worker (``join_search`` +
+   ``study_checkpoint`` + ``Evaluator`` + ``run_worker``, what ``mro-search worker`` runs)
    in a process of this script that also times its storage calls (below);
 4. when they have all exited, check the study: COMPLETE == trials, no FAIL, no RUNNING or
    WAITING trial left, no mask completed twice, every worker exit code 0, no traceback.
@@ -154,10 +155,8 @@ def worker_main(study_file: str, seed: int, out: Path) -> int:
     timer.install()
 
     from search_service.evaluator import Evaluator
-    from search_service.lifecycle import load_search
+    from search_service.lifecycle import join_search, study_checkpoint
     from search_service.search import run_worker
-    from search_service.storage import resolve_url
-    from search_service.study_file import load_study
 
     per_trial: list[float] = []
     mark = [0.0]
@@ -171,9 +170,9 @@ def worker_main(study_file: str, seed: int, out: Path) -> int:
             mark[0] = timer.main_total
 
     optuna.Study.optimize = optimize
-    study = load_study(study_file)
-    search = load_search(study.name, resolve_url(study))
-    evaluator = Evaluator(study)
+    joined = join_search(study_file, None)  # the storage from $MRO_STORAGE, as `mro-search worker` finds it
+    search = joined.search
+    evaluator = Evaluator(joined.study, study_checkpoint(search, joined.study.run_dir))  # the study's own checkpoint
     started = time.time()
     done = run_worker(search, evaluator, seed=seed)
     out.write_text(json.dumps({"completed": done, "started": started, "per_trial_s": per_trial, "calls": timer.calls}))

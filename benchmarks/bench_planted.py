@@ -21,10 +21,10 @@ For every k and seed (one job each, run in ``--workers`` spawned processes with 
    head; 8 epochs (3 warm-up), batch 128, lr 4e-3, 2 masks per step, rank loss l1, seed = the
    seed. Cached as ``runs/bench_planted/k{k}-seed{seed}-<config sha>.pt`` (the SHA-256 of the
    data, model and train configuration), so reruns skip training; ``--fresh`` retrains.
-4. **Search.** The real service path: ``search_service.search.create_search`` on a fresh SQLite
-   file in a temporary directory, then ``run_worker`` (``MROSampler`` seeded with the seed,
-   10 uniform start-up trials as in ``studies/demo.toml``, the real ``Objective`` and
-   ``Evaluator``) until ``--trials`` trials are COMPLETE. Objectives: validation accuracy
+4. **Search.** The real service path: ``search_service.lifecycle.create_search`` on a fresh
+   SQLite file in a temporary directory (its artifact store there too), then ``run_worker``
+   (``MROSampler`` seeded with the seed, 10 uniform start-up trials as in ``studies/demo.toml``,
+   the real ``Objective`` and ``Evaluator``) until ``--trials`` trials are COMPLETE. Objectives: validation accuracy
    (maximized) and MFLOPs (minimized).
 5. **Found front.** ``search_service.search.pareto_front``: Optuna's ``study.best_trials`` (the
    non-dominated COMPLETE trials over (accuracy, MFLOPs)).

@@ -60,7 +60,8 @@ FLOPs: fvcore on one sample (``supernet.flops.count_flops`` on the masked model;
 ``supernet.baselines.count_flops``). Reported: mean ± sample std over seeds. MRO against CMT is
 also compared per seed (paired differences). Trainings and searches run in ``--workers``
 processes (spawned, one torch thread each). Supernet checkpoints are cached in
-``runs/bench_tables/`` (named by the configuration's SHA-256) and stand-alone results in a JSONL
+``runs/bench_tables/STUDY-LOSS-seedS-<config sha>/checkpoints/`` (``write_checkpoint``: the run
+directory's latest training, trained with exactly that configuration) and stand-alone results in a JSONL
 file there, so an interrupted run resumes; ``--fresh`` ignores both. Writes
 ``DIR/bench_tables_DATASET.json`` and ``.md``; ``--quick`` writes ``..._quick`` files.
 """
@@ -90,20 +91,19 @@ import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search_service.evaluator import Evaluator, load_study_data, objective_metric  # noqa: E402
-from search_service.sampler import MROSampler  # noqa: E402
 from search_service.lifecycle import create_search  # noqa: E402
+from search_service.sampler import MROSampler  # noqa: E402
 from search_service.search import FULL_MASK_KEY, Objective, pareto_front  # noqa: E402
 from search_service.study_file import Study, load_study  # noqa: E402
 from supernet.baselines import count_flops as baseline_flops  # noqa: E402
 from supernet.baselines import make_baseline, num_parameters  # noqa: E402
-from supernet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from supernet.config import config_sha256  # noqa: E402
 from supernet.data.dataset import MultimodalData, Split  # noqa: E402
 from supernet.flops import count_flops as subnet_flops  # noqa: E402
 from supernet.metrics import compute_metrics  # noqa: E402
 from supernet.paths import format_mask, mask_from_paths, num_paths, parse_mask, path_names  # noqa: E402
 from supernet.scoring import batches  # noqa: E402
-from supernet.train import model_spec, task_loss, train_subnet, train_supernet  # noqa: E402
+from supernet.train import model_spec, task_loss, train_subnet  # noqa: E402
 
 CACHE_DIR = ROOT / "runs" / "bench_tables"
 DATASETS = {"mfeat": "mfeat", "planted": "demo"}
@@ -199,18 +199,12 @@ def study_data(study: Study) -> MultimodalData:
 def job_supernet(study: Study, fresh: bool) -> dict:
     """Train the study's supernet with its rank loss and seed, unless exactly this one is cached."""
     started = time.perf_counter()
-    path = study.checkpoint_path
-    cached = False
-    if path.is_file() and not fresh:
-        try:
-            ckpt = load_checkpoint(path, expected_sha256=study.sha256)
-            cached = True
-        except Exception:  # damaged or foreign: train again
-            pass
-    if not cached:
-        result = train_supernet(study_data(study), study.model, study.train, progress=False)
-        save_checkpoint(path, result.model, result.prior, study.supernet_config(), result.history)
-        ckpt = load_checkpoint(path, expected_sha256=study.sha256)
+    if fresh:
+        _common.forget_checkpoint(study)
+    ckpt = _common.cached_checkpoint(study)
+    cached = ckpt is not None
+    if not cached:  # RUN_DIR/checkpoints/<identity>.pt, the run directory's latest training
+        ckpt = _common.train_checkpoint(study, study_data(study))
     history = ckpt.history
     after_warmup = [r["spearman"] for r in history if r.get("phase") == "prior" and not math.isnan(r["spearman"])]
     return {
@@ -224,7 +218,8 @@ def job_supernet(study: Study, fresh: bool) -> dict:
         "spearman_mean_after_warmup": statistics.mean(after_warmup) if after_warmup else float("nan"),
         "spearman_per_epoch": [float(r["spearman"]) for r in history],
         "valid_loss_full_last": float(history[-1]["valid_loss_full"]) if history else float("nan"),
-        "checkpoint": _rel(path),
+        "checkpoint": _rel(ckpt.path),
+        "checkpoint_identity": ckpt.identity,
     }
 
 
@@ -256,13 +251,16 @@ def job_search(study: Study, variant: str, within: float | None) -> dict:
     """One search through the study's trained supernet; returns the front and the selection."""
     data = study_data(study)
     seed = study.train.seed
-    ckpt = load_checkpoint(study.checkpoint_path, expected_sha256=study.sha256)
+    ckpt = _common.cached_checkpoint(study)
+    if ckpt is None:
+        raise RuntimeError(f"no supernet checkpoint for seed {seed} in {study.run_dir / 'checkpoints'} (its supernet job runs first)")
     evaluator = Evaluator(study, ckpt, data)
     P = ckpt.model.num_paths
     budget = study.search.trials
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_tables_") as tmp:
-        search = create_search(study, f"sqlite:///{tmp}/search.db", evaluator, trials=budget)
+        # the study's artifacts (a copy of the checkpoint) go with the temporary study, not into runs/
+        search = create_search(study, f"sqlite:///{tmp}/search.db", evaluator, trials=budget, artifacts_at=f"{tmp}/artifacts")
         optuna_study = search.optuna_study
         optuna_study.sampler = make_sampler(variant, study, P, seed)
         objective = Objective(search, evaluator, study.search.split)
