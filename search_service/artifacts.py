@@ -23,9 +23,9 @@ same store elsewhere (another mount point) override it there, without changing t
 
 from __future__ import annotations
 
-import io
 import os
 import re
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -79,15 +79,7 @@ def open_store(location: str, *, create: bool = False) -> Any:
     location = normalize(location)
     match = _S3.match(location)
     if match is not None:
-        try:
-            import boto3
-            from optuna.artifacts import Boto3ArtifactStore
-        except ImportError as exc:
-            raise ConfigError(f"artifact store {location} needs boto3: pip install 'mro-search[s3]'") from exc
-        client = boto3.client("s3")  # AWS_ENDPOINT_URL and the credentials come from the environment
-        store = Boto3ArtifactStore(match["bucket"], client=client, avoid_buf_copy=True)
-        prefix = (match["prefix"] or "").strip("/")
-        return PrefixedStore(store, prefix) if prefix else store
+        return _s3_store(location, match["bucket"], (match["prefix"] or "").strip("/"))
     path = Path(location)
     if create:
         try:
@@ -97,25 +89,43 @@ def open_store(location: str, *, create: bool = False) -> Any:
     return FileSystemArtifactStore(path)
 
 
-class PrefixedStore:
-    """An artifact store whose objects live under ``prefix/`` of another store (an S3 bucket
-    shared by several studies or teams)."""
+def _s3_store(location: str, bucket: str, prefix: str) -> Any:
+    """Optuna's ``Boto3ArtifactStore`` for ``bucket`` with its objects under ``prefix/`` (a bucket
+    shared by several studies or teams), and a ``remove`` that says when there was nothing to
+    remove (S3's DeleteObject succeeds either way)."""
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+        from optuna.artifacts import Boto3ArtifactStore
+    except ImportError as exc:
+        raise ConfigError(f"artifact store {location} needs boto3: pip install 'mro-search[s3]'") from exc
 
-    def __init__(self, store: Any, prefix: str) -> None:
-        self.store = store
-        self.prefix = prefix
+    class S3Store(Boto3ArtifactStore):
+        def key(self, artifact_id: str) -> str:
+            return f"{prefix}/{artifact_id}" if prefix else artifact_id
 
-    def _key(self, artifact_id: str) -> str:
-        return f"{self.prefix}/{artifact_id}"
+        def open_reader(self, artifact_id: str) -> BinaryIO:
+            return super().open_reader(self.key(artifact_id))
 
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        return self.store.open_reader(self._key(artifact_id))
+        def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+            super().write(self.key(artifact_id), content_body)
 
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        self.store.write(self._key(artifact_id), content_body)
+        def remove(self, artifact_id: str) -> None:
+            key = self.key(artifact_id)
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    raise ArtifactNotFound(f"no object {key} in bucket {self.bucket}") from exc
+                raise
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def remove(self, artifact_id: str) -> None:
-        self.store.remove(self._key(artifact_id))
+    try:
+        client = boto3.client("s3")  # AWS_ENDPOINT_URL, the region and the credentials come from the environment
+    except (BotoCoreError, ValueError) as exc:
+        raise ConfigError(f"artifact store {location}: cannot make an S3 client ({_reason(exc)}); check the AWS_* environment variables") from exc
+    # avoid_buf_copy: upload straight from the file (upload_artifact opens and closes it)
+    return S3Store(bucket, client=client, avoid_buf_copy=True)
 
 
 def upload(store: Any, location: str, study: optuna.Study, file_path: str | Path, *, mimetype: str | None = None) -> str:
@@ -134,9 +144,13 @@ def upload(store: Any, location: str, study: optuna.Study, file_path: str | Path
 def read(store: Any, location: str, artifact_id: str) -> bytes:
     """The bytes of an artifact."""
     try:
-        with store.open_reader(artifact_id) as reader:
+        # closing(), not ``with reader``: an S3 object's StreamingBody is a context manager only
+        # in newer botocore; read() reads it whole and checks its length
+        with closing(store.open_reader(artifact_id)) as reader:
             return reader.read()
     except ArtifactNotFound as exc:
+        if _no_bucket(exc):
+            raise ArtifactError(f"artifact store {location}: the bucket does not exist; check the location and AWS_ENDPOINT_URL") from exc
         raise ArtifactError(f"artifact {artifact_id} is not in artifact store {location}; give the store's location on this machine with --artifacts or $MRO_ARTIFACTS") from exc
     except MROError:
         raise
@@ -158,8 +172,10 @@ def study_artifact_ids(attrs: dict[str, Any]) -> list[str]:
     return [key[len(ARTIFACTS_ATTR_PREFIX):] for key in attrs if key.startswith(ARTIFACTS_ATTR_PREFIX)]
 
 
-def read_stream(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)
+def _no_bucket(exc: BaseException) -> bool:
+    """Optuna reports a missing S3 bucket as a missing artifact (both are HTTP 404)."""
+    cause = getattr(exc.__cause__, "response", None)
+    return isinstance(cause, dict) and cause.get("Error", {}).get("Code") == "NoSuchBucket"
 
 
 def _reason(exc: BaseException) -> str:
