@@ -31,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         """A usage error: exactly one line, ``mro-search: error: <message>``, exit code 2, as every
         other error (scripts read one line; the usage is one ``--help`` away)."""
-        self.exit(EXIT_USAGE, f"mro-search: error: {_one_line(message)} (see: {self.prog} --help)\n")
+        from search_service.redaction import scrub
+
+        self.exit(EXIT_USAGE, f"mro-search: error: {_one_line(scrub(message))} (see: {self.prog} --help)\n")
 
 
 def _int_in(low: int, high: int) -> Any:
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arg(p)
     p.add_argument("--epochs", type=_EPOCHS, help="override [train] epochs")
     p.add_argument("--seed", type=_SEED, help="override [train] seed")
+    _storage_arg(p)  # only to say whether the study there uses this checkpoint
     p.add_argument("--json", action="store_true", help="print the training summary as one JSON object")
     p.set_defaults(handler=cmd_train)
 
@@ -222,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result, checkpoint, new = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
     last = result.history[-1]
     # a study made from this file keeps its own checkpoint: say how to search with the new one
-    url = resolve_url(study, None)
+    url = resolve_url(study, args.storage)
     try:
         search = existing_search(study.name, url)
     except MROError as exc:
@@ -726,7 +729,21 @@ def _configure_logging(args: argparse.Namespace) -> None:
             sqla.addHandler(logging.NullHandler())
 
 
+def _remember_argv(argv: Sequence[str]) -> None:
+    """Learn the secrets of any storage URL on the command line before argparse may quote it in
+    a usage error (``unrecognized arguments: --storage postgresql://user:SECRET@...``)."""
+    from search_service.redaction import remember
+
+    for arg in argv:
+        arg = str(arg)
+        if arg.startswith("-") and "=" in arg:
+            arg = arg.split("=", 1)[1]
+        if "://" in arg or "=" in arg:
+            remember(arg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _remember_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)

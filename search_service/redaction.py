@@ -93,6 +93,8 @@ def mask_password(url: str) -> str:
     spans: list[tuple[int, int, str]] = []
     if found.group("password"):
         spans.append((found.start("password"), found.end("password"), MASK))
+    if _odd_port(found):
+        spans.append((found.start("port"), found.end("port"), MASK))
     if found.group("database"):
         database = found.group("database")
         if url_secrets(unquote(database)):  # a connection string as the database name
@@ -104,6 +106,13 @@ def mask_password(url: str) -> str:
     for begin, end, text in sorted(spans, reverse=True):
         out = out[:begin] + text + out[end:]
     return out
+
+
+def _odd_port(found: re.Match) -> bool:
+    """A "port" that is no number: ``postgresql://user:SECRET`` without its ``@host`` parses as
+    host ``user`` and port ``SECRET``, so a port that is not a port is treated as a password."""
+    port = found.group("port")
+    return bool(port) and not port.isdigit()
 
 
 def _mask_query(query: str) -> str:
@@ -133,6 +142,8 @@ def url_secrets(url: str) -> set[str]:
         return {s for s in secrets if s and s != MASK}
     if found.group("password"):
         secrets.update((found.group("password"), unquote(found.group("password"))))
+    if _odd_port(found):
+        secrets.update((found.group("port"), unquote(found.group("port"))))
     for field, decode in (("database", unquote), ("query", unquote_plus)):
         raw = found.group(field)
         if not raw:

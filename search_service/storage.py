@@ -66,7 +66,7 @@ def check_reachable(url: str) -> None:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"storage URL {mask_password(url)!r} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
+        raise ConfigError(f"storage URL {_invalid_shown(url)} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
     if parsed.get_backend_name() == "sqlite":
         return
     from sqlalchemy import create_engine
@@ -114,6 +114,13 @@ def _check_optuna_database(url: str, parsed, engine_kwargs: dict[str, Any]) -> b
     return all(t in names for t in OPTUNA_TABLES)
 
 
+def _invalid_shown(url: str) -> str:
+    """How an unparsable storage URL is named in its error: its scheme only (``'postgresql://...'``),
+    since what follows may be a password (a URL missing its ``@host``, a password pasted alone)."""
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://", url)
+    return f"'{scheme.group(0)}...'" if scheme else "(not shown: it has no scheme://)"
+
+
 def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
     """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``
     (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`).
@@ -125,7 +132,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"storage URL {mask_password(url)!r} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
+        raise ConfigError(f"storage URL {_invalid_shown(url)} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}

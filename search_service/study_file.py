@@ -47,7 +47,7 @@ class SearchConfig:
     n_startup_trials: int = field(default=10, metadata={"min": 0, "max": TRIALS_MAX})  # uniform masks first
     flops_budget: float = field(default=0.0, metadata={"min": 0.0, "max": 1e12})  # MFLOPs; 0 = no constraint
     split: str = field(default="valid", metadata={"choices": ("valid", "test")})  # scored split
-    storage: str = ""  # storage URL; empty: sqlite in the run directory
+    storage: str = field(default="", metadata={"secret": True})  # storage URL (may hold a password); empty: sqlite in the run directory
     run_dir: str = ""  # where checkpoints and database go; empty: runs/NAME (relative to cwd)
     # Artifact store for the study's checkpoint and report: a directory, or s3://bucket/prefix
     # (AWS_* environment variables, AWS_ENDPOINT_URL included). Empty: $MRO_ARTIFACTS, else

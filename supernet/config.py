@@ -176,14 +176,16 @@ def parse_section(cls: type[T], raw: Any, section: str, problems: list[str]) -> 
         if key not in fields:
             problems.append(f"[{section}] unknown key {_short(key)}; known keys: {', '.join(fields)}")
             continue
+        secret = fields[key].metadata.get("secret", False)  # a storage URL may hold a password: never quoted
         if not _type_ok(value, hints[key]):
-            problems.append(
-                f"[{section}] {key} must be {_type_name(hints[key])}, got {_short(value)} ({type(value).__name__})"
-            )
+            shown = "" if secret else f"{_short(value)} "
+            problems.append(f"[{section}] {key} must be {_type_name(hints[key])}, got {shown}({type(value).__name__})")
             continue
         problem = _value_problem(value, fields[key].metadata)
         if problem:
-            problems.append(f"[{section}] {key} = {_short(value)} {problem}")
+            # a field that may hold a password (a storage URL) is never quoted, not even in part
+            shown = "(value not shown)" if secret else _short(value)
+            problems.append(f"[{section}] {key} = {shown} {problem}")
             continue
         kwargs[key] = float(value) if hints[key] is float else value
     return cls(**kwargs)

@@ -544,7 +544,7 @@ def storage_cases(draw: st.DrawFn, *, folder: str, pg_database: str | None) -> S
         return StorageCase(with_secret("postgresql+psycopg://", host, "/db"), password, marker, kind)
     if kind == "other-scheme":
         scheme = draw(st.sampled_from(["mysql://", "mysql+pymysql://", "redis://", "oracle://", "http://", "file://", "sqlite://",
-                                       "postgresql+asyncpg://", "postgresql+nosuchdriver://", "://", "sqlite:////"]))
+                                       "postgresql+asyncpg://", "postgresql+nosuchdriver://", "://"]))
         return StorageCase(with_secret(scheme, "127.0.0.1:1", "/db"), password, marker, kind)
     # garbage: the password in text that only looks like a URL, or not at all
     junk = draw(st.text(max_size=10))
