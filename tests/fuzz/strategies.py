@@ -261,7 +261,7 @@ def study_docs(draw: st.DrawFn, *, values: dict[str, dict[str, st.SearchStrategy
             table[key] = draw(SCALARS)
             changes.append(f"[{section}] extra {key!r}")
         elif kind == "extra_table":
-            name = draw(NAMEISH.filter(lambda s: s and s not in doc))
+            name = draw(NAMEISH.filter(lambda s, taken=frozenset(doc): s and s not in taken))
             doc[name] = {"x": 1}
             changes.append(f"extra [{name!r}]")
         elif kind == "not_a_table":

@@ -4,7 +4,6 @@ on cheap ones (tiny sizes, every other value drawn wild: NaN, inf, out of range,
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
