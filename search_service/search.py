@@ -295,6 +295,9 @@ def run_worker(
                     bar.n = counts["complete"]
                     bar.refresh()
                     if counts["complete"] >= budget:
+                        if done == 0:
+                            log.info(f"study {study.study_name} has its budget of {budget} complete trials; to search on, raise it: "
+                                     f"mro-search resume --study {study.study_name} --trials {budget + 10}")
                         break
                     space = sampler.mask_space(study, trials)
                     if space is not None and space.exhausted:

@@ -134,6 +134,10 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     except (ArgumentError, ValueError) as exc:
         raise ConfigError(f"storage URL {_invalid_shown(url)} is not a valid database URL (e.g. sqlite:///study.db or postgresql+psycopg://user@host/db)") from exc
     engine_kwargs: dict = {"pool_pre_ping": True}
+    # WAL is a property of the file: switched on only in a database file this call creates (an
+    # existing file keeps its mode; another application's database is not rewritten)
+    new_sqlite_file = (parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+                       and not Path(parsed.database).exists())
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}
         if create and parsed.database and parsed.database != ":memory:":
@@ -164,7 +168,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     except Exception as exc:  # sqlalchemy/psycopg raise many types for unreachable servers
         reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
-    _fast_commits(storage, parsed.get_backend_name(), parsed.database, wal=create)
+    _fast_commits(storage, parsed.get_backend_name(), parsed.database, wal=create and new_sqlite_file)
     return storage
 
 
@@ -194,7 +198,9 @@ def _fast_commits(storage: RDBStorage, backend: str, database: str | None, *, wa
             try:
                 if file_db:
                     cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
+                # NORMAL is safe in WAL mode only (in rollback mode a power loss may corrupt)
+                if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                    cursor.execute("PRAGMA synchronous=NORMAL")
             except Exception:  # e.g. a read-only file: keep SQLite's defaults
                 pass
             finally:

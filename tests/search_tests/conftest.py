@@ -58,12 +58,10 @@ def study_toml(name: str, run_dir: Path | None, **search: object) -> str:
         "seed = 0",
         "",
         "[search]",
-        'metric = "accuracy"',
-        "trials = 20",
-        "n_startup_trials = 5",
     ]
+    search = {"metric": "accuracy", "trials": 20, "n_startup_trials": 5, **search}  # given keys replace these
     if run_dir is not None:  # else: runs/NAME under the working directory
-        lines.append(f'run_dir = "{run_dir.as_posix()}"')
+        search = {"run_dir": run_dir.as_posix(), **search}
     for key, value in search.items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
