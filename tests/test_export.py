@@ -213,10 +213,13 @@ def test_cli_export_with_finetuning(exported, tiny_search: Any, tmp_path: Path, 
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
-    [(["--trial", "999"], "has no trial 999"), (["--trial", "0", "--finetune-epochs", "-1"], "--finetune-epochs must be 0 or more")],
+    [(["--trial", "999"], "has no trial 999"), (["--trial", "0", "--finetune-epochs", "-1"], "--finetune-epochs: must be an integer from 0 to")],
 )
 def test_cli_export_errors_are_one_line(tiny_search: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str) -> None:
-    code = main(["export", "--study", str(tiny_search.path), "--storage", tiny_search.url, "-o", str(tmp_path / "x"), *extra])
+    try:
+        code = main(["export", "--study", str(tiny_search.path), "--storage", tiny_search.url, "-o", str(tmp_path / "x"), *extra])
+    except SystemExit as exc:  # argparse refuses a bad number before the command runs
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and needle in err
     assert not (tmp_path / "x").exists()

@@ -368,17 +368,17 @@ def _password_accepted(url: str) -> bool:
         engine.dispose()
 
 
-def _copy_of_tiny(ctx, folder: Path, checkpoint: bytes) -> Path:
-    """The tiny study file with a run folder of its own holding ``checkpoint``."""
-    run_dir = folder / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "supernet.pt").write_bytes(checkpoint)
+def _copy_of_tiny(ctx, folder: Path, checkpoint: bytes | None = None) -> Path:
+    """The tiny study file with a run folder of its own whose latest training is ``checkpoint``
+    (bytes; default: the trained tiny checkpoint)."""
+    run_dir = ctx["tiny"].seed_run_dir(folder / "run", checkpoint)
     return ctx["tiny"].variant(folder, "tiny.toml", run_dir=run_dir)
 
 
 def case_checkpoint_from_another_study(folder, ctx):
-    """Same configuration, other weights: its SHA-256 differs from the one the study recorded.
-    ``report`` refuses it (``tests/search_tests/test_checkpoint.py`` covers worker, run, resume)."""
+    """Same configuration, other weights: ``run --checkpoint`` names the checkpoint of a new
+    study, and the searched study keeps its own (``tests/search_tests/test_checkpoint.py``
+    covers the other commands, which use the study's own checkpoint)."""
     import torch
 
     from supernet.checkpoint import load_checkpoint, save_checkpoint
@@ -387,18 +387,20 @@ def case_checkpoint_from_another_study(folder, ctx):
     with torch.no_grad():
         for p in ckpt.model.parameters():
             p.add_(0.01)
-    other = folder / "other" / "supernet.pt"
+    other = folder / "other" / "other.pt"
     save_checkpoint(other, ckpt.model, ckpt.prior, ckpt.config, ckpt.history)
-    study = _copy_of_tiny(ctx, folder / "copy", other.read_bytes())
-    return Case(["report", "--study", str(study), "--storage", ctx["searched"], "-o", str(folder / "report.html"), "-q"],
-                ("SHA-256", "differs from the one study 'tiny' was created with"), folder, study=ctx["searched"])
+    study = _copy_of_tiny(ctx, folder / "copy")
+    return Case(["run", "--study", str(study), "--storage", ctx["searched"], "--checkpoint", str(other), "--no-report", "-q"],
+                ("leave out --checkpoint",), folder, study=ctx["searched"])
 
 
 def case_truncated_checkpoint(folder, ctx):
+    """The latest training in the run folder is cut short: ``evaluate`` says so (a study's
+    commands fall back to its artifact store when the local copy is damaged)."""
     data = ctx["tiny"].checkpoint.read_bytes()
     study = _copy_of_tiny(ctx, folder / "copy", data[: len(data) // 3])
-    return Case(["worker", "--study", str(study), "--storage", ctx["searched"], "-q"],
-                ("supernet.pt", "not a readable checkpoint", "truncated or corrupt"), folder, study=ctx["searched"])
+    return Case(["evaluate", "--study", str(study), "--mask", "011000", "-q"],
+                (".pt: not a readable checkpoint", "truncated or corrupt"), folder)
 
 
 # --- values that validate but break later, sizes, names, labels, partial files, CLI numbers ---------

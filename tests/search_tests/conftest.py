@@ -93,6 +93,17 @@ class TinyStudy:
         assert path is not None, f"no checkpoint in {self.run_dir}"
         return path
 
+    def seed_run_dir(self, run_dir: Path, data: bytes | None = None) -> Path:
+        """A run directory of its own holding a copy of the trained checkpoint (or ``data``, the
+        bytes of another file) as its latest training, so that no command trains again."""
+        from supernet.checkpoint import LATEST, checkpoint_dir
+
+        folder = checkpoint_dir(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.checkpoint.name).write_bytes(self.checkpoint.read_bytes() if data is None else data)
+        (folder / LATEST).write_text(self.checkpoint.name + "\n", encoding="utf-8")
+        return run_dir
+
     def variant(self, directory: Path, filename: str = "variant.toml", *, run_dir: Path | None = None, **search: object) -> Path:
         """Another study file for the same supernet (same name), with other [search] keys."""
         path = directory / filename
