@@ -18,9 +18,11 @@ COPY supernet ./supernet
 COPY search_service ./search_service
 RUN pip install .
 
-# study files; checkpoints and SQLite files go to runs/ (a volume shared by all containers)
+# study files; checkpoints, reports and SQLite files go to runs/, the artifact store of
+# docker-compose.yml to /artifacts: both made here, owned by mro, so that a new named volume
+# mounted there starts with that owner
 COPY studies ./studies
-RUN useradd --create-home --uid 1000 mro && mkdir -p /app/runs && chown mro:mro /app/runs
+RUN useradd --create-home --uid 1000 mro && mkdir -p /app/runs /artifacts && chown mro:mro /app/runs /artifacts
 USER mro
 
 CMD ["mro-search", "--help"]

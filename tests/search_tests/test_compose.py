@@ -1,5 +1,6 @@
-"""docker-compose.yml: PostgreSQL, scalable workers and optuna-dashboard, validated offline by
-``docker-compose config`` (Debian's docker-compose package; no Docker engine needed)."""
+"""docker-compose.yml: PostgreSQL, scalable workers, optuna-dashboard and the artifact store they
+share, validated offline by ``docker-compose config`` (Debian's docker-compose package; no Docker
+engine needed)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,18 @@ def config() -> dict:
     return yaml.safe_load(result.stdout)
 
 
+@pytest.fixture(scope="module")
+def config_with_setup() -> dict:
+    """The configuration with the ``setup`` profile's one-off job (newer docker-compose leaves
+    services of a profile out unless it is named)."""
+    result = _compose("--profile", "setup", "config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
 def test_compose_file_validates(config):
     assert set(config["services"]) >= {"postgres", "worker", "dashboard"}
-    assert {"pgdata", "runs"} <= set(config["volumes"])
+    assert {"pgdata", "runs", "artifacts"} <= set(config["volumes"])
 
 
 def test_postgres_service(config):
@@ -68,6 +78,52 @@ def test_dashboard_is_published_on_loopback_only(config):
     ports = dash["ports"]
     assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), ports
     assert dash["environment"]["MRO_STORAGE"] == config["services"]["worker"]["environment"]["MRO_STORAGE"]
+
+
+def _mounts(service: dict) -> list[tuple[str, str]]:
+    """(source, target) of a service's volumes, in the short form of docker-compose 1 (``name:/path:rw``)
+    or the long form of docker-compose 2 (``{type, source, target}``)."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts.append((str(volume.get("source")), str(volume["target"])))
+        else:
+            source, target = str(volume).split(":")[:2]
+            mounts.append((source, target))
+    return mounts
+
+
+def _mro_services(config: dict) -> dict[str, dict]:
+    return {name: svc for name, svc in config["services"].items() if (svc.get("command") or [""])[0] == "mro-search"}
+
+
+def test_every_mro_service_shares_the_artifact_store(config_with_setup):
+    services = _mro_services(config_with_setup)
+    assert set(services) >= {"setup", "worker", "dashboard"}
+    for name, svc in services.items():
+        location = svc["environment"].get("MRO_ARTIFACTS")
+        assert location and location.startswith("/"), f"{name}: MRO_ARTIFACTS must name the mounted store"
+        assert ("artifacts", location) in _mounts(svc), f"{name}: the artifacts volume is not mounted at {location}"
+    assert len({svc["environment"]["MRO_ARTIFACTS"] for svc in services.values()}) == 1, "one store, one path"
+
+
+def test_workers_need_only_the_storage_and_the_store(config_with_setup):
+    """The setup job trains into its runs volume; the workers and the dashboard get the study's
+    checkpoint from the artifact store (as a worker on another machine does), not from runs."""
+    services = config_with_setup["services"]
+    assert ("runs", "/app/runs") in _mounts(services["setup"])
+    for name in ("worker", "dashboard"):
+        assert [source for source, _ in _mounts(services[name])] == ["artifacts"], name
+
+
+def test_the_image_owns_the_artifact_store_path(config):
+    """A new named volume takes the owner of its mount point in the image: the store must exist
+    there, owned by the image's user, or the setup job cannot upload the checkpoint."""
+    location = config["services"]["worker"]["environment"]["MRO_ARTIFACTS"]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    user = re.search(r"^USER (\S+)", text, re.M)[1]
+    assert re.search(rf"mkdir -p [^&\n]*{re.escape(location)}(\s|$)", text), f"the Dockerfile does not make {location}"
+    assert re.search(rf"chown {user}:{user} [^&\n]*{re.escape(location)}(\s|$)", text), f"{location} is not owned by {user}"
 
 
 def test_password_is_required_and_never_literal():
