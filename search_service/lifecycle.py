@@ -27,6 +27,7 @@ other study is left in it, and its local report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -270,7 +271,67 @@ def create_search(
 ) -> SearchStudy:
     """Create the study in storage (or load it if it exists, after checking it is this one)."""
     optuna_quiet()
-    storage = open_storage(url, create=True)
+    location = artifacts.resolve_location(study, artifacts_at)
+    new_paths = _missing_paths(_sqlite_file(url)) + (_missing_paths(Path(location)) if not location.startswith("s3://") else [])
+    storage = None
+    try:
+        storage = open_storage(url, create=True)
+        return _create_or_load(study, url, storage, evaluator, trials, location)
+    except BaseException:
+        # nothing half-made is left: the SQLite file and the folders this call made go again
+        _dispose(storage)
+        _remove_new(new_paths)
+        raise
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _missing_paths(path: Path | None) -> list[Path]:
+    """``path`` and those of its ancestors that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    if path is None:
+        return missing
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    return missing[::-1]
+
+
+def _dispose(storage: Any) -> None:
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is not None:
+        with contextlib.suppress(Exception):
+            engine.dispose()
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """Remove what a failed creation made: files (a SQLite database with its journal files) and
+    the folders, innermost first, each only if it is empty by then."""
+    for path in reversed(paths):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            else:
+                for extra in ("-wal", "-shm", "-journal"):
+                    Path(f"{path}{extra}").unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+
+
+def _create_or_load(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: int | None, location: str) -> SearchStudy:
     name = study.name
     summary = find_study(storage, name)
     if summary is not None:
@@ -286,7 +347,6 @@ def create_search(
         return search
     checkpoint = evaluator.checkpoint
     metric = objective_metric(study)
-    location = artifacts.resolve_location(study, artifacts_at)
     store = artifacts.open_store(location, create=True)
     full = evaluator.evaluate((1,) * evaluator.model.num_paths, study.search.split)
     attrs = {

@@ -128,7 +128,21 @@ class Report:
         path = Path(path)
         if path.is_dir():
             raise ConfigError(f"{path} is a directory; give the report a file name, e.g. {path / 'report.html'}")
+        if path.is_file() and not is_report(path):
+            raise ConfigError(f"{path} exists and is not an mro-search report (it is left as it is); give the report another file name with -o")
         return write_file(path, self.html(), what="the report", parents=True)
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` holds a report this package wrote (the only kind of file ``write``
+    replaces: ``-o study.toml`` must not destroy the study file)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and (b'<meta name="generator" content="mro-search">' in head
+                                                     or b"<title>mro-search report: " in head)
 
 
 def write_report(search: SearchStudy, evaluator: Evaluator, path: str | Path) -> Path:
@@ -432,6 +446,7 @@ def _render(r: Report) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="generator" content="mro-search">
 <title>mro-search report: {e(r.study_name)}</title>
 <style>{_CSS}</style>
 <script type="text/javascript">{get_plotlyjs()}</script>

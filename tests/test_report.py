@@ -111,6 +111,22 @@ def test_cli_report_errors_are_one_line(tiny_search: Any, tmp_path: Path, capsys
     assert code == 2 and err.count("\n") == 1 and "is a directory" in err
 
 
+def test_cli_report_replaces_only_a_report(tiny_search: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o`` naming the study file (or any file that is not a report) is refused, the file left
+    as it was; an earlier report is replaced."""
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(tiny_search.path.read_text())
+    before = study_file.read_bytes()
+    code = main(["report", "--study", str(study_file), "--storage", tiny_search.url, "-o", str(study_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "exists and is not an mro-search report" in err, err
+    assert study_file.read_bytes() == before
+    out = tmp_path / "r.html"
+    for _ in range(2):
+        assert main(["report", "--study", str(study_file), "--storage", tiny_search.url, "-o", str(out), "-q"]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+
+
 CRAFTED = ['</script><script>mro_pwned()</script>', '<img src=x onerror=mro_pwned()>', "x'); mro_pwned(); ('\n<b>"]
 
 

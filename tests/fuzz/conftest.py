@@ -140,13 +140,41 @@ def scratch(tmp_path: Path) -> Iterator[Any]:
 # --- the property -------------------------------------------------------------------------------
 
 
-def listing(root: Path) -> dict[str, tuple[str, int, int]]:
-    """Every file and folder under ``root``: relative path -> (kind, size, mtime in ns)."""
-    out: dict[str, tuple[str, int, int]] = {}
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_content(path: Path) -> str | None:
+    """A digest of what a SQLite database holds (its SQL dump), or None for any other file.
+    Reading a database in WAL mode touches its files (a reader maps ``-shm``; the last
+    connection to close folds ``-wal`` into the database), so databases compare by content."""
+    import hashlib
+    import sqlite3
+
+    try:
+        with path.open("rb") as f:
+            if f.read(16) != SQLITE_MAGIC:
+                return None
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return hashlib.sha256("\n".join(conn.iterdump()).encode("utf-8", "surrogatepass")).hexdigest()
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return None
+
+
+def listing(root: Path) -> dict[str, tuple[str, int, int] | tuple[str, str]]:
+    """Every file and folder under ``root``: relative path -> (kind, size, mtime in ns); a
+    SQLite database -> ("sqlite", digest of its content), its ``-wal`` and ``-shm`` files left out."""
+    out: dict[str, tuple[str, int, int] | tuple[str, str]] = {}
     for path in sorted(root.rglob("*")):
+        if path.name.endswith(("-wal", "-shm")) and path.with_name(path.name[:-4]).is_file():
+            continue
         st = path.lstat()
         kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
-        out[str(path.relative_to(root))] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns if kind == "file" else 0)
+        content = _sqlite_content(path) if kind == "file" and not path.is_symlink() else None
+        out[str(path.relative_to(root))] = ("sqlite", content) if content else (
+            kind, st.st_size if kind == "file" else 0, st.st_mtime_ns if kind == "file" else 0)
     return out
 
 
