@@ -13,7 +13,7 @@ Locations:
 - ``s3://bucket/prefix``: Optuna's ``Boto3ArtifactStore`` on any S3-compatible service, with the
   usual AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
   ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for MinIO, Ceph or moto); needs ``boto3``
-  (``pip install 'mro-search[s3]'``). Objects are stored under the prefix.
+  (``pip install -e ".[s3]"``, boto3 1.28.57 or later: earlier ones ignore ``AWS_ENDPOINT_URL``). Objects are stored under the prefix.
 
 The location comes from ``--artifacts``, else ``$MRO_ARTIFACTS``, else the study file's
 ``[search] artifacts``, else ``RUN_DIR/artifacts``, when the study is created. Later commands
@@ -98,7 +98,7 @@ def _s3_store(location: str, bucket: str, prefix: str) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
         from optuna.artifacts import Boto3ArtifactStore
     except ImportError as exc:
-        raise ConfigError(f"artifact store {location} needs boto3: pip install 'mro-search[s3]'") from exc
+        raise ConfigError(f"artifact store {location} needs boto3 (1.28.57 or later, which reads AWS_ENDPOINT_URL): pip install boto3, or install mro-search with its s3 extra") from exc
 
     class S3Store(Boto3ArtifactStore):
         def key(self, artifact_id: str) -> str:

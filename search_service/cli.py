@@ -259,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"trained {study.name}: {summary['epochs']} epochs, train loss {summary['train_loss']:.4f}, "
               f"Spearman rho {summary['spearman']:.3f}")
-        state = "new" if new else "already there (same weights, prior and configuration)"
+        state = "new" if new else "already there: same weights, prior and configuration"
         print(f"checkpoint {checkpoint.short_id}: {checkpoint.path} ({state})")
         print("relation graph p(i->j): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["edge_probs"].items()))
         print(advice)
