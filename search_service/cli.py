@@ -215,12 +215,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)  # first: a bad study file is refused before torch's modules load
+
     from search_service.evaluator import train_study
     from search_service.lifecycle import existing_search
     from search_service.storage import mask_password, resolve_url
-    from search_service.study_file import load_study
 
-    study = load_study(args.study)
     logger = None if args.quiet else (lambda msg: log.info(msg))
     result, checkpoint, new = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
     last = result.history[-1]
@@ -314,6 +316,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)  # first: a bad study file is refused before torch's modules load
+
     from search_service.evaluator import Evaluator
     from search_service.lifecycle import (
         check_matches,
@@ -322,10 +328,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         study_checkpoint,
     )
     from search_service.storage import resolve_url
-    from search_service.study_file import load_study
     from supernet.checkpoint import latest_checkpoint
 
-    study = load_study(args.study)
     search = None
     if not args.checkpoint and latest_checkpoint(study.run_dir) is None:  # nothing trained here
         search = existing_search(study.name, resolve_url(study, None))
@@ -508,6 +512,10 @@ def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search_service.study_file import load_study
+
+    study = load_study(args.study)  # first: a bad study file is refused before torch's modules load
+
     from search_service.evaluator import Evaluator, train_study
     from search_service.lifecycle import (
         check_matches,
@@ -518,10 +526,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from search_service.search import check_checkpoint
     from search_service.storage import mask_password, resolve_url
-    from search_service.study_file import load_study
     from supernet.checkpoint import latest_checkpoint
 
-    study = load_study(args.study)
     url = resolve_url(study, args.storage)
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")

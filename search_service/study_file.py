@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_service.limits import TRIALS_MAX
-from supernet.checkpoint import scoring_config
 from supernet.config import (
     DATA_SOURCES,
     DataConfig,
@@ -24,6 +23,7 @@ from supernet.config import (
     modality_names_problem,
     name_problem,
     parse_section,
+    scoring_config,
 )
 from supernet.data.synthetic import required_dims
 from supernet.errors import ConfigError

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from supernet.config import ModelConfig, config_sha256, parse_section
+from supernet.config import ModelConfig, config_sha256, parse_section, scoring_config  # noqa: F401 (scoring_config: re-exported)
 from supernet.data.dataset import ModalitySpec
 from supernet.errors import CheckpointError
 from supernet.files import write_file
@@ -64,13 +64,6 @@ class Checkpoint:
     @property
     def file_sha256(self) -> str:
         return file_sha256(self.path) if self.path else ""
-
-
-def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a study configuration that give masks and scores their meaning: ``[data]``
-    (except ``path``, which says where the data lies, not what it is) and ``[model]``."""
-    data = {k: v for k, v in (config.get("data") or {}).items() if k != "path"}
-    return {"data": data, "model": dict(config.get("model") or {})}
 
 
 def checkpoint_identity(model_state: dict[str, torch.Tensor], prior_state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:

@@ -326,3 +326,10 @@ def config_sha256(config: dict[str, Any]) -> str:
     """SHA-256 of a configuration, over its canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a study configuration that give masks and scores their meaning: ``[data]``
+    (except ``path``, which says where the data lies, not what it is) and ``[model]``."""
+    data = {k: v for k, v in (config.get("data") or {}).items() if k != "path"}
+    return {"data": data, "model": dict(config.get("model") or {})}

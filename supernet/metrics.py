@@ -29,8 +29,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
+
+# scikit-learn and SciPy are imported where a metric is computed: a second of start-up that
+# commands which only read a study file (validate, or one that fails on bad input) never need
 
 TASKS = ("regression", "classification")
 
@@ -109,6 +110,8 @@ def _check_lengths(n_pred: int, n_true: int) -> None:
 
 
 def _f1(truth: np.ndarray, pred: np.ndarray, average: str) -> float:
+    from sklearn.metrics import f1_score
+
     return float(f1_score(truth, pred, average=average, zero_division=0))
 
 
@@ -118,10 +121,14 @@ def _pearson(pred: np.ndarray, truth: np.ndarray) -> float:
     # objective finite for the search. Fewer than two samples likewise give 0.0.
     if len(pred) < 2 or np.all(pred == pred[0]) or np.all(truth == truth[0]):
         return 0.0
+    from scipy.stats import pearsonr
+
     return float(pearsonr(pred, truth).statistic)
 
 
 def _regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, mean_absolute_error
+
     out = {"mae": float(mean_absolute_error(truth, pred)), "corr": _pearson(pred, truth)}
     for name, bound in _ROUNDED_ACC_BOUND.items():
         p = np.round(np.clip(pred, -bound, bound)).astype(np.int64)
@@ -139,6 +146,8 @@ def _regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]
 
 
 def _classification_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score
+
     return {
         "accuracy": float(accuracy_score(truth, pred)),
         "f1_weighted": _f1(truth, pred, "weighted"),

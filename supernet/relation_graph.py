@@ -14,7 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATv2Conv
 
 from supernet.paths import num_paths, path_pairs
 
@@ -226,6 +225,9 @@ class RelationGraphPrior(nn.Module):
             # softplus(log(e - 1)) = 1: the mask distribution starts at tau = 1.
             self.raw_tau = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
             self.node_embeddings = nn.Parameter(torch.randn(k, node_dim) * 0.5)  # (k, node_dim)
+            # imported here: a second of start-up that commands which build no prior skip
+            from torch_geometric.nn import GATv2Conv
+
             self.gat = GATv2Conv(node_dim, hidden, heads=1, edge_dim=1, add_self_loops=False)
             self.scorer = nn.Sequential(
                 nn.Linear(2 * hidden + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1)

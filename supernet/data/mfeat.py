@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from supernet.data.checks import labels_to_tensor, one_line, require_file
 from supernet.data.dataset import ModalitySpec, MultimodalData, Split
@@ -126,6 +125,9 @@ def _carve(
             f"{source}: valid_fraction {valid_fraction} and test_fraction {test_fraction} of {n} samples give "
             f"{n_valid} valid and {n_test} test samples; set both above 0 with a sum below 1 (e.g. 0.15 each)"
         )
+    # imported here: a second of start-up that only mfeat needs
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(n)
     try:
         rest, test = train_test_split(index, test_size=n_test, stratify=labels, random_state=seed)

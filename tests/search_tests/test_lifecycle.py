@@ -26,6 +26,30 @@ from search_service.search import ARTIFACTS_KEY, CHECKPOINT_KEY, FORMAT_KEY
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """``cli(args, cwd, env)``: ``mro-search ARGS`` run in this process (the start-up of a
+    subprocess costs seconds; where only the outcome matters this is the same command), as a
+    ``CompletedProcess``; no storage or artifact store comes from this process's environment."""
+    monkeypatch.delenv("MRO_STORAGE", raising=False)
+    monkeypatch.delenv("MRO_ARTIFACTS", raising=False)
+
+    def invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        with monkeypatch.context() as mp:
+            mp.chdir(cwd)
+            for key, value in (env or {}).items():
+                mp.setenv(key, value)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return invoke
+
+
 def fresh_run(tiny, directory: Path, **search: object) -> tuple[Path, Path]:
     """A study file of the tiny study with its own run directory, holding a copy of the trained
     checkpoint as its latest training (so that a test may train again without touching the
@@ -57,18 +81,18 @@ def one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def test_training_again_never_breaks_a_study(tiny, mro, tmp_path):
+def test_training_again_never_breaks_a_study(tiny, mro, cli, tmp_path):
     """The newcomer's path through the README: run, then train (twice, with other epochs), then
     every command again. The study keeps scoring with its own checkpoint, which stays as it was;
     training writes new checkpoint files and says how to search with them."""
     file, run_dir = fresh_run(tiny, tmp_path)
     url = f"sqlite:///{run_dir / 'study.db'}"
-    ran = mro.run(["run", "--study", str(file), "--trials", "4", "--no-report", "-q"], cwd=tmp_path)
+    ran = cli(["run", "--study", str(file), "--trials", "4", "--no-report", "-q"], cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     own = run_dir / "checkpoints" / tiny.checkpoint.name
     before = sha(own)
 
-    again = mro.run(["train", "--study", str(file), "--epochs", "2", "-q"], cwd=tmp_path)
+    again = cli(["train", "--study", str(file), "--epochs", "2", "-q"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     new = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert len(new) == 2 and tiny.checkpoint.name in new
@@ -76,7 +100,7 @@ def test_training_again_never_breaks_a_study(tiny, mro, tmp_path):
     assert sha(own) == before
 
     # the same training again: the same identity, the same file, nothing new
-    twice = mro.run(["train", "--study", str(file), "--epochs", "2", "--json", "-q"], cwd=tmp_path)
+    twice = cli(["train", "--study", str(file), "--epochs", "2", "--json", "-q"], cwd=tmp_path)
     assert twice.returncode == 0, twice.stderr
     summary = json.loads(twice.stdout)
     assert summary["new"] is False and Path(summary["checkpoint"]).name in new
@@ -85,19 +109,19 @@ def test_training_again_never_breaks_a_study(tiny, mro, tmp_path):
     # every command still works on the study, with the study's checkpoint
     for args in (["pareto"], ["report", "-o", str(tmp_path / "r.html")], ["resume", "--trials", "6", "--no-report"],
                  ["worker", "--trials", "1"], ["export", "--trial", "0", "-o", str(tmp_path / "subnet")]):
-        result = mro.run([args[0], "--study", str(file), *args[1:], "-q"], cwd=tmp_path)
+        result = cli([args[0], "--study", str(file), *args[1:], "-q"], cwd=tmp_path)
         assert result.returncode == 0, f"{args}: {result.stderr}"
     exported = json.loads((tmp_path / "subnet" / "config.json").read_text())
     assert exported["supernet_checkpoint"].startswith(Path(tiny.checkpoint).stem)
     # ... and evaluate scores with the newest training (a checkpoint of other epochs fits the study)
-    evaluated = mro.run(["evaluate", "--study", str(file), "--mask", "011000", "--json"], cwd=tmp_path)
+    evaluated = cli(["evaluate", "--study", str(file), "--mask", "011000", "--json"], cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["checkpoint"] == summary["identity"]
     assert len(mro.complete(mro.open_study(url))) == 6
     assert sha(own) == before
 
 
-def test_delete_then_run_starts_over_with_the_latest_training(tiny, mro, tmp_path):
+def test_delete_then_run_starts_over_with_the_latest_training(tiny, mro, cli, tmp_path):
     file, run_dir = fresh_run(tiny, tmp_path)
     artifacts = tmp_path / "store"
     assert main(["run", "--study", str(file), "--trials", "3", "--artifacts", str(artifacts), "-q"]) == 0
@@ -106,11 +130,11 @@ def test_delete_then_run_starts_over_with_the_latest_training(tiny, mro, tmp_pat
     assert len(stored) == 2  # the checkpoint and the report
 
     # not on a terminal and no --yes: nothing is deleted
-    refused = mro.run(["delete", "--study", str(file)], cwd=tmp_path)
+    refused = cli(["delete", "--study", str(file)], cwd=tmp_path)
     one_error(refused, "--yes")
     assert sorted(p.name for p in artifacts.iterdir()) == stored
 
-    deleted = mro.run(["delete", "--study", str(file), "--yes", "--json"], cwd=tmp_path)
+    deleted = cli(["delete", "--study", str(file), "--yes", "--json"], cwd=tmp_path)
     assert deleted.returncode == 0, deleted.stderr
     removed = json.loads(deleted.stdout)
     assert removed["study"] == "tiny" and removed["artifacts"] == 2
@@ -118,11 +142,11 @@ def test_delete_then_run_starts_over_with_the_latest_training(tiny, mro, tmp_pat
     assert not artifacts.exists()  # emptied, then removed
     assert (run_dir / "checkpoints" / tiny.checkpoint.name).is_file()  # trainings stay
 
-    gone = mro.run(["pareto", "--study", str(file)], cwd=tmp_path)
+    gone = cli(["pareto", "--study", str(file)], cwd=tmp_path)
     one_error(gone, "no study named 'tiny'")
     assert not (run_dir / "study.db").exists()
 
-    again = mro.run(["run", "--study", str(file), "--trials", "2", "--no-report", "-q"], cwd=tmp_path)
+    again = cli(["run", "--study", str(file), "--trials", "2", "--no-report", "-q"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 
@@ -155,7 +179,7 @@ def test_delete_asks_on_a_terminal(tiny, mro, tmp_path):
     assert not (run_dir / "study.db").exists()
 
 
-def test_a_study_mro_search_did_not_create_is_left_alone(tiny, mro, tmp_path):
+def test_a_study_mro_search_did_not_create_is_left_alone(tiny, mro, cli, tmp_path):
     """`optuna create-study` first, then `mro-search run`: refused in one line, nothing written."""
     file, run_dir = fresh_run(tiny, tmp_path)
     url = f"sqlite:///{run_dir / 'study.db'}"
@@ -164,7 +188,7 @@ def test_a_study_mro_search_did_not_create_is_left_alone(tiny, mro, tmp_path):
     study = mro.open_study(url)
     attrs = study._storage.get_study_system_attrs(study._study_id)
     for args in (["run", "--trials", "4"], ["pareto"], ["resume"], ["worker"], ["report"], ["delete", "--yes"]):
-        result = mro.run([args[0], "--study", str(file), *args[1:]], cwd=tmp_path)
+        result = cli([args[0], "--study", str(file), *args[1:]], cwd=tmp_path)
         one_error(result, "not created by mro-search")
     study = mro.open_study(url)
     assert study.trials == [] and study._storage.get_study_system_attrs(study._study_id) == attrs
@@ -172,18 +196,18 @@ def test_a_study_mro_search_did_not_create_is_left_alone(tiny, mro, tmp_path):
     assert not (run_dir / "artifacts").exists()
 
 
-def test_a_study_with_other_settings_is_refused(tiny, mro, tmp_path):
+def test_a_study_with_other_settings_is_refused(tiny, mro, cli, tmp_path):
     file, run_dir = fresh_run(tiny, tmp_path)
     assert main(["run", "--study", str(file), "--trials", "2", "--no-report", "-q"]) == 0
     other_metric = tiny.variant(tmp_path, "f1.toml", run_dir=run_dir, metric="f1_macro")
-    one_error(mro.run(["run", "--study", str(other_metric), "--trials", "3"], cwd=tmp_path), "maximizes 'accuracy'", "f1_macro")
+    one_error(cli(["run", "--study", str(other_metric), "--trials", "3"], cwd=tmp_path), "maximizes 'accuracy'", "f1_macro")
     wider = tmp_path / "wider.toml"
     wider.write_text(file.read_text().replace("width = 16", "width = 32"))
-    one_error(mro.run(["pareto", "--study", str(wider)], cwd=tmp_path), "other [data] or [model]")
+    one_error(cli(["pareto", "--study", str(wider)], cwd=tmp_path), "other [data] or [model]")
     assert len(mro.complete(mro.open_study(f"sqlite:///{run_dir / 'study.db'}"))) == 2
 
 
-def test_reading_commands_create_nothing(tiny, mro, tmp_path):
+def test_reading_commands_create_nothing(tiny, mro, cli, tmp_path):
     """pareto, report, export, dashboard, resume, worker and delete on a study that does not
     exist, or on another application's database: one line, and not a file, table or byte
     written."""
@@ -196,9 +220,9 @@ def test_reading_commands_create_nothing(tiny, mro, tmp_path):
     commands = [["pareto"], ["report"], ["export", "--trial", "0", "-o", "out"], ["dashboard", "--port", "0"], ["resume"], ["worker"], ["delete", "--yes"]]
     for args in commands:
         for storage in ([], ["--storage", f"sqlite:///{other_app}"]):
-            result = mro.run([args[0], "--study", str(file), *storage, *args[1:]], cwd=tmp_path)
+            result = cli([args[0], "--study", str(file), *storage, *args[1:]], cwd=tmp_path)
             one_error(result, "no study named 'tiny'" if not storage else "not an Optuna database")
-        by_name = mro.run([args[0], "--study", "nothing-here", *args[1:]], cwd=tmp_path)
+        by_name = cli([args[0], "--study", "nothing-here", *args[1:]], cwd=tmp_path)
         one_error(by_name, "no study named 'nothing-here'")
     assert tree(tmp_path) == before
     with sqlite3.connect(other_app) as conn:
