@@ -28,6 +28,15 @@ log = logging.getLogger("mro_search")
 
 
 class _Parser(argparse.ArgumentParser):
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """``--study=--`` gives the value ``--`` (Python 3.11's argparse drops it as the
+        end-of-options marker and hands the command an empty list)."""
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
     def error(self, message: str) -> None:
         """A usage error: exactly one line, ``mro-search: error: <message>``, exit code 2, as every
         other error (scripts read one line; the usage is one ``--help`` away)."""

@@ -177,3 +177,24 @@ def test_help_of_every_command() -> None:
     for command in ("train", "flops", "evaluate", "validate", "run", "worker", "resume", "pareto"):
         out = mro(command, "--help")
         assert out.returncode == 0 and "usage: mro-search" in out.stdout, command
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["delete", "--study=--"], "study name '--'"),
+        (["pareto", "--study=demo", "--storage=--"], "storage URL"),
+        (["run", "--study=demo", "--trials=--"], "argument --trials: must be an integer"),
+    ],
+)
+def test_double_dash_as_an_option_value_is_that_value(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--study=--`` (found by tests/fuzz/test_cli_args.py): Python 3.11's argparse turned the
+    value into an empty list, and the command died with a traceback."""
+    from search_service.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mro-search: error:") and needle in err, err
