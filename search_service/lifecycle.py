@@ -63,6 +63,7 @@ from search_service.storage import (
     open_storage,
     optuna_quiet,
     resolve_url,
+    sqlite_file,
 )
 from search_service.study_file import (
     Study,
@@ -272,7 +273,7 @@ def create_search(
     """Create the study in storage (or load it if it exists, after checking it is this one)."""
     optuna_quiet()
     location = artifacts.resolve_location(study, artifacts_at)
-    new_paths = _missing_paths(_sqlite_file(url)) + (_missing_paths(Path(location)) if not location.startswith("s3://") else [])
+    new_paths = _missing_paths(sqlite_file(url)) + (_missing_paths(Path(location)) if not location.startswith("s3://") else [])
     storage = None
     try:
         storage = open_storage(url, create=True)
@@ -282,18 +283,6 @@ def create_search(
         _dispose(storage)
         _remove_new(new_paths)
         raise
-
-
-def _sqlite_file(url: str) -> Path | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
 
 
 def _missing_paths(path: Path | None) -> list[Path]:
@@ -323,8 +312,7 @@ def _remove_new(paths: list[Path]) -> None:
     for path in reversed(paths):
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
+                path.rmdir()  # OSError (suppressed) when something else is in it by now
             else:
                 for extra in ("-wal", "-shm", "-journal"):
                     Path(f"{path}{extra}").unlink(missing_ok=True)

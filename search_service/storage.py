@@ -121,6 +121,18 @@ def _invalid_shown(url: str) -> str:
     return f"'{scheme.group(0)}...'" if scheme else "(not shown: it has no scheme://)"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other URLs, in-memory SQLite and anything
+    that does not parse."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
     """An ``RDBStorage`` with heartbeats, retries of stale trials and ``pool_pre_ping``
     (:class:`FaultTolerantRDBStorage`, :class:`RetryStaleTrialCallback`).
@@ -136,8 +148,8 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     engine_kwargs: dict = {"pool_pre_ping": True}
     # WAL is a property of the file: switched on only in a database file this call creates (an
     # existing file keeps its mode; another application's database is not rewritten)
-    new_sqlite_file = (parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-                       and not Path(parsed.database).exists())
+    file = sqlite_file(url)
+    new_sqlite_file = file is not None and not file.exists()
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}
         if create and parsed.database and parsed.database != ":memory:":

@@ -82,6 +82,20 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
+def prepare(root: Path, argv: Sequence[str]) -> None:
+    """Run ``mro-search ARGV`` in ``root`` in-process with one torch thread, as a module
+    fixture's setup (training the tiny study, searching it): it must succeed."""
+    from search_service.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with working_directory(root):
+            assert main(list(argv)) == 0, f"setup command failed: mro-search {' '.join(argv)}"
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Cli:
     """Runs ``mro-search`` in-process: ``invoke(argv, cwd)`` -> ``Outcome``."""
 

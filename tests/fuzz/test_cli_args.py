@@ -23,7 +23,7 @@ import pytest
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
-from .conftest import check, fuzz_settings, listing, working_directory
+from .conftest import check, fuzz_settings, listing, prepare
 from .strategies import ARG_VALUES, TINY_STUDY, masks, render_toml
 
 FILE = "fz.toml"
@@ -112,19 +112,9 @@ def _too_costly(argv: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder every example starts from: study file, trained supernet, 3 trials in SQLite."""
-    import torch
-
-    from search_service.cli import main
-
     root = tmp_path_factory.mktemp("cli-template")
     (root / FILE).write_text(render_toml(TINY_STUDY), encoding="utf-8")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with working_directory(root):
-            assert main(["run", "--study", FILE, "--trials", "3", "--no-report", "-q"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    prepare(root, ["run", "--study", FILE, "--trials", "3", "--no-report", "-q"])
     return root
 
 

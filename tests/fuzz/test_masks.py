@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .conftest import check, fuzz_settings, listing, working_directory
+from .conftest import check, fuzz_settings, listing, prepare
 from .strategies import TINY_STUDY, masks, render_toml
 
 FILE = "fz.toml"
@@ -22,19 +22,9 @@ PATHS = 6
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder with the tiny study file and its trained supernet (runs/fz/checkpoints)."""
-    import torch
-
-    from search_service.cli import main
-
     root = tmp_path_factory.mktemp("masks")
     (root / FILE).write_text(render_toml(TINY_STUDY), encoding="utf-8")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with working_directory(root):
-            assert main(["train", "--study", FILE, "-q"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    prepare(root, ["train", "--study", FILE, "-q"])
     yield root
 
 

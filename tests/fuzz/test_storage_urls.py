@@ -24,7 +24,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from .conftest import check, fuzz_settings, listing, working_directory
+from .conftest import check, fuzz_settings, listing, prepare
 from .strategies import TINY_STUDY, StorageCase, render_toml, storage_cases
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -34,19 +34,9 @@ FOLLOW_UPS = ["pareto", "report", "export", "worker", "resume", "train", "delete
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained tiny study's checkpoint folder (copied into each example's run folder)."""
-    import torch
-
-    from search_service.cli import main
-
     root = tmp_path_factory.mktemp("storage-template")
     (root / "fz.toml").write_text(render_toml(TINY_STUDY), encoding="utf-8")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with working_directory(root):
-            assert main(["train", "--study", "fz.toml", "-q"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    prepare(root, ["train", "--study", "fz.toml", "-q"])
     return root / "runs" / "fz" / "checkpoints"
 
 

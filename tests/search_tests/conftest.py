@@ -111,6 +111,16 @@ class TinyStudy:
         return path
 
 
+def one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one ``mro-search: error:`` line of a command that exited 2, holding every needle."""
+    assert result.returncode == 2, f"{result.returncode}\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mro-search: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def mro_command() -> list[str]:
     """The ``mro-search`` console script of this interpreter's environment (else ``-m``)."""
     script = Path(sys.executable).parent / "mro-search"

@@ -26,6 +26,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search_service.search import ARTIFACTS_KEY, CHECKPOINT_KEY
+from search_tests.conftest import one_error
 
 pytestmark = pytest.mark.slow
 
@@ -135,15 +136,6 @@ def fresh_run(tiny, mro, directory: Path) -> Path:
 
 def files(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
-
-
-def one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, f"{result.returncode}\n{result.stdout}\n{result.stderr}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mro-search: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _whole_study(mro, url: str):

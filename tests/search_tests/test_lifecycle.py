@@ -22,6 +22,7 @@ import pytest
 
 from search_service.cli import main
 from search_service.search import ARTIFACTS_KEY, CHECKPOINT_KEY, FORMAT_KEY
+from search_tests.conftest import one_error
 
 pytestmark = pytest.mark.slow
 
@@ -70,15 +71,6 @@ def tree(directory: Path) -> dict[str, tuple[int, int]]:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, f"{result.returncode}\n{result.stdout}\n{result.stderr}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mro-search: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def test_training_again_never_breaks_a_study(tiny, mro, cli, tmp_path):
