@@ -1,7 +1,7 @@
 """Benchmark: the paper's Table 5 (baselines and ablations) and Table 4 (rank losses) on our data.
 
 Usage: python benchmarks/bench_tables.py --dataset mfeat|planted [--seeds 0,1,2] [--trials N]
-                                         [--epochs E] [--select best|within:EPS]
+                                         [--epochs E] [--select best|within:EPS] [--ablation paper|search]
                                          [--rank-losses l0,l1,l2,linf] [--tables 4,5]
                                          [--workers W] [--quick] [--fresh] [--json] [--out DIR]
 
@@ -17,31 +17,38 @@ complete trials (default: the study's ``[search] trials``), the first ``n_startu
 uniform. Each stand-alone model is the one after its last epoch (no early stopping, for every row
 alike), scored on the test split.
 
-**Table 5** (one supernet per seed, trained with the study's rank loss by ``train_supernet``):
+**Table 5** (``--ablation paper``, the default: each ablation is the whole pipeline without its
+part, as in the paper; per seed up to three supernets, all trained by ``train_supernet``):
 
 - *Concat+MLP*, *EmbraceNet* (``supernet.baselines``), trained stand-alone;
 - *Pairwise CMT*: the supernet architecture with all paths on, trained stand-alone
   (``supernet.train.train_subnet``);
-- four searches through the trained supernet, each ``create_search`` + the service's
-  ``Objective`` (cached exact scoring on the validation split, objectives accuracy and MFLOPs)
-  driven by an ``MROSampler`` configured as
-    - *MRO w/o prior guidance*: ``MROSampler(prior_keep_probs=[0.5]*P, n_startup_trials=trials)``:
-      every trial a uniformly random untried mask (random exploration; no prior, no refinement);
-    - *MRO w/o MRG prior*: ``prior_keep_probs=[0.5]*P`` (flat), the study's rank loss and the
-      default refinement (rank-regularised refinement on the completed trials, local moves
-      along the front): rank alignment without the Modal Relation Graph;
-    - *MRO w/o rank regularization*: the learned MRG prior, ``refine_steps=0, local=0``: masks
-      from the pretrained prior only, never refit to the completed trials;
-    - *Full MRO*: ``MROSampler(n_startup_trials=..., seed=...)`` exactly as ``run_worker`` builds
-      it (learned prior, refinement, local moves);
+- four searches, each ``create_search`` + the service's ``Objective`` (cached exact scoring on
+  the validation split, objectives accuracy and MFLOPs) through the supernet its row trains
+  (``TRAININGS``/``VARIANT_TRAINING``), driven by an ``MROSampler`` configured as
+    - *MRO w/o prior guidance* ("removes guided sampling and uses random exploration"): the
+      supernet trained with uniform masks throughout (``warmup_epochs = epochs``; the prior is
+      still trained by the rank loss, but never used to sample), and a search in which every
+      trial is a uniformly random untried mask (``MROSampler(prior_keep_probs=[0.5]*P,
+      n_startup_trials=trials)``: no prior, no refinement);
+    - *MRO w/o MRG prior* ("disables the semantic modal graph while retaining rank alignment"):
+      the same uniform-throughout supernet (no graph prior ever guides its training), and a
+      search from a flat prior ``[0.5]*P`` with the study's rank loss and the default
+      refinement (rank-regularised refinement on the completed trials, local moves along the
+      front);
+    - *MRO w/o rank regularization* ("omits the alignment between prior and performance
+      rankings"): the supernet trained with λ = 0, i.e. ``prior_lr = 0`` (the rank loss is
+      the prior's only training signal, so the prior keeps its initial GAT and edge weights over
+      the measured statistics) and masks drawn from that prior after warm-up; the search uses
+      that prior with ``refine_steps=0, local=0`` (never refit to the completed trials);
+    - *Full MRO*: the supernet as the service trains it, and ``MROSampler(n_startup_trials=...,
+      seed=...)`` exactly as ``run_worker`` builds it (learned prior, refinement, local moves);
   then the selected mask (rule below) is trained stand-alone like the CMT. The four samplers get
-  the same seed, so their uniform start-up trials are the same masks (common random numbers:
-  the rows differ only by what each sampler does afterwards).
+  the same seed, so their uniform start-up trials are the same masks (common random numbers).
 
-  These ablate the *search*. The supernet they search is the same one, trained as the service
-  trains it (uniform masks in warm-up, then masks from the MRG prior, whose alpha, beta, gamma and
-  GAT learn from the rank loss): "w/o rank regularization" and "w/o MRG prior" do not retrain
-  the supernet without them.
+  ``--ablation search`` keeps the earlier form (the "before" in docs/RESULTS.md): the four
+  searches run through ONE supernet trained as the service trains it, so the rows ablate the
+  search only.
 
 **Selection rule** (``--select``). The paper selects "the top-k subnets with the highest prior
 scores and/or best validation performance". Here: among the search's Pareto front (validation
@@ -56,14 +63,16 @@ most 512, else 512 uniform masks): the last epoch's value and the mean over the 
 warm-up. The found architecture is the Full MRO search through that supernet (its refinement uses
 the same rank loss), selected by the same rule, trained stand-alone and scored on test.
 
-FLOPs: fvcore on one sample (``supernet.flops.count_flops`` on the masked model;
+Supernets are keyed by (training, rank loss, seed); a training is the study's [train] table
+with the overrides of ``TRAININGS``. FLOPs: fvcore on one sample (``supernet.flops.count_flops`` on the masked model;
 ``supernet.baselines.count_flops``). Reported: mean ± sample std over seeds. MRO against CMT is
 also compared per seed (paired differences). Trainings and searches run in ``--workers``
 processes (spawned, one torch thread each). Supernet checkpoints are cached in
-``runs/bench_tables/STUDY-LOSS-seedS-<config sha>/checkpoints/`` (``write_checkpoint``: the run
+``runs/bench_tables/STUDY-LOSS-TRAINING-seedS-<config sha>/checkpoints/`` (``write_checkpoint``: the run
 directory's latest training, trained with exactly that configuration) and stand-alone results in a JSONL
 file there, so an interrupted run resumes; ``--fresh`` ignores both. Writes
-``DIR/bench_tables_DATASET.json`` and ``.md``; ``--quick`` writes ``..._quick`` files.
+``DIR/bench_tables_DATASET.json`` and ``.md`` (``--ablation search``: ``..._search-ablation``;
+``--quick``: ``..._quick``).
 """
 
 from __future__ import annotations
@@ -113,6 +122,22 @@ TABLE4_LOSSES = ("l0", "l1", "l2", "linf")
 P_LABEL = {"l0": "0", "l1": "1", "l2": "2", "linf": "∞", "hinge": "hinge"}
 BASELINES = ("concat_mlp", "embracenet")
 VARIANTS = ("no_guidance", "no_mrg", "no_rank", "full")
+ABLATIONS = ("paper", "search")
+# The supernet trainings (overrides of the study's [train] table) and which one each Table 5 row
+# searches under --ablation paper (see the module docstring); --ablation search uses "full" for all.
+TRAININGS = ("full", "uniform", "no_rank")
+VARIANT_TRAINING = {"no_guidance": "uniform", "no_mrg": "uniform", "no_rank": "no_rank", "full": "full"}
+
+
+def training_overrides(training: str, epochs: int) -> dict:
+    """The [train] settings a supernet training changes: uniform masks throughout, or λ = 0."""
+    if training == "full":
+        return {}
+    if training == "uniform":
+        return {"warmup_epochs": epochs}  # every epoch a warm-up epoch: masks uniform throughout
+    if training == "no_rank":
+        return {"prior_lr": 0.0}  # the rank loss never moves the prior
+    raise ValueError(f"unknown training {training!r}; one of {TRAININGS}")
 ROW_NAMES = {
     "concat_mlp": "Concat+MLP",
     "embracenet": "EmbraceNet",
@@ -134,9 +159,9 @@ def machine_info() -> dict:
     return _common.machine_info(optuna=optuna.__version__)
 
 
-def prepare_study(dataset: str, seed: int, rank_loss: str | None, args) -> Study:
-    """The dataset's study with the benchmark's seed, rank loss, epochs and trials, and its own
-    cache directory (named by the supernet configuration's SHA-256)."""
+def prepare_study(dataset: str, seed: int, rank_loss: str | None, args, training: str = "full") -> Study:
+    """The dataset's study with the benchmark's seed, rank loss, epochs, trials and supernet
+    training (``TRAININGS``), and its own cache directory (named by the configuration's SHA-256)."""
     study = load_study(DATASETS[dataset])
     if args.quick:
         study.train.epochs = QUICK["epochs"]
@@ -154,7 +179,10 @@ def prepare_study(dataset: str, seed: int, rank_loss: str | None, args) -> Study
     study.train.device = "cpu"
     if rank_loss is not None:
         study.train.rank_loss = rank_loss
-    study.search.run_dir = str(CACHE_DIR / f"{study.name}-{study.train.rank_loss}-seed{seed}-{study.sha256[:12]}")
+    for name, value in training_overrides(training, study.train.epochs).items():
+        setattr(study.train, name, value)
+    label = "" if training == "full" else f"-{training}"
+    study.search.run_dir = str(CACHE_DIR / f"{study.name}-{study.train.rank_loss}{label}-seed{seed}-{study.sha256[:12]}")
     return study
 
 
@@ -196,7 +224,7 @@ def study_data(study: Study) -> MultimodalData:
     return _DATA[key]
 
 
-def job_supernet(study: Study, fresh: bool) -> dict:
+def job_supernet(study: Study, fresh: bool, training: str = "full") -> dict:
     """Train the study's supernet with its rank loss and seed, unless exactly this one is cached."""
     started = time.perf_counter()
     if fresh:
@@ -209,6 +237,7 @@ def job_supernet(study: Study, fresh: bool) -> dict:
     after_warmup = [r["spearman"] for r in history if r.get("phase") == "prior" and not math.isnan(r["spearman"])]
     return {
         "kind": "supernet",
+        "training": training,
         "seed": study.train.seed,
         "rank_loss": study.train.rank_loss,
         "cached": cached,
@@ -454,7 +483,8 @@ def markdown(report: dict) -> str:
         f"**bench_tables, dataset `{s['dataset']}`** (study `{s['study']}`; {info['date']}, {info['cpu_model']} "
         f"x{info['cpu_count']}, load {info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}; seeds {s['seeds']}; "
         f"{s['epochs']} epochs ({s['warmup_epochs']} warm-up) for every model; {s['trials']} trials per search "
-        f"({s['n_startup_trials']} uniform first); selection `{s['select']}`; {s['workers']} workers"
+        f"({s['n_startup_trials']} uniform first); selection `{s['select']}`; "
+        f"ablation `{s.get('ablation', 'search')}`; {s['workers']} workers"
         f"{'; QUICK settings' if s['quick'] else ''}; wall time {report['wall_s']:.0f} s)",
         "",
     ]
@@ -479,6 +509,14 @@ def markdown(report: dict) -> str:
                 f"| {ROW_NAMES[key]} | {paths} | " + " | ".join(fmt(summ[m]) for m in metric_cols)
                 + f" | {fmt(summ['mflops'], 3)} | {fmt(summ['params'], 0)} | {sv} |"
             )
+        trainings = {k: t5["rows"][k].get("training") for k in VARIANTS if k in t5["rows"]}
+        if any(trainings.values()):
+            labels = {"full": "as the service trains it", "uniform": "uniform masks throughout",
+                      "no_rank": "prior_lr = 0 (λ = 0)"}
+            lines += ["", "Supernet each search row ran through (Spearman ρ of its prior at the last epoch, per seed):", ""]
+            for key, training in trainings.items():
+                rho = ", ".join(f"{x:.3f}" for x in t5["rows"][key].get("supernet_spearman_last", []))
+                lines.append(f"- {ROW_NAMES[key]}: {labels.get(training, training)} (ρ {rho})")
         lines += ["", "Selected masks (path order: " + ", ".join(report["path_names"]) + "):", ""]
         for key in VARIANTS:
             row = t5["rows"].get(key)
@@ -539,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="architecture selection from a search's Pareto front: best (default) or within:EPS")
     parser.add_argument("--rank-losses", default=",".join(TABLE4_LOSSES), help="Table 4's rank losses")
     parser.add_argument("--tables", default="4,5", help="which tables: 4, 5 or 4,5")
+    parser.add_argument("--ablation", choices=ABLATIONS, default="paper",
+                        help="paper (default): each ablation row trains its own supernet; search: one supernet, the rows ablate the search only")
     parser.add_argument("--workers", type=int, default=1, help="processes for trainings and searches (1 torch thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (default 1)")
     parser.add_argument("--quick", action="store_true",
@@ -594,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_tables_{args.dataset}{'_quick' if args.quick else ''}"
+    stem = f"bench_tables_{args.dataset}{'_search-ablation' if args.ablation == 'search' else ''}{'_quick' if args.quick else ''}"
     (out / f"{stem}.json").write_text(json.dumps(_clean(report), indent=1) + "\n")
     (out / f"{stem}.md").write_text(text + "\n")
     say(f"wrote {_rel(out / (stem + '.json'))} and {_rel(out / (stem + '.md'))}; wall time {report['wall_s']:.0f} s")
@@ -613,29 +653,35 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
     metric_cols = METRICS[data.task][:2]
     select_text = args.select_text
 
-    # 1. supernets: the study's rank loss (Table 5) and Table 4's losses, per seed
+    # 1. supernets: the study's rank loss (Table 5: one per training its rows need) and Table 4's
+    #    losses (the full training), per seed
     needed = sorted(({study_loss} if "5" in tables else set()) | set(losses))
-    studies = {(loss, seed): prepare_study(args.dataset, seed, loss, args) for loss in needed for seed in seeds}
-    supernets: dict[tuple[str, int], dict] = {}
+    variant_training = VARIANT_TRAINING if args.ablation == "paper" else dict.fromkeys(VARIANTS, "full")
+    wanted_trainings = {("full", loss) for loss in needed}
+    if "5" in tables:
+        wanted_trainings |= {(t, study_loss) for t in variant_training.values()}
+    studies = {(training, loss, seed): prepare_study(args.dataset, seed, loss, args, training)
+               for training, loss in sorted(wanted_trainings) for seed in seeds}
+    supernets: dict[tuple[str, str, int], dict] = {}
 
     def on_supernet(r: dict) -> None:
-        supernets[(r["rank_loss"], r["seed"])] = r
-        say(f"  supernet {r['rank_loss']} seed {r['seed']}: "
+        supernets[(r["training"], r["rank_loss"], r["seed"])] = r
+        say(f"  supernet {r['training']} {r['rank_loss']} seed {r['seed']}: "
             + ("cached checkpoint" if r["cached"] else f"trained in {r['seconds']:.1f} s")
             + f"; Spearman rho last epoch {r['spearman_last']:.3f}, mean after warm-up {r['spearman_mean_after_warmup']:.3f}"
             + f"  ({time.perf_counter() - started:.0f} s elapsed)")
 
     say(f"1. {len(studies)} supernets")
-    run_jobs([("supernet", s, args.fresh) for s in studies.values()], pool, on_supernet)
+    run_jobs([("supernet", s, args.fresh, key[0]) for key, s in studies.items()], pool, on_supernet)
 
     # 2. searches: Table 5's four variants on the study-loss supernet; Full MRO on each Table 4 loss
     search_jobs = []
     for seed in seeds:
         if "5" in tables:
-            search_jobs += [("search", studies[(study_loss, seed)], v, args.select) for v in VARIANTS]
+            search_jobs += [("search", studies[(variant_training[v], study_loss, seed)], v, args.select) for v in VARIANTS]
         for loss in losses:
             if not ("5" in tables and loss == study_loss):
-                search_jobs.append(("search", studies[(loss, seed)], "full", args.select))
+                search_jobs.append(("search", studies[("full", loss, seed)], "full", args.select))
     searches: dict[tuple[str, int, str], dict] = {}
 
     def on_search(r: dict) -> None:
@@ -653,7 +699,7 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
     cache = {} if args.fresh else load_cache(cache_path)
     wanted: dict[str, tuple] = {}
     for seed in seeds:
-        study = studies[(needed[0], seed)]
+        study = studies[("full", needed[0], seed)]
         if "5" in tables:
             for what in BASELINES:
                 wanted[standalone_key(study, what, "")] = ("standalone", study, what, "")
@@ -685,7 +731,7 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
 
     # 4. the tables
     def sa(seed: int, what: str, mask: str = "") -> dict:
-        return standalone[standalone_key(studies[(needed[0], seed)], what, mask)]
+        return standalone[standalone_key(studies[("full", needed[0], seed)], what, mask)]
 
     report: dict = {
         "machine": info,
@@ -695,6 +741,7 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
             "trials": base.search.trials, "n_startup_trials": base.search.n_startup_trials,
             "select": select_text, "rank_loss_table5": study_loss, "rank_losses_table4": losses,
             "workers": args.workers, "quick": args.quick, "data_seed": base.data.seed,
+            "ablation": args.ablation, "variant_training": variant_training,
             "train_valid_test": [len(data.splits[s]) for s in ("train", "valid", "test")],
         },
         "metric": metric,
@@ -716,7 +763,10 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
         for v in VARIANTS:
             found = [searches[(study_loss, seed, v)] for seed in seeds]
             rs = [sa(seed, "subnet", f["mask"]) for seed, f in zip(seeds, found)]
+            trained = [supernets[(variant_training[v], study_loss, seed)] for seed in seeds]
             rows[v] = {"per_seed": rs, "summary": summarise(rs, all_metrics), "paths": [f["paths"] for f in found],
+                       "training": variant_training[v],
+                       "supernet_spearman_last": [t["spearman_last"] for t in trained],
                        "masks": [f["mask"] for f in found], "searches": found,
                        "supernet_valid": [f["selected_valid"] for f in found],
                        "planted": [planted_info(data, f["mask"]) for f in found] if data.informative_paths else None}
@@ -727,7 +777,7 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
         for loss in losses:
             found = [searches[(loss, seed, "full")] for seed in seeds]
             rs = [sa(seed, "subnet", f["mask"]) for seed, f in zip(seeds, found)]
-            sn = [supernets[(loss, seed)] for seed in seeds]
+            sn = [supernets[("full", loss, seed)] for seed in seeds]
             rows4[loss] = {"spearman_last": [s["spearman_last"] for s in sn],
                            "spearman_mean_after_warmup": [s["spearman_mean_after_warmup"] for s in sn],
                            "per_seed": rs, "summary": summarise(rs, all_metrics),
