@@ -42,7 +42,10 @@ from sqlalchemy.engine import Connection
 # run ``tests/search_tests/test_trial_reads.py`` and ``test_batched_writes.py`` (they compare
 # these statements with Optuna's ORM on SQLite and PostgreSQL); then add its major.minor here,
 # and its schema version and head revision (``RDBStorage.get_head_version()``) if they are new.
-OPTUNA_RELEASES = ("5.0",)
+# 5.1 (read against 5.0.0): ``models.py`` gained ``Mapped[...]`` annotations and spells out
+# ``nullable=True`` where it was the default (the same tables), ``storage.py`` reads the
+# heartbeat's ``now()`` with ``scalar_one``; schema version 12 and the alembic head unchanged.
+OPTUNA_RELEASES = ("5.0", "5.1")
 SCHEMA_VERSIONS = (12,)
 ALEMBIC_REVISIONS = ("v3.2.0.a",)
 DIALECTS = ("sqlite", "postgresql")

@@ -165,9 +165,9 @@ def test_a_release_schema_or_dialect_it_was_not_checked_with_means_optunas_calls
 def test_an_optuna_release_it_was_not_checked_with_means_optunas_calls(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     RDBStorage(url).engine.dispose()
-    monkeypatch.setattr(optuna, "__version__", "5.1.0")
+    monkeypatch.setattr(optuna, "__version__", "5.2.0")
     storage = FaultTolerantRDBStorage(url)
-    assert not storage.fast_sql and "Optuna 5.1.0 is installed" in storage.fast_sql_reason
+    assert not storage.fast_sql and "Optuna 5.2.0 is installed" in storage.fast_sql_reason
 
 
 @pytest.mark.parametrize("value, fast", [("0", False), ("off", False), ("false", False), ("1", True), ("", True)])
