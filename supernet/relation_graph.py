@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from supernet.paths import num_paths, path_pairs
 
-__all__ = ["PathStatistics", "RelationGraphPrior", "mask_log_prob", "path_keep_logits"]
+__all__ = ["PRIOR_GNNS", "PathStatistics", "RelationGraphPrior", "mask_log_prob", "path_keep_logits"]
 
 STATISTICS = ("cosine", "grad_var", "attention_var")  # the columns of PathStatistics.features()
+PRIOR_GNNS = ("gatv2", "gat")  # RelationGraphPrior(gnn=...): see its docstring
 
 
 # 1. Statistics ------------------------------------------------------------------------------
@@ -168,11 +169,18 @@ class RelationGraphPrior(nn.Module):
     paths. Trainable ``alpha``, ``beta``, ``gamma`` (init 1) combine them into one scalar
     ``e_ij = alpha * cos + beta * var_g + gamma * var_a``.
 
-    **Eq. 1.** A ``GATv2Conv`` from torch_geometric runs over the complete directed graph of the
-    ``k`` modalities (edge ``i -> j`` for every path, ``e_ij`` as the edge attribute, no self
-    loops) with learnable node embeddings. An MLP turns ``[h_i || h_j || e_ij]`` into one logit
-    per edge, and a softmax over each source ``i``'s ``k - 1`` outgoing edges gives ``p(i->j)``
-    (``edge_probs``).
+    **Eq. 1.** ``p(i->j) = softmax_j GAT(e_ij)`` over each source ``i``'s ``k - 1`` outgoing
+    edges (``edge_probs``). The graph is the complete directed graph of the ``k`` modalities
+    (edge ``i -> j`` for every path, ``e_ij`` as the edge attribute, no self loops) with learnable
+    node embeddings. ``gnn`` chooses what ``GAT(e_ij)`` is (``edge_logits``):
+
+    - ``"gatv2"`` (the default): a ``GATv2Conv`` from torch_geometric computes node states
+      ``h``, and an MLP turns ``[h_i || h_j || e_ij]`` into one logit per edge;
+    - ``"gat"`` (the paper's reading: "this composite score is then modulated via a Graph
+      Attention Network"): the edge's attention logit in one ``GATConv`` layer (Veličković et
+      al.), ``LeakyReLU(a_src . W x_i + a_dst . W x_j + a_edge . W_e e_ij)``, i.e. GAT's own
+      attention before its softmax, which Eq. 1 takes over the source's outgoing edges instead of
+      the target's incoming ones. No other layer: the composite score enters only through GAT.
 
     **Masks.** ``p`` sums to 1 per source, which is not yet a distribution over masks. Each path
     is kept independently with ``q_ij = x**tau / (1 + x**tau)``, ``x = (k - 1) * p_ij``, with a
@@ -201,10 +209,14 @@ class RelationGraphPrior(nn.Module):
         node_dim: int = 16,
         momentum: float = 0.9,
         seed: int | None = 0,
+        gnn: str = "gatv2",
     ) -> None:
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of modalities) must be >= 2, got {k}")
+        if gnn not in PRIOR_GNNS:
+            raise ValueError(f"gnn must be one of {PRIOR_GNNS}, got {gnn!r}")
+        self.gnn = gnn
         if hidden < 1 or node_dim < 1:
             raise ValueError(f"hidden and node_dim must be >= 1, got {hidden} and {node_dim}")
         self.k = k
@@ -226,12 +238,17 @@ class RelationGraphPrior(nn.Module):
             self.raw_tau = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
             self.node_embeddings = nn.Parameter(torch.randn(k, node_dim) * 0.5)  # (k, node_dim)
             # imported here: a second of start-up that commands which build no prior skip
-            from torch_geometric.nn import GATv2Conv
+            from torch_geometric.nn import GATConv, GATv2Conv
 
-            self.gat = GATv2Conv(node_dim, hidden, heads=1, edge_dim=1, add_self_loops=False)
-            self.scorer = nn.Sequential(
-                nn.Linear(2 * hidden + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-            )
+            if gnn == "gat":
+                # no bias: only the attention logits are used, never the layer's output
+                self.gat = GATConv(node_dim, hidden, heads=1, edge_dim=1, add_self_loops=False, bias=False)
+                self.scorer = None
+            else:
+                self.gat = GATv2Conv(node_dim, hidden, heads=1, edge_dim=1, add_self_loops=False)
+                self.scorer = nn.Sequential(
+                    nn.Linear(2 * hidden + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+                )
 
     @property
     def tau(self) -> Tensor:
@@ -246,9 +263,26 @@ class RelationGraphPrior(nn.Module):
     def edge_logits(self) -> Tensor:
         """Unnormalised score of every edge ``i->j`` (P,), before the per-source softmax."""
         e = self.edge_features()  # (P, 1)
-        h = F.elu(self.gat(self.node_embeddings, self.edge_index, edge_attr=e))  # (k, hidden)
         src, dst = self.edge_index
+        if self.scorer is None:
+            return self.gat_attention_logits(e)
+        h = F.elu(self.gat(self.node_embeddings, self.edge_index, edge_attr=e))  # (k, hidden)
         return self.scorer(torch.cat([h[src], h[dst], e], dim=1)).squeeze(1)  # (P,)
+
+    def gat_attention_logits(self, e: Tensor) -> Tensor:
+        """``gnn="gat"``: the attention logit ``GATConv`` gives each edge before its softmax, (P,).
+
+        Written with the layer's own weights (``lin``, ``att_src``, ``att_dst``, ``lin_edge``,
+        ``att_edge``, ``negative_slope``), as ``GATConv.forward`` and ``edge_update`` compute it;
+        a test checks that its softmax over each target's incoming edges is the attention the
+        layer itself returns.
+        """
+        gat = self.gat
+        src, dst = self.edge_index
+        x = gat.lin(self.node_embeddings).view(self.k, -1)  # (k, hidden)  W x
+        alpha = (x * gat.att_src.view(1, -1)).sum(-1)[src] + (x * gat.att_dst.view(1, -1)).sum(-1)[dst]  # (P,)
+        alpha = alpha + (gat.lin_edge(e) * gat.att_edge.view(1, -1)).sum(-1)  # (P,)  + a_edge . W_e e
+        return F.leaky_relu(alpha, gat.negative_slope)  # (P,)
 
     def log_edge_probs(self) -> Tensor:
         """``log p(i->j)``, shape (P,). Row-major path order makes each source's outgoing

@@ -259,3 +259,54 @@ def test_state_dict_round_trip_with_weights_only_load() -> None:
     masks = all_masks(12)[::97]
     torch.testing.assert_close(clone.log_prob(masks), prior.log_prob(masks))
     torch.testing.assert_close(clone.statistics.features(), prior.statistics.features())
+
+
+# The paper's GAT (gnn="gat") ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+def test_gat_logits_are_the_attention_torch_geometric_computes(k: int) -> None:
+    """``gat_attention_logits`` re-derives GATConv's pre-softmax attention from its weights; its
+    softmax over each target's incoming edges must be what the layer itself returns."""
+    from torch_geometric.utils import softmax
+
+    prior = RelationGraphPrior(k, seed=k, gnn="gat")
+    _feed_statistics(prior)
+    e = prior.edge_features()
+    _, (edge_index, attention) = prior.gat(prior.node_embeddings, prior.edge_index, edge_attr=e,
+                                           return_attention_weights=True)
+    assert torch.equal(edge_index, prior.edge_index)
+    ours = softmax(prior.gat_attention_logits(e), prior.edge_index[1], num_nodes=k)
+    torch.testing.assert_close(ours, attention.view(-1), rtol=1e-5, atol=1e-6)
+    # and Eq. 1 normalises the same logits over each SOURCE's outgoing edges
+    torch.testing.assert_close(prior.edge_logits(), prior.gat_attention_logits(e))
+    torch.testing.assert_close(prior.edge_probs().view(k, k - 1).sum(dim=1), torch.ones(k))
+
+
+def test_gat_prior_learns_through_every_parameter() -> None:
+    from torch_geometric.nn import GATConv
+
+    prior = RelationGraphPrior(3, seed=0, gnn="gat")
+    assert isinstance(prior.gat, GATConv) and not isinstance(prior.gat, GATv2Conv)
+    assert prior.scorer is None
+    _feed_statistics(prior)
+    masks = all_masks(prior.n_paths)[::5]
+    losses = torch.linspace(0.0, 1.0, masks.shape[0])
+    rank_loss(prior.log_prob(masks), losses, "l2").backward()
+    for name, param in prior.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_gat_prior_state_round_trips_and_refuses_the_other_gnn() -> None:
+    prior = RelationGraphPrior(4, seed=5, gnn="gat")
+    _feed_statistics(prior)
+    buffer = io.BytesIO()
+    torch.save(prior.state_dict(), buffer)
+    buffer.seek(0)
+    clone = RelationGraphPrior(4, seed=99, gnn="gat")
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(clone.path_probs(), prior.path_probs())
+    with pytest.raises(RuntimeError):
+        RelationGraphPrior(4, gnn="gatv2").load_state_dict(prior.state_dict())
+    with pytest.raises(ValueError, match="gnn must be one of"):
+        RelationGraphPrior(3, gnn="gcn")
