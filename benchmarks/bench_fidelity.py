@@ -44,6 +44,14 @@ study's [train] for the supernet only, e.g. ``--train per_sample_masks=true --tr
 ``--tag NAME`` names the result files ``bench_fidelity_NAME_TAG``, so a variant sits beside the
 baseline ("before and after") with the same stand-alone results.
 
+**Reusing stand-alone results** (``--standalone-from FILE.json``): the per-mask stand-alone scores
+of an earlier report (``bench_fidelity_NAME*.json``, its ceiling runs included) are copied into the
+stand-alone caches when they were trained exactly as this run would train them (same [data],
+[model] and stand-alone budget). Before copying, the cheapest imported mask of every seed is
+trained again here and must reproduce the recorded score and loss (to 1e-6), or nothing is
+copied: a supernet variant is then measured against the same stand-alone results for the price of
+its supernet trainings alone. Imported rows carry ``imported_from``.
+
 Target: Kendall tau >= 0.6 (mean over seeds). For reference, uniform weight sharing gave tau ~ 0.2
 in Yu et al., "Evaluating the search phase of neural architecture search" (ICLR 2020).
 
@@ -148,6 +156,65 @@ def standalone_log(study: Study) -> Path:
            "train": {k: getattr(study.train, k) for k in STANDALONE_TRAIN_KEYS}}
     sha = config_sha256(key)[:12]
     return CACHE_DIR / f"{study.name}-seed{study.train.seed}-standalone-{sha}" / "standalone.jsonl"
+
+
+def import_standalone(path: Path, trainings: dict[int, Study], metric: str, say) -> int:
+    """Copy the stand-alone results of an earlier report into the caches of ``trainings`` (by
+    training seed) after re-training one mask per seed here (see the module docstring); returns
+    the number of rows copied. Exits with a one-line error when the report does not fit."""
+    try:
+        report = json.loads(Path(path).read_text())
+        config, rows = report["study_config"], report["per_seed"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"error: --standalone-from {path}: not a bench_fidelity report ({exc})") from None
+    first = next(iter(trainings.values()))
+
+    def recorded(section: str, current) -> str:  # a field added since that report had its default
+        defaults = asdict(type(current)())
+        return config_sha256(defaults | {k: v for k, v in config.get(section, {}).items() if k in defaults})
+
+    same = (recorded("data", first.data) == config_sha256(asdict(first.data))
+            and recorded("model", first.model) == config_sha256(asdict(first.model))
+            and all(config.get("train", {}).get(k) == getattr(first.train, k) for k in STANDALONE_TRAIN_KEYS if k != "seed"))
+    if not same:
+        raise SystemExit(f"error: --standalone-from {path}: trained with other [data], [model] or stand-alone budget "
+                         "than this run; run without it")
+    found: dict[int, dict[str, dict]] = {}
+    for row in rows:
+        for entry in row.get("per_mask", []):
+            for tseed, score, loss in ((row["seed"], "standalone", "standalone_loss"),
+                                       (row["seed"] + CEILING_SEED_OFFSET, "standalone_again", "standalone_again_loss")):
+                if tseed in trainings and score in entry:
+                    found.setdefault(tseed, {})[entry["mask"]] = {
+                        "kind": "subnet", "seed": tseed, "mask": entry["mask"], "paths": entry["paths"],
+                        "score": entry[score], "loss": entry[loss], "seconds": entry.get("standalone_seconds", 0.0),
+                        "imported_from": _rel(Path(path))}
+    for tseed, by_mask in found.items():  # reproduce the cheapest mask of each training seed here
+        check = min(by_mask.values(), key=lambda r: (r["paths"], r["mask"]))
+        mask = tuple(int(c) for c in check["mask"])
+        again = job_subnet(trainings[tseed], mask, metric)
+        if abs(again["score"] - check["score"]) > 1e-6 or abs(again["loss"] - check["loss"]) > 1e-6:
+            raise SystemExit(f"error: --standalone-from {path}: seed {tseed} mask {check['mask']} trains to "
+                             f"{again['score']:.6f} (loss {again['loss']:.6f}) here, {check['score']:.6f} "
+                             f"({check['loss']:.6f}) there; the results do not transfer, run without it")
+        say(f"  --standalone-from: seed {tseed} mask {check['mask']} reproduced here "
+            f"({metric} {again['score']:.6f}, loss {again['loss']:.6f})")
+    copied = 0
+    for tseed, by_mask in found.items():
+        log_path = standalone_log(trainings[tseed])
+        have = load_standalone(log_path)
+        new = [r for m, r in by_mask.items() if m not in have]
+        if new:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+        copied += len(new)
+    return copied
+
+
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def reseeded(study: Study, seed: int) -> Study:
@@ -419,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="noise ceiling: train these seeds' masks stand-alone again with seed + "
                              f"{CEILING_SEED_OFFSET} and report tau between the two stand-alone rankings")
     parser.add_argument("--fresh", action="store_true", help="ignore cached checkpoints and stand-alone results")
+    parser.add_argument("--standalone-from", metavar="FILE.json", default=None,
+                        help="reuse the stand-alone results of an earlier report trained the same way (one mask "
+                             "per seed is re-trained here and must match)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the JSON and Markdown files")
     args = parser.parse_args(argv)
@@ -457,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         f"metric {metric}; seeds {seeds}; {len(masks[seeds[0]])} masks per seed; {_n(args.workers, 'worker')}"
         + (f"; supernet [train] overrides {overrides}" if overrides else "")
         + (f"; noise ceiling for seeds {ceiling}" if ceiling else ""))
+
+    if args.standalone_from:
+        copied = import_standalone(Path(args.standalone_from), trainings, metric, say)
+        say(f"--standalone-from {args.standalone_from}: {copied} stand-alone results copied")
 
     # what is already done
     standalone: dict[int, dict[str, dict]] = {}

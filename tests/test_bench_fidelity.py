@@ -50,3 +50,35 @@ def test_stand_alone_results_are_shared_by_supernet_variants_but_not_by_budgets(
     other_seed = bench_fidelity.reseeded(base, 1000)
     assert bench_fidelity.standalone_log(other_seed) != bench_fidelity.standalone_log(base)
     assert base.train.seed == 0  # reseeding copies
+
+
+def test_standalone_results_are_imported_only_when_they_reproduce_here(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(bench_fidelity, "CACHE_DIR", tmp_path / "cache")
+    study = bench_fidelity.prepare_study("demo", 0, 1, True)
+    trainings = {0: study}
+    metric = "accuracy"
+    mask = (1, 0, 0, 0, 0, 0)
+    real = bench_fidelity.job_subnet(study, mask, metric)  # what training this mask gives here
+
+    def report(score: float, **model) -> Path:
+        config = study.supernet_config() | {"train": {"epochs": 1, "batch_size": study.train.batch_size,
+                                                      "lr": study.train.lr, "weight_decay": study.train.weight_decay}}
+        config["model"] = config["model"] | model
+        config["data"] = {k: v for k, v in config["data"].items() if k != "classes"}  # an older report's fields
+        entry = {"mask": "100000", "paths": 1, "standalone": score, "standalone_loss": real["loss"]}
+        path = tmp_path / f"report{len(list(tmp_path.glob('report*')))}.json"
+        path.write_text(json.dumps({"study_config": config, "per_seed": [{"seed": 0, "per_mask": [entry]}]}))
+        return path
+
+    said: list[str] = []
+    with pytest.raises(SystemExit, match="do not transfer"):
+        bench_fidelity.import_standalone(report(real["score"] + 0.01), trainings, metric, said.append)
+    assert not bench_fidelity.standalone_log(study).exists()  # nothing copied
+    with pytest.raises(SystemExit, match="other \\[data\\], \\[model\\]"):
+        bench_fidelity.import_standalone(report(real["score"], width=study.model.width * 2), trainings, metric, said.append)
+    assert bench_fidelity.import_standalone(report(real["score"]), trainings, metric, said.append) == 1
+    cached = bench_fidelity.load_standalone(bench_fidelity.standalone_log(study))
+    assert cached["100000"]["score"] == real["score"] and "imported_from" in cached["100000"]
+    assert bench_fidelity.import_standalone(report(real["score"]), trainings, metric, said.append) == 0  # once
