@@ -40,6 +40,15 @@ loss therefore replaces the non-differentiable part by a smooth surrogate:
 
 ``temperature`` sets the scale of score differences that counts as "clearly ordered"; use a
 value comparable to the spread of the prior scores.
+
+**Joint optimization** (``loss_gradient=True``, ``[train] joint_rank``: λ·R added to the task
+loss, Table 1 of the paper). The losses are then the differentiable task losses of the subnets
+trained in the step, and R's gradient reaches the supernet too: ``"hinge"`` is differentiable in
+the losses as it stands; for the rank kinds the loss ranks keep their hard values (so R's value is
+exactly the one above) and take their gradient from soft ascending ranks of the losses
+(straight-through), with the temperature set to the mean absolute difference of the losses
+(detached), so the surrogate does not depend on the losses' scale. Either way a gradient step on R
+lowers the loss of the subnets the prior ranks above where their losses put them.
 """
 
 from __future__ import annotations
@@ -82,12 +91,13 @@ def hard_ranks(losses: Tensor) -> Tensor:
 
 
 def rank_loss(
-    prior_scores: Tensor, losses: Tensor, kind: str, *, temperature: float = 1.0
+    prior_scores: Tensor, losses: Tensor, kind: str, *, temperature: float = 1.0, loss_gradient: bool = False
 ) -> Tensor:
     """Rank-consistency loss of the prior's scores against observed losses (a scalar tensor).
 
     ``kind`` is one of ``RANK_LOSSES``; see the module docstring for the surrogate each uses.
-    Only ``prior_scores`` receives gradient; ``losses`` are detached.
+    Only ``prior_scores`` receives gradient and ``losses`` are detached, unless ``loss_gradient``
+    (joint optimization, see the module docstring).
     """
     if kind not in RANK_LOSSES:
         raise ValueError(f"kind must be one of {RANK_LOSSES}, got {kind!r}")
@@ -102,7 +112,9 @@ def rank_loss(
     n = prior_scores.shape[0]
     if n < 2:
         raise ValueError(f"prior_scores must hold at least 2 subnets to rank, got N={n}")
-    losses = losses.detach().to(device=prior_scores.device, dtype=prior_scores.dtype)
+    losses = losses.to(device=prior_scores.device, dtype=prior_scores.dtype)
+    if not loss_gradient:
+        losses = losses.detach()
 
     if kind == "hinge":
         i, j = torch.triu_indices(n, n, offset=1, device=prior_scores.device)  # (2, N(N-1)/2)
@@ -110,7 +122,12 @@ def rank_loss(
         gap = losses[i] - losses[j]
         return (0.5 * (gap.abs() + gap * soft_sign)).mean()
 
-    d = soft_ranks(prior_scores, temperature) - hard_ranks(losses)  # (N,)
+    perf = hard_ranks(losses)  # (N,)
+    if loss_gradient and losses.requires_grad:  # straight-through: hard values, soft ranks' gradient
+        spread = (losses[None, :] - losses[:, None]).abs().sum().detach() / (n * (n - 1))
+        soft = soft_ranks(-losses, max(float(spread), 1e-12))  # ascending: rank 1 = lowest loss
+        perf = perf + soft - soft.detach()
+    d = soft_ranks(prior_scores, temperature) - perf  # (N,)
     if kind == "l0":
         return (d.square() / (d.square() + L0_EPSILON)).mean()
     if kind == "l1":

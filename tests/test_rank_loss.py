@@ -94,3 +94,32 @@ def test_spearman_values_and_constant_input() -> None:
     assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
     with pytest.raises(ValueError, match="same length"):
         spearman([1, 2, 3], [1, 2])
+
+
+@pytest.mark.parametrize("kind", RANK_LOSSES)
+def test_joint_rank_loss_has_the_same_value_and_reaches_the_losses(kind: str) -> None:
+    """``loss_gradient=True`` (joint optimization): R's value is unchanged, and a gradient step on
+    R lowers the loss of a subnet the prior ranks above where its loss puts it."""
+    scores = torch.tensor([2.0, 0.5, -1.0, 1.0, -0.5])  # the prior's order: 0, 3, 1, 4, 2
+    losses = LOSSES.clone().requires_grad_(True)  # the losses' order: 2, 0, 3, 4, 1
+    joint = rank_loss(scores, losses, kind, loss_gradient=True)
+    torch.testing.assert_close(joint, rank_loss(scores, LOSSES, kind))
+    joint.backward()
+    assert losses.grad is not None and losses.grad.abs().sum() > 0
+    # subnet 1 (prior rank 3, loss rank 5: worse than the prior says) is pushed to a lower loss:
+    # its gradient is positive, so a descent step decreases it (l0 saturates: a subnet two ranks
+    # off counts almost fully already, so its own term hardly pulls and the others' decide)
+    if kind != "l0":
+        assert losses.grad[1] > 0
+    stepped = rank_loss(scores, (LOSSES - 0.05 * losses.grad.sign() * (losses.grad.abs() > 0)).detach(), kind)
+    assert stepped <= joint.detach() + 1e-6
+
+
+def test_joint_rank_loss_is_scale_free_in_the_losses() -> None:
+    scores = torch.tensor([2.0, 0.5, -1.0, 1.0, -0.5])
+    grads = []
+    for scale in (1.0, 100.0):
+        losses = (LOSSES * scale).requires_grad_(True)
+        rank_loss(scores, losses, "l1", loss_gradient=True).backward()
+        grads.append(losses.grad * scale)  # d R / d (loss / scale)
+    torch.testing.assert_close(grads[0], grads[1])
