@@ -67,8 +67,11 @@ def build_cache(model: Supernet, split: Split, *, batch_size: int = 256) -> Path
 
 @torch.no_grad()
 def predict_masks(model: Supernet, cache: PathCache, masks: torch.Tensor) -> torch.Tensor:
-    """Outputs of many subnets at once: masks ``(M, P)`` 0/1 -> ``(M, N, out)``."""
-    masks = masks.to(torch.float32)
+    """Outputs of many subnets at once: masks ``(M, P)`` 0/1 -> ``(M, N, out)``. With a linear
+    head the arithmetic is in the cache's dtype (float32 from ``build_cache``; a float64 copy of
+    the cache gives the reference that ``exhaustive.py`` is checked against)."""
+    dtype = cache.projected.dtype if cache.projected is not None else torch.float32
+    masks = masks.to(dtype)
     if masks.dim() == 1:
         masks = masks[None]
     counts = masks.sum(dim=1, keepdim=True)
@@ -77,7 +80,7 @@ def predict_masks(model: Supernet, cache: PathCache, masks: torch.Tensor) -> tor
     if cache.projected is not None:
         weights = masks / counts  # (M, P): the average over the active paths
         head = model.head
-        bias = head.bias.detach().float().cpu() if head.bias is not None else 0.0
+        bias = head.bias.detach().to(dtype).cpu() if head.bias is not None else 0.0
         return torch.einsum("mp,npo->mno", weights, cache.projected) + bias  # (M, N, out)
     was_training = model.training
     model.eval()
