@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -96,6 +97,17 @@ def _checkpoint_arg(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help=text)
 
 
+def _positive_minutes(text: str) -> float:
+    """An argparse ``type``: a number of minutes above 0 (``--max-minutes``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of minutes above 0, got {text[:40]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog="mro-search", description="Search the cross-modal fusion paths of a multimodal transformer with Optuna.", parents=[common])
@@ -133,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_RUN_SEED, default=0, help="base seed of the workers' samplers (worker w gets seed + w)")
     p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
+    p.add_argument("--exhaustive", action="store_true", help="score every mask exactly and record the exact Pareto front as trials (no sampling)")
+    p.add_argument("--max-minutes", type=_positive_minutes, default=None, metavar="M",
+                   help="with --exhaustive: refuse when all masks would take longer (default 60; estimated from a timed sample)")
     _artifacts_arg(p, creating=True)
     _checkpoint_arg(p, "supernet checkpoint for a new study (default: the latest training in runs/NAME/checkpoints, else train one)")
     p.set_defaults(handler=cmd_run)
@@ -502,20 +517,25 @@ def _stop_workers(procs, grace: float = 5.0) -> None:
 
 
 def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
+    from search_service.exhaustive import exact_front_note
     from search_service.search import pareto_front
     from search_service.storage import mask_password
 
     front = pareto_front(search)
     counts = search.counts()
+    exact = exact_front_note(search)  # the study holds the front of run --exhaustive
     if as_json:
-        _print_json({"study": search.optuna_study.study_name, "storage": mask_password(search.url), "budget": search.budget, "counts": counts, "pareto_front": front, **(extra or {})})
+        _print_json({"study": search.optuna_study.study_name, "storage": mask_password(search.url), "budget": search.budget, "counts": counts,
+                     "pareto_front": front, "exact_front": exact, **(extra or {})})
         return
     metric = search.optuna_study.metric_names[0] if search.optuna_study.metric_names else "accuracy"
     print(f"study {search.optuna_study.study_name}: {counts['complete']}/{search.budget} trials complete "
-          f"({counts['fail']} failed, {counts['pruned']} pruned); Pareto front ({len(front)}):")
+          f"({counts['fail']} failed, {counts['pruned']} pruned); Pareto front ({len(front)}{', exact' if exact else ''}):")
     print(f"{'trial':>6}  {'mask':<12} {metric:>10} {'MFLOPs':>10}  active paths")
     for row in front:
         print(f"{row['trial']:>6}  {row['mask']:<12} {row['values'][0]:>10.4f} {row['mflops']:>10.4f}  {', '.join(row['active_paths'] or [])}")
+    if exact:
+        print(f"front: {exact}")
     for key, value in (extra or {}).items():
         print(f"{key}: {value}")
 
@@ -541,6 +561,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     _check_workers(args.workers)  # before training or creating anything
+    _check_exhaustive(args)
     _check_server(url)
     search = existing_search(study.name, url)  # refuses a study of that name that is not ours
     if search is not None:  # continue it, with its own checkpoint
@@ -554,12 +575,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}: training it first")
         _, checkpoint, _ = train_study(study, progress=not args.quiet, log=None if args.quiet else log.info)
     evaluator = Evaluator(study, checkpoint)
+    plan = _exhaustive_estimate(args, study, evaluator)  # --exhaustive: refused here if too long, before the study is touched
     search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
     where = _say_where(search, checkpoint, args.artifacts)
+    if plan is not None:
+        return _run_exhaustive(args, study, search, evaluator, plan, where)
     log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
     _warn_mask_space(evaluator, search)
     _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts)
     extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
+    if not args.no_report:
+        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
+    _print_front(search, args.json, extra)
+    return 0
+
+
+def _check_exhaustive(args: argparse.Namespace) -> None:
+    if args.max_minutes is not None and not args.exhaustive:
+        raise ConfigError("--max-minutes applies to --exhaustive only; add --exhaustive, or leave --max-minutes out")
+    if args.exhaustive and args.workers != 1:
+        raise ConfigError(f"--exhaustive scores every mask in this one process; leave out --workers {args.workers}")
+
+
+def _exhaustive_estimate(args: argparse.Namespace, study, evaluator):
+    """``run --exhaustive``: a timed sample of the scoring, and the refusal when all masks would
+    take longer than ``--max-minutes`` (``search_service.exhaustive``); None without the flag."""
+    if not args.exhaustive:
+        return None
+    from search_service import exhaustive
+
+    scorer = exhaustive.scorer_for(evaluator)
+    est = exhaustive.estimate(scorer)
+    max_minutes = args.max_minutes if args.max_minutes is not None else exhaustive.DEFAULT_MAX_MINUTES
+    exhaustive.check_time(est, max_minutes, study.name, str(scorer.device))
+    return scorer, est
+
+
+def _run_exhaustive(args: argparse.Namespace, study, search, evaluator, plan, where: dict[str, Any]) -> int:
+    from search_service.exhaustive import run_exhaustive
+
+    scorer, est = plan
+    entry = run_exhaustive(search, evaluator, scorer, est, progress=not args.quiet)
+    extra: dict[str, Any] = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity,
+                             "exhaustive": {k: entry[k] for k in ("masks", "added", "seconds", "masks_per_s", "method", "device")}}
     if not args.no_report:
         extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
     _print_front(search, args.json, extra)

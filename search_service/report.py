@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from search_service.exhaustive import exact_front_note
 from search_service.sampler import PATHS_KEY
 from search_service.search import FULL_MASK_KEY, METRIC_KEY, SearchStudy, pareto_front
 from search_service.storage import mask_password
@@ -97,6 +98,7 @@ class Report:
     hypervolume: list[tuple[int, float]]  # (trial number, HV after it)
     spearman_trials: list[tuple[int, int, float]]  # (trial number, n, rho over the first n)
     spearman_epochs: list[tuple[int, float]]  # (epoch, rho) from training
+    exact_front: str | None = None  # set when the study holds the exact front (run --exhaustive)
     generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def summary(self) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class Report:
             "hypervolume": self.hypervolume[-1][1] if self.hypervolume else 0.0,
             "reference_point": list(self.reference_point),
             "spearman": self.spearman_trials[-1][2] if self.spearman_trials else None,
+            "exact_front": self.exact_front,
         }
 
     def figures(self) -> dict[str, go.Figure]:
@@ -206,6 +209,7 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         hypervolume=hypervolume_series(trials, ref),
         spearman_trials=rho_trials,
         spearman_epochs=rho_epochs,
+        exact_front=exact_front_note(search),
     )
 
 
@@ -416,6 +420,7 @@ def _render(r: Report) -> str:
         ("paths (mask order)", ", ".join(r.path_names)),
         ("full mask", f"{full.get('mask', '')}: {r.metric} {full_value:.4f}, {full['mflops']:.4f} MFLOPs" if full and full_value is not None else "not recorded"),
         ("hypervolume", f"{r.hypervolume[-1][1]:.5g}" if r.hypervolume else "-"),
+        ("Pareto front", r.exact_front or "as found by the search's trials"),
         ("supernet checkpoint", r.checkpoint or "-"),
         ("generated", r.generated),
     ]

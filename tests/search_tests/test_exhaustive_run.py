@@ -1,0 +1,185 @@
+"""``mro-search run --exhaustive``: the exact front, recorded as trials, on real studies.
+
+The tiny k = 3 study (63 masks) and a planted k = 4 study (4,095 masks) trained here: the front
+the command records equals the front of ``score_masks`` on every mask, computed by definition;
+the trials carry what a sampled trial carries and ``mro:exhaustive``; ``pareto`` says the front is
+exact; a second run adds nothing; a study with sampled trials gets only the masks it misses; a
+space that would take longer than ``--max-minutes`` is refused before the study is created.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from search_service.cli import main
+from search_service.exhaustive import EQUAL_ATTR, EXHAUSTIVE_ATTR, EXHAUSTIVE_KEY
+from search_tests.conftest import one_error
+from supernet.paths import all_masks, format_mask
+from supernet.scoring import PathCache, score_masks
+
+K4_STUDY = """\
+name = "planted4"
+
+[data]
+source = "synthetic"
+modalities = ["m0", "m1", "m2", "m3"]
+dims = [8, 9, 9, 8]
+length = 3
+samples = [192, 96, 96]
+planted_paths = ["m1->m0", "m2->m3"]
+task = "classification"
+noise = 0.1
+seed = 1
+
+[model]
+width = 8
+heads = 2
+ffn_mult = 2
+dropout = 0.0
+
+[train]
+epochs = 1
+warmup_epochs = 1
+batch_size = 64
+seed = 0
+
+[search]
+metric = "accuracy"
+trials = 30
+n_startup_trials = 5
+run_dir = "{run_dir}"
+"""
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """``cli(args, cwd)``: ``mro-search ARGS`` in this process, as a ``CompletedProcess``."""
+    monkeypatch.delenv("MRO_STORAGE", raising=False)
+    monkeypatch.delenv("MRO_ARTIFACTS", raising=False)
+
+    def invoke(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        with monkeypatch.context() as mp:
+            mp.chdir(cwd)
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse refuses a value before any command runs
+                code = int(exc.code or 0)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return invoke
+
+
+def brute_force_front(file: Path) -> list[str]:
+    """The front by definition over every mask: ``score_masks`` (float64 cache) and
+    ``FlopTable``; of equal points the lowest mask string. Mask strings by MFLOPs."""
+    from search_service.evaluator import Evaluator
+    from search_service.study_file import load_study
+
+    evaluator = Evaluator(load_study(str(file)))
+    cache = evaluator.cache("valid")
+    cache64 = PathCache(pooled=cache.pooled.double(), labels=cache.labels, task=cache.task, projected=cache.projected.double())
+    masks = all_masks(evaluator.model.num_paths)  # counting order: lowest mask string first
+    values = score_masks(evaluator.model, cache64, masks, evaluator.metric).numpy()  # (M,)
+    flops = np.array([evaluator.flops.flops(m.long().tolist()) for m in masks])  # (M,)
+    v, f = values[None, :], flops[None, :]  # row: the point, column: another point
+    dominated = ((v >= values[:, None]) & (f <= flops[:, None]) & ((v > values[:, None]) | (f < flops[:, None]))).any(axis=1)
+    front: dict[tuple[float, int], str] = {}
+    for i in np.flatnonzero(~dominated):
+        front.setdefault((values[i], int(flops[i])), format_mask(masks[i]))
+    return [front[key] for key in sorted(front, key=lambda p: p[1])]
+
+
+def exhaustive_trials(mro, url: str, name: str) -> list:
+    return [t for t in mro.complete(mro.open_study(url, name)) if t.user_attrs.get(EXHAUSTIVE_ATTR)]
+
+
+def test_k3_front_recorded_exactly_once_and_shown_as_exact(tiny, mro, cli, tmp_path: Path) -> None:
+    run_dir = tiny.seed_run_dir(tmp_path / "run")
+    file = tiny.variant(tmp_path, run_dir=run_dir)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    expected = brute_force_front(file)
+    assert [row["mask"] for row in out["pareto_front"]] == expected
+    assert out["exact_front"] and "63 masks" in out["exact_front"]
+    assert out["exhaustive"]["masks"] == 63 and out["exhaustive"]["added"] == len(expected)
+    trials = exhaustive_trials(mro, url, tiny.name)
+    assert sorted(t.user_attrs["mask"] for t in trials) == sorted(expected)
+    for t in trials:  # what a sampled trial carries, and the mark
+        assert t.user_attrs["mask"] == mro.mask(t) and t.system_attrs["mro:mask"] == mro.mask(t)
+        assert {"active_paths", "metrics", "accuracy", "mflops", "params", "worker"} <= set(t.user_attrs)
+        assert t.values == [t.user_attrs["accuracy"], t.user_attrs["mflops"]]
+        assert t.user_attrs[EQUAL_ATTR] >= 1
+    study = mro.open_study(url, tiny.name)
+    record = study._storage.get_study_system_attrs(study._study_id)[EXHAUSTIVE_KEY]
+    assert record["front"] == expected and record["masks"] == 63
+    # pareto says so
+    shown = cli(["pareto", "--study", str(file), "--storage", url], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Pareto front ({len(expected)}, exact)" in shown.stdout and "front: exact: every one of the 63 masks" in shown.stdout
+    # a second run adds nothing
+    again = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["exhaustive"]["added"] == 0
+    assert len(exhaustive_trials(mro, url, tiny.name)) == len(expected)
+    masks = [mro.mask(t) for t in mro.complete(mro.open_study(url, tiny.name))]
+    assert len(masks) == len(set(masks))
+
+
+def test_a_sampled_study_gets_only_the_missing_front_masks(tiny, mro, cli, tmp_path: Path) -> None:
+    run_dir = tiny.seed_run_dir(tmp_path / "run")
+    file = tiny.variant(tmp_path, run_dir=run_dir, trials=12)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    sampled = cli(["run", "--study", str(file), "--storage", url, "--no-report", "-q"], tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    before = {mro.mask(t) for t in mro.complete(mro.open_study(url, tiny.name))}
+    assert len(before) == 12
+    result = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = brute_force_front(file)
+    added = {t.user_attrs["mask"] for t in exhaustive_trials(mro, url, tiny.name)}
+    assert added == set(expected) - before  # only what the study missed
+    assert json.loads(result.stdout)["exhaustive"]["added"] == len(added)
+    masks = [mro.mask(t) for t in mro.complete(mro.open_study(url, tiny.name))]
+    assert len(masks) == len(set(masks)) == len(before | added)
+    # the study's front is the exact front (sampled trials on it count as its members)
+    assert {row["mask"] for row in json.loads(result.stdout)["pareto_front"]} >= set(expected)
+    assert json.loads(result.stdout)["exact_front"]
+
+
+def test_a_space_too_long_is_refused_before_the_study_exists(tiny, cli, tmp_path: Path) -> None:
+    run_dir = tiny.seed_run_dir(tmp_path / "run")
+    file = tiny.variant(tmp_path, run_dir=run_dir)
+    db = tmp_path / "study.db"
+    result = cli(["run", "--study", str(file), "--storage", f"sqlite:///{db}", "--exhaustive", "--max-minutes", "0.000001", "-q"], tmp_path)
+    one_error(result, "scoring all 63 masks of study tiny would take about", " ms (", "masks/s measured on cpu",
+              "over --max-minutes 1e-06", "give --max-minutes", "without --exhaustive")
+    assert not db.exists()  # nothing created
+    one_error(cli(["run", "--study", str(file), "--max-minutes", "5"], tmp_path), "--max-minutes applies to --exhaustive only")
+    one_error(cli(["run", "--study", str(file), "--exhaustive", "--workers", "2"], tmp_path), "--exhaustive scores every mask in this one process")
+    one_error(cli(["run", "--study", str(file), "--exhaustive", "--max-minutes", "0"], tmp_path), "--max-minutes", "above 0")
+
+
+def test_planted_k4_front_equals_brute_force(mro, cli, tmp_path: Path) -> None:
+    file = tmp_path / "planted4.toml"
+    file.write_text(K4_STUDY.format(run_dir=(tmp_path / "run").as_posix()), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    trained = cli(["train", "--study", str(file), "-q"], tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    torch.set_num_threads(1)
+    result = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    expected = brute_force_front(file)
+    assert out["exhaustive"]["masks"] == 4095
+    assert [row["mask"] for row in out["pareto_front"]] == expected
+    assert sorted(t.user_attrs["mask"] for t in exhaustive_trials(mro, url, "planted4")) == sorted(expected)
