@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_efficiency.py [--landscapes mfeat,planted5,planted6] [--seeds 5]
                                              [--trials 500] [--samplers mro,mro-uniform,tpe,nsga2,gp,random]
-                                             [--long 3000] [--gp-cap 100] [--jobs 1] [--out DIR] [--json]
+                                             [--long 3000] [--gp-cap 100] [--gp-landscapes mfeat]
+                                             [--jobs 1] [--out DIR] [--json]
 
 Issue 12, item 5: bench_search.py measures the samplers on a k = 4 problem (4,095 masks) whose
 front is known exactly; here the spaces are 2^20 - 1 and 2^30 - 1 masks, where a sampler has to
@@ -33,7 +34,8 @@ probabilities ``prior.path_probs()``, budget = trials, seed, default settings ot
 skipped with a note where this Optuna lacks it) and ``random`` (RandomSampler), each with
 Optuna's defaults and the seed. GPSampler's cost grows with the cube of the trials and with
 30 params it is slow: it runs ``min(trials, --gp-cap)`` trials (default 100) and its cells
-beyond the cap are left empty (the output says so). Seeds 0 .. ``--seeds``-1; in-memory storage.
+beyond the cap are left empty (the output says so); ``--gp-landscapes`` runs it on some
+landscapes only (the output names the others). Seeds 0 .. ``--seeds``-1; in-memory storage.
 
 Long runs (``--long N``, default 3000, 0 for none): one ``mro`` and one ``random`` study of N
 trials (seed 1000) per landscape, only to widen the reference front.
@@ -63,9 +65,10 @@ fraction (over seeds, at n trials) reaches the highest 500-trial median among ``
 ``nsga2``, ``gp`` (at its cap) and ``random``; met if n <= 100. ``mro-uniform`` is the
 ablation, not an "other".
 
-Each finished study is appended to ``runs/bench_efficiency/jobs.jsonl`` (keyed by landscape
-and its checkpoint, sampler, seed and trials), so an interrupted or extended run reuses what
-is done. ``--out DIR`` writes ``DIR/bench_efficiency.json`` (every number) and
+Each finished study is appended to ``runs/bench_efficiency/jobs.jsonl`` (``--jobs-file``:
+another name for an invocation running beside it; every ``jobs*.jsonl`` there is read), keyed
+by landscape and its checkpoint, sampler, seed and trials, so an interrupted or extended run
+reuses what is done. ``--out DIR`` writes ``DIR/bench_efficiency.json`` (every number) and
 ``DIR/bench_efficiency.md`` (the tables); ``benchmarks/figures.py`` draws
 ``docs/figures/efficiency_LANDSCAPE.svg`` from the JSON.
 """
@@ -372,7 +375,12 @@ LABELS = {"mro": "**MROSampler**", "mro-uniform": "MROSampler, no prior", "tpe":
 
 
 def markdown(result: dict) -> str:
-    lines = []
+    m, st = result["machine"], result["settings"]
+    lines = [f"**bench_efficiency** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
+             f"{m.get('loadavg_end', [float('nan')])[0]:.1f}; Optuna {m['optuna']}, torch {m['torch']}; seeds 0–{st['seeds'] - 1}, "
+             f"{st['trials']} trials, long runs {st['long']}; {st['jobs']} process(es), 1 torch thread each; "
+             f"studies run by this invocation: {result['wall_s']:.0f} s)", ""]
+    lines += [f"- {note}" for note in result["notes"]] + ([""] if result["notes"] else [])
     for land in result["landscapes"]:
         ref = land["reference"]
         lines += [f"**{land['landscape']}** ({land['note']}; {land['paths']} paths, {land['space']:,} masks; "
@@ -413,8 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--long", type=int, default=3000, help="trials of the long mro and random runs (0: none)")
     parser.add_argument("--gp-cap", type=int, default=100, help="GPSampler's trials at most (it is slow)")
+    parser.add_argument("--gp-landscapes", default="", help="run gp only on these landscapes (default: all)")
     parser.add_argument("--exact-max", type=int, default=EXACT_MAX, help="score every mask of spaces up to this size")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--jobs-file", default=JOBS_FILE.name,
+                        help="append finished studies to runs/bench_efficiency/NAME (one per parallel invocation)")
     parser.add_argument("--out", default="", help="write DIR/bench_efficiency.json and .md")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
@@ -437,17 +448,23 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"gp skipped: {why}")
         elif args.gp_cap < args.trials:
             notes.append(f"gp capped at {args.gp_cap} trials (GPSampler is slow with 30 params)")
+    gp_lands = [s.strip() for s in args.gp_landscapes.split(",") if s.strip()] or names
+    if "gp" in samplers and set(names) - set(gp_lands):
+        notes.append(f"gp not run on {', '.join(n for n in names if n not in gp_lands)} (--gp-landscapes)")
     for n in notes:
         print(n)
 
-    done = _common.load_jsonl(JOBS_FILE, "key")
+    done: dict[str, dict] = {}
+    for path in sorted(CACHE_DIR.glob("jobs*.jsonl")):  # this run's file and any a parallel run wrote
+        done.update(_common.load_jsonl(path, "key"))
+    jobs_file = CACHE_DIR / args.jobs_file
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     lands = {n: landscape(n) for n in names}
     _LOADED.update(lands)
     jobs, keys = [], {}
     for n, land in lands.items():
         plan = [(s, seed, min(args.trials, args.gp_cap) if s == "gp" else args.trials)
-                for s in samplers for seed in range(args.seeds)]
+                for s in samplers for seed in range(args.seeds) if s != "gp" or n in gp_lands]
         plan += [(s, LONG_SEED, args.long) for s in LONG_SAMPLERS if args.long]
         for s, seed, trials in plan:
             key = job_key(land, s, seed, trials)
@@ -461,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(row: dict) -> None:
         done[row["key"]] = row
-        with JOBS_FILE.open("a") as f:
+        with jobs_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"  {row['key'].split('|')[0]} {row['sampler']:<11} seed {row['seed']:<4} {row['trials']} trials "
               f"{row['seconds']:7.1f} s  ({time.perf_counter() - started:.0f} s)", flush=True)
