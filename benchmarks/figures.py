@@ -14,7 +14,9 @@ benchmark; a result that is missing is skipped and named) and writes one SVG per
 - ``table5_DATASET.svg`` (``bench_tables_DATASET.json``): Table 5's models, mean test metric
   (± std) against mean MFLOPs (min–max) over seeds;
 - ``table4_DATASET.svg``: Table 4's Spearman ρ (last epoch) per rank loss, mean ± std;
-- ``table5_planted_t20.svg``: Table 5 on the planted data with 20 trials per search.
+- ``table5_planted_t20.svg``: Table 5 on the planted data with 20 trials per search;
+- ``efficiency.svg`` (``bench_efficiency.json``): the median fraction of the reference
+  hypervolume after n trials per sampler, one panel per landscape (mfeat k = 6, planted k = 5, 6).
 
 Static export needs plotly's image engine: ``pip install -e ".[report]"`` (kaleido ≥ 1) and a
 Chrome or Chromium on the machine (``apt-get install chromium``; kaleido finds it, or set
@@ -168,6 +170,35 @@ def table4_figure(result: dict) -> go.Figure:
                    "rank loss", "Spearman ρ")
 
 
+EFFICIENCY_NAMES = {"mro": "MROSampler", "mro-uniform": "MROSampler, no prior", "tpe": "TPE", "nsga2": "NSGA-II",
+                    "gp": "GP", "random": "Random"}
+
+
+def efficiency_figure(result: dict) -> go.Figure:
+    """Search efficiency (bench_efficiency): the median fraction of the reference hypervolume
+    after n trials, one panel per landscape, one line per sampler, the target's 100 trials marked."""
+    lands = result["landscapes"]
+    fig = make_subplots(rows=1, cols=len(lands), shared_yaxes=True, horizontal_spacing=0.04, subplot_titles=[
+        f"{land['landscape']} ({land['paths']} paths, {land['space']:,} masks)" for land in lands])
+    colours = dict(zip(EFFICIENCY_NAMES, SEED_COLOURS + ["#8c564b"]))
+    for col, land in enumerate(lands, start=1):
+        for s, row in land["samplers"].items():
+            ys = row["median_curve"]
+            fig.add_trace(go.Scatter(
+                x=list(range(1, len(ys) + 1)), y=ys, mode="lines", name=EFFICIENCY_NAMES.get(s, s),
+                legendgroup=s, showlegend=col == 1,
+                line=dict(color=colours.get(s, "#444"), width=3 if s == "mro" else 1.5,
+                          dash="dash" if s == "mro-uniform" else None),
+            ), row=1, col=col)
+        fig.add_vline(x=100, line=dict(color="#888", dash="dot", width=1), row=1, col=col)
+    seeds = result["settings"]["seeds"]
+    fig = _layout(fig, f"Search efficiency: median of {seeds} seeds, fraction of the reference front's hypervolume",
+                  "trials", "hypervolume / reference hypervolume")
+    fig.update_xaxes(type="log", title_text="trials (log)")
+    fig.update_layout(width=max(720, 420 * len(lands)))
+    return fig
+
+
 def stable_svg(fig: go.Figure, name: str) -> str:
     """The figure as SVG, with fixed trace ids and plotly's random per-render id replaced by one
     derived from ``name``: drawing the same results twice gives the same file (no churn in
@@ -192,6 +223,7 @@ def build(results: Path) -> tuple[dict[str, go.Figure], list[str]]:
         ("planted_t20/bench_tables_planted", "table5_planted_t20", table5_figure),
         ("bench_tables_mfeat", "table5_mfeat", table5_figure),
         ("bench_tables_mfeat", "table4_mfeat", table4_figure),
+        ("bench_efficiency", "efficiency", efficiency_figure),
     ]
     figures, missing, loaded = {}, [], {}
     for stem, name, make in makers:
