@@ -32,8 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
+from search_service.keys import MASK_KEY, PATHS_KEY, STALE_KEY
 from search_service.redaction import SecretFilter, install_secret_filter, mask_password, scrub  # noqa: F401 (re-exported)
 from search_service.study_file import Study
+from search_service.trial_index import MAX_RETRY, trial_mask
 from search_service.trial_reads import read_trials, unsupported
 from search_service.trial_writes import finish, trial_state, write_rows
 from supernet.errors import ConfigError, MROError
@@ -44,9 +46,6 @@ ENV_VAR = "MRO_STORAGE"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a trial with no heartbeat for this long is failed (and retried)
 STALE_CHECK_S = 1.0  # a process looks for stale trials at most this often
-MAX_RETRY = 3
-STALE_KEY = "mro:stale"  # trial system attribute: failed by the heartbeat (set just before)
-PENDING_RETRY_S = 60.0  # a trial failed by the heartbeat keeps its mask and budget place this long for its retry
 
 
 def resolve_url(study: Study | None, cli_url: str | None = None, *, name: str | None = None) -> str:
@@ -618,9 +617,6 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
 
 def _with_claimed_mask(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial:
     from optuna.distributions import CategoricalDistribution
-
-    from search_service.sampler import PATHS_KEY
-    from search_service.trial_index import MASK_KEY, trial_mask
 
     paths = study._storage.get_study_system_attrs(study._study_id).get(PATHS_KEY)
     if not paths or all(name in trial.params for name in paths):

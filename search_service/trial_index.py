@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from search_service.storage import MAX_RETRY, PENDING_RETRY_S, STALE_KEY
+from search_service.keys import MASK_KEY, SCORES_ATTR, STALE_KEY
 
-MASK_KEY = "mro:mask"  # trial system attribute: the mask a trial's sampler claimed for it
+# The heartbeat's retry rules, which ``storage`` applies (``RetryStaleTrialCallback``) and this
+# index reads back: a trial failed by the heartbeat is retried at most MAX_RETRY times, and keeps
+# its mask and its place in the budget for PENDING_RETRY_S while its retry is being queued.
+MAX_RETRY = 3
+PENDING_RETRY_S = 60.0
 _LIVE = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
 Mask = tuple[int, ...]
@@ -218,3 +224,63 @@ class TrialIndex:
     def find(self, number: int) -> FrozenTrial | None:
         """Trial ``number`` if it is not settled (a trial looks itself up while it runs)."""
         return next((t for t in self.open if t.number == number), None)
+
+
+def space_size(P: int) -> float:
+    """The number of non-empty masks of ``P`` paths (infinite beyond 62: never exhausted)."""
+    return 2**P - 1 if P <= 62 else math.inf
+
+
+@dataclass(frozen=True)
+class MaskSpace:
+    """Where a study stands on its masks (the non-empty masks of its paths).
+
+    A mask is *scored* when a COMPLETE trial holds it, or a trial pruned because its metric is
+    undefined for the mask (``SCORES_ATTR``); it is *held* when it is not scored and a running
+    or waiting trial holds it (or a trial the heartbeat failed a moment ago, whose retry takes
+    it over). A held mask may still come free: its holder may die and the retry fail."""
+
+    size: float  # 2**P - 1 (infinite beyond 62 paths: never exhausted)
+    scored: int
+    held: int
+
+    @property
+    def untried(self) -> float:
+        return self.size - self.scored - self.held
+
+    @property
+    def exhausted(self) -> bool:
+        """Every mask is scored: no trial can score a new one."""
+        return self.scored >= self.size
+
+    def no_untried_reason(self) -> str:
+        """Why no untried mask is left."""
+        if self.exhausted:
+            return f"all {self.size} masks scored"
+        return f"the {self.size - self.scored} masks not scored yet are held by running trials"
+
+
+class MaskIndex(TrialIndex):
+    """A ``TrialIndex`` that also keeps the masks of trials pruned after scoring (their metric is
+    undefined): those masks are scored, and are never proposed again."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        super().__init__(paths)
+        self.undefined: set[Mask] = set()
+
+    def _settle(self, t: FrozenTrial) -> None:
+        super()._settle(t)
+        if t.state == TrialState.PRUNED and SCORES_ATTR in t.user_attrs:
+            mask = trial_mask(t, self.paths)
+            if mask is not None:
+                self.undefined.add(mask)
+
+    def held_masks(self, number: int) -> set[Mask]:
+        return super().held_masks(number) | self.undefined
+
+    def space(self) -> MaskSpace:
+        """The mask space as of the last ``update`` (every open trial's mask counts as held)."""
+        # (counted without building the set of scored masks: this runs once per trial)
+        undefined = sum(1 for m in self.undefined if not self.masks[m])
+        held = sum(1 for m in self.open_masks(-1) if not self.masks[m] and m not in self.undefined)
+        return MaskSpace(size=space_size(len(self.paths)), scored=len(self.masks) + undefined, held=held)
