@@ -1,6 +1,7 @@
 """Benchmark: supernet training throughput at the CMU-MOSEI shape on the CPU.
 
 Usage: python benchmarks/bench_training.py [--steps 30] [--batch-size 32] [--repeats 3] [--json]
+       python benchmarks/bench_training.py --loop-only --baseline-tree DIR [--threads 1] [--loop-repeats 3]
 
 Model: text 50 x 768, audio 50 x 74, vision 50 x 35; width 256, 8 heads, dropout 0.4, linear
 regression head, L1 task loss, AdamW. Data: random features of that shape (``torch.randn``),
@@ -21,7 +22,10 @@ Measured in one run, each over ``--steps`` timed steps after ``--warmup`` untime
   reports ``samples_per_s`` (training steps only, not the per-epoch evaluation).
 
 The supernet-step variants are interleaved over ``--repeats`` rounds and the median is reported,
-because the machine is shared. Memory: peak resident set size from
+because the machine is shared. ``--baseline-tree DIR`` (a checkout of another commit, e.g.
+``git archive HEAD~3 | tar -x -C DIR``) runs the ``train_supernet`` measurement of both trees in
+fresh processes, alternating, and reports the ratio: a before/after comparison under the same
+load; ``--loop-only`` skips the step measurements. Memory: peak resident set size from
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) after each phase, plus the current
 RSS from psutil when it is installed.
 """
@@ -40,6 +44,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if "--tree" in sys.argv[:-1]:  # a --baseline-tree measurement: supernet from that checkout
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 
 import _common  # noqa: E402
 import torch  # noqa: E402
@@ -202,15 +208,44 @@ def run_loop(args, seed: int) -> dict:
     }
     data = MultimodalData(modalities=list(MOSEI), task="regression", splits=splits)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, masks_per_step=1, seed=seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = train_supernet(data, model_cfg(args), cfg, progress=False)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     h = result.history[0]
     return {
         "samples_per_s": h["samples_per_s"],
         "train_seconds": h["seconds"],
         "wall_seconds": wall,
+        # the whole call (the epoch's evaluation included) per CPU-second of this process: with
+        # one thread, an estimate of the uncontended rate on a loaded machine
+        "samples_per_cpu_s": args.loop_samples / cpu,
+        "tree": str(Path(train_supernet.__code__.co_filename).resolve().parents[1]),  # whose train_supernet ran
     }
+
+
+def compare_trees(args) -> dict:
+    """``train_supernet`` of this tree and of ``--baseline-tree``, each in a fresh process,
+    alternating (ABBA...) over ``--loop-repeats`` rounds; medians and their ratios."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]
+    runs: dict[str, list[dict]] = {"this": [], "baseline": []}
+    for r in range(args.loop_repeats):
+        for which in (("this", "baseline") if r % 2 == 0 else ("baseline", "this")):
+            tree = here if which == "this" else Path(args.baseline_tree).resolve()
+            cmd = [sys.executable, __file__, "--loop-only", "--json", "--loop-repeats", "1", "--tree", str(tree),
+                   "--threads", str(args.threads or 0), "--batch-size", str(args.batch_size),
+                   "--loop-samples", str(args.loop_samples), "--width", str(args.width), "--dropout", str(args.dropout),
+                   "--seed", str(args.seed + r)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            run = json.loads(out.stdout)["train_supernet_runs"][0]
+            assert run["tree"] == str(tree), (run["tree"], tree)  # the checkout asked for, not the installed one
+            run["loadavg"] = list(os.getloadavg())
+            runs[which].append(run)
+    med = {w: {k: statistics.median(x[k] for x in rs) for k in ("samples_per_s", "samples_per_cpu_s")} for w, rs in runs.items()}
+    return {"baseline_tree": str(args.baseline_tree), "runs": runs, "medians": med,
+            "ratio_samples_per_s": med["this"]["samples_per_s"] / med["baseline"]["samples_per_s"],
+            "ratio_samples_per_cpu_s": med["this"]["samples_per_cpu_s"] / med["baseline"]["samples_per_cpu_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,10 +275,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--loop-only", action="store_true", help="only the train_supernet measurement")
+    parser.add_argument("--baseline-tree", metavar="DIR", help="also time train_supernet of this checkout, alternating")
+    parser.add_argument("--tree", metavar="DIR", help=argparse.SUPPRESS)  # set by --baseline-tree's runs
     args = parser.parse_args(argv)
     from search_service.cli import default_threads
 
     torch.set_num_threads(args.threads or default_threads())
+    if args.baseline_tree:
+        report = {"benchmark": "bench_training", "settings": vars(args), "machine": machine_info(),
+                  "compare": compare_trees(args)}
+        report["machine"]["loadavg_end"] = list(os.getloadavg())
+        if args.json:
+            print(json.dumps(report))
+            return 0
+        c, info = report["compare"], report["machine"]
+        print(f"bench_training --baseline-tree {args.baseline_tree}  {info['date']}, {info['torch_threads']} thread(s), "
+              f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}")
+        for which in ("this", "baseline"):
+            rates = ", ".join(f"{x['samples_per_s']:.1f}" for x in c["runs"][which])
+            cpu = ", ".join(f"{x['samples_per_cpu_s']:.1f}" for x in c["runs"][which])
+            print(f"  train_supernet {which:8s}: median {c['medians'][which]['samples_per_s']:.1f} samples/s [{rates}]; "
+                  f"per CPU-s {c['medians'][which]['samples_per_cpu_s']:.1f} [{cpu}]")
+        print(f"  ratio this / baseline: {c['ratio_samples_per_s']:.3f} (samples/s), {c['ratio_samples_per_cpu_s']:.3f} (per CPU-s)")
+        return 0
+    if args.loop_only:
+        loops = [run_loop(args, args.seed + r) for r in range(args.loop_repeats)]
+        report = {"benchmark": "bench_training", "settings": vars(args), "train_supernet_runs": loops,
+                  "train_supernet_samples_per_s": statistics.median(x["samples_per_s"] for x in loops)}
+        print(json.dumps(report) if args.json else f"train_supernet: {report['train_supernet_samples_per_s']:.1f} samples/s")
+        return 0
 
     info = machine_info()
     mem = {"start": memory()}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search_service.limits import PORT_MAX, TRIAL_NUMBER_MAX, TRIALS_MAX, WORKERS_MAX
-from supernet.config import SEED_MAX, TrainConfig, field_range
+from supernet.config import DEVICE_PATTERN, SEED_MAX, TrainConfig, field_range
 from supernet.errors import ConfigError, MROError
 
 EXIT_USAGE = 2
@@ -97,6 +97,20 @@ def _checkpoint_arg(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help=text)
 
 
+def _device_setting(text: str) -> str:
+    """An argparse ``type``: a device setting (``supernet.device`` resolves it on this machine)."""
+    import re
+
+    if not re.fullmatch(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got {text[:40]!r}")
+    return text
+
+
+def _device_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", type=_device_setting, metavar="DEVICE",
+                   help=f"{what}: auto, cpu, cuda, cuda:N or mps (default: [train] device; auto = CUDA, else MPS, else CPU)")
+
+
 def _positive_minutes(text: str) -> float:
     """An argparse ``type``: a number of minutes above 0 (``--max-minutes``)."""
     try:
@@ -118,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arg(p)
     p.add_argument("--epochs", type=_EPOCHS, help="override [train] epochs")
     p.add_argument("--seed", type=_SEED, help="override [train] seed")
+    _device_arg(p, "train on this device")
     _storage_arg(p)  # only to say whether the study there uses this checkpoint
     p.add_argument("--json", action="store_true", help="print the training summary as one JSON object")
     p.set_defaults(handler=cmd_train)
@@ -133,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, metavar="BITS", help="one bit per path, e.g. 011011")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--direct", action="store_true", help="run the masked forward pass instead of the cache")
+    _device_arg(p, "build the cache and score on this device")
     _checkpoint_arg(p, "supernet checkpoint file (default: the latest training in runs/NAME/checkpoints, else the study's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_evaluate)
@@ -148,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exhaustive", action="store_true", help="score every mask exactly and record the exact Pareto front as trials (no sampling)")
     p.add_argument("--max-minutes", type=_positive_minutes, default=None, metavar="M",
                    help="with --exhaustive: refuse when all masks would take longer (default 60; estimated from a timed sample)")
+    _device_arg(p, "train (if needed) and score on this device")
     _artifacts_arg(p, creating=True)
     _checkpoint_arg(p, "supernet checkpoint for a new study (default: the latest training in runs/NAME/checkpoints, else train one)")
     p.set_defaults(handler=cmd_run)
@@ -157,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--trials", type=_TRIALS, help="at most this many trials from this worker")
     p.add_argument("--seed", type=_SEED, help="seed of this worker's sampler (default: random)")
+    _device_arg(p, "build the cache and score on this device")
     _artifacts_arg(p)
     p.set_defaults(handler=cmd_worker)
 
@@ -203,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for model.py, weights.pt, config.json, metrics.json, README.md")
     p.add_argument("--finetune-epochs", type=_int_in(0, field_range(TrainConfig, "epochs")[1]), default=0, metavar="E", help="fine-tune the subnet alone for E epochs on the train split (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier export in DIR")
+    _device_arg(p, "fine-tune (--finetune-epochs) on this device")
     p.add_argument("--json", action="store_true", help="print the export's metrics as one JSON object")
     _artifacts_arg(p)
     p.set_defaults(handler=cmd_export)
@@ -246,9 +265,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from search_service.evaluator import train_study
     from search_service.lifecycle import existing_search
     from search_service.storage import mask_password, resolve_url
+    from supernet.distributed import from_environment
 
+    if args.device:  # before the data loads: a device this machine lacks is named as the flag
+        from supernet.device import resolve_device
+
+        resolve_device(args.device, where="--device")
     logger = None if args.quiet else (lambda msg: log.info(msg))
-    result, checkpoint, new = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger)
+    # under torchrun: one rank of a data-parallel training (supernet.distributed); rank 0 writes
+    # the checkpoint and prints the summary, the others return once it is written
+    dist = from_environment(args.device or study.train.device)
+    try:
+        trained = train_study(study, epochs=args.epochs, seed=args.seed, progress=not args.quiet and not args.json, log=logger,
+                              device=args.device, dist=dist if dist.active else None)
+    finally:
+        dist.close()
+    if trained is None:
+        return 0
+    result, checkpoint, new = trained
     last = result.history[-1]
     # a study made from this file keeps its own checkpoint: say how to search with the new one
     url = resolve_url(study, args.storage)
@@ -365,8 +399,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint = study_checkpoint(search, study.run_dir)
         source = f"study {study.name}'s"
     log.debug(f"checkpoint {checkpoint.short_id} ({source})")
-    evaluator = Evaluator(study, checkpoint)
+    device, said = _scoring_device(args, study)
+    evaluator = Evaluator(study, checkpoint, device=device)
     mask = evaluator.parse(args.mask)
+    log.info(said)  # once the mask is known to be good: an error stays the only line
     result = evaluator.evaluate(mask, args.split, direct=args.direct)
     result["checkpoint"] = checkpoint.identity
     if args.json:
@@ -381,13 +417,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _joined_evaluator(joined, artifacts: str | None):
-    """The evaluator of a study in storage, with the study's own checkpoint."""
+def _joined_evaluator(joined, artifacts: str | None, device: Any = "cpu"):
+    """The evaluator of a study in storage, with the study's own checkpoint, on ``device``."""
     from search_service.evaluator import Evaluator
     from search_service.lifecycle import study_checkpoint
 
     checkpoint = study_checkpoint(joined.search, joined.study.run_dir, artifacts_override=artifacts)
-    return Evaluator(joined.study, checkpoint)
+    return Evaluator(joined.study, checkpoint, device=device)
+
+
+def _scoring_device(args: argparse.Namespace, study) -> tuple[Any, str]:
+    """Where the evaluator builds its path cache and scores, and the line that says so (the
+    command logs it once its setup has succeeded: an error stays the only line): ``--device``
+    (an error if this machine lacks it), else the study's ``[train] device`` (the CPU, with a
+    note, when this machine lacks it: a study trained on a GPU machine is searched anywhere)."""
+    from supernet.device import describe, resolve_device
+
+    if getattr(args, "device", None):
+        device, why = resolve_device(args.device, where="--device")
+    else:
+        try:
+            device, why = resolve_device(study.train.device)
+        except ConfigError as exc:
+            import torch
+
+            device, why = torch.device("cpu"), f"{exc}; using the CPU"
+    return device, describe(device, why)
 
 
 def _say_where(search, checkpoint=None, artifacts: str | None = None, *, log_it: bool = True) -> dict[str, Any]:
@@ -413,7 +468,8 @@ def _say_where(search, checkpoint=None, artifacts: str | None = None, *, log_it:
     return where
 
 
-def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool, from_file: bool = True, artifacts: str | None = None) -> None:
+def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int | None, quiet: bool, from_file: bool = True,
+                 artifacts: str | None = None, device: str | None = None) -> None:
     import os
     import subprocess
 
@@ -438,6 +494,8 @@ def _run_workers(study, url: str, search, evaluator, *, workers: int, seed: int 
         cmd = [sys.executable, "-m", "search_service.cli", "worker", "--study", target, "-q"]
         if seed is not None:
             cmd += ["--seed", str(seed + w)]
+        if device:
+            cmd += ["--device", device]
         # same process group (Ctrl-C and `kill -- -PGID` reach every worker); stderr relayed
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"))
     said: set[str] = set()
@@ -561,6 +619,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     _check_workers(args.workers)  # before training or creating anything
+    if args.device:
+        from supernet.device import resolve_device
+
+        resolve_device(args.device, where="--device")
     _check_exhaustive(args)
     _check_server(url)
     search = existing_search(study.name, url)  # refuses a study of that name that is not ours
@@ -573,16 +635,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoint = local_checkpoint(study, args.checkpoint)
     else:
         log.info(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}: training it first")
-        _, checkpoint, _ = train_study(study, progress=not args.quiet, log=None if args.quiet else log.info)
-    evaluator = Evaluator(study, checkpoint)
+        _, checkpoint, _ = train_study(study, progress=not args.quiet, log=None if args.quiet else log.info, device=args.device)
+    device, said = _scoring_device(args, study)
+    evaluator = Evaluator(study, checkpoint, device=device)
     plan = _exhaustive_estimate(args, study, evaluator)  # --exhaustive: refused here if too long, before the study is touched
     search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
     where = _say_where(search, checkpoint, args.artifacts)
+    log.info(said)
     if plan is not None:
         return _run_exhaustive(args, study, search, evaluator, plan, where)
     log.info(f"study {study.name} in {mask_password(url)}: budget {search.budget} trials, {args.workers} worker(s)")
     _warn_mask_space(evaluator, search)
-    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts)
+    _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts,
+                 device=args.device)
     extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
     if not args.no_report:
         extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
@@ -647,8 +712,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search_service.search import run_worker
 
     joined = join_search(args.study, args.storage)
-    evaluator = _joined_evaluator(joined, args.artifacts)
+    device, said = _scoring_device(args, joined.study)
+    evaluator = _joined_evaluator(joined, args.artifacts, device)
     _say_where(joined.search, evaluator.checkpoint, args.artifacts)
+    log.info(said)
     done = run_worker(joined.search, evaluator, max_trials=args.trials, seed=args.seed, progress=not args.quiet)
     log.info(f"worker finished: {done} trials completed here")
     return 0
@@ -731,7 +798,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     evaluator = _joined_evaluator(joined, args.artifacts)
     where = _say_where(joined.search, evaluator.checkpoint, args.artifacts, log_it=False)
     result = export_trial(joined.search, evaluator, args.trial, args.output, finetune_epochs=args.finetune_epochs,
-                          force=args.force, log=None if args.quiet else log.info)
+                          force=args.force, log=None if args.quiet else log.info, device=args.device)
     if args.json:
         _print_json(result)
         return 0

@@ -32,19 +32,28 @@ def objective_metric(study: Study) -> str:
     return study.search.metric or default_metric(task_of(study) or "classification")
 
 
-def train_study(study: Study, *, epochs: int | None = None, seed: int | None = None, progress: bool = True, log=None) -> tuple[TrainResult, Checkpoint, bool]:
+def train_study(study: Study, *, epochs: int | None = None, seed: int | None = None, progress: bool = True, log=None,
+                device: str | None = None, dist=None) -> tuple[TrainResult, Checkpoint, bool] | None:
     """Train the study's supernet and write its checkpoint, ``RUN_DIR/checkpoints/<identity>.pt``
     (never replacing one: ``supernet.checkpoint``); returns the training, the checkpoint and
-    whether the file is new. ``epochs`` and ``seed`` change how it is trained (provenance),
-    not what its scores mean."""
+    whether the file is new. ``epochs``, ``seed`` and ``device`` change how it is trained
+    (provenance), not what its scores mean. Under torchrun (``dist``, ``supernet.distributed``)
+    rank 0 writes the checkpoint while the others wait, and the others return None."""
+    if device is not None:
+        study.train.device = device
     if epochs is not None:
         study.train.epochs = epochs
         study.train.warmup_epochs = min(study.train.warmup_epochs, epochs)
     if seed is not None:
         study.train.seed = seed
     data = load_study_data(study)
-    result = train_supernet(data, study.model, study.train, progress=progress, log=log)
+    result = train_supernet(data, study.model, study.train, progress=progress, log=log, dist=dist)
+    if dist is not None and not dist.is_main:
+        dist.barrier()  # rank 0 is writing the checkpoint
+        return None
     path, new = write_checkpoint(study.run_dir, result.model, result.prior, study.supernet_config(), result.history)
+    if dist is not None:
+        dist.barrier()
     return result, load_checkpoint(path, expected_scoring=study.scoring_sha256), new
 
 
@@ -52,15 +61,17 @@ class Evaluator:
     """Scores a study's masks with one checkpoint (by default the latest training in the
     study's run directory; a study in storage passes its own, ``lifecycle.study_checkpoint``)."""
 
-    def __init__(self, study: Study, checkpoint: Checkpoint | None = None, data: MultimodalData | None = None) -> None:
+    def __init__(self, study: Study, checkpoint: Checkpoint | None = None, data: MultimodalData | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.study = study
+        self.device = torch.device(device)  # the cache is built and direct forwards run here
         if checkpoint is None:
             path = latest_checkpoint(study.run_dir)
             if path is None:
                 raise CheckpointError(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}; train one with `mro-search train --study {study.name}`")
             checkpoint = load_checkpoint(path, expected_scoring=study.scoring_sha256)
         self.checkpoint = checkpoint
-        self.model = self.checkpoint.model.eval()
+        self.model = self.checkpoint.model.to(self.device).eval()
         self._data = data
         self._caches: dict[str, PathCache] = {}
         self.metric = objective_metric(study)
@@ -119,7 +130,9 @@ class Evaluator:
         """Metrics of one mask from a masked forward pass over the split (no cache)."""
         outputs, labels = [], []
         for features, lengths, y in batches(self.data.splits[split], self.modality_names, 256):
-            outputs.append(self.model(features, mask, lengths))
+            features = [f.to(self.device) for f in features]
+            lengths = [None if n is None else n.to(self.device) for n in lengths]
+            outputs.append(self.model(features, mask, lengths).float().cpu())
             labels.append(y)
         out = torch.cat(outputs)
         if self.model.spec.task == "regression":

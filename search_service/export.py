@@ -35,12 +35,13 @@ from optuna.trial import TrialState
 from search_service._subnet_template import MODEL_PY
 from search_service.sampler import MASK_KEY
 from search_service.storage import mask_password
+from supernet.device import describe, device_problem, resolve_device
 from supernet.errors import ConfigError, MROError
 from supernet.files import check_output_directory, check_output_file, make_directory, write_file
 from supernet.metrics import compute_metrics
 from supernet.paths import active_paths, format_mask, parse_mask, path_pairs
 from supernet.scoring import batches
-from supernet.train import device_problem, task_loss
+from supernet.train import task_loss
 
 if TYPE_CHECKING:
     from search_service.evaluator import Evaluator
@@ -221,6 +222,7 @@ def export_trial(
     finetune_epochs: int = 0,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Write trial ``number``'s subnet to ``directory``; returns what metrics.json holds and more."""
     if finetune_epochs < 0:
@@ -242,7 +244,7 @@ def export_trial(
     diff = max_difference(subnet, model, mask, test, names)
     if not diff <= TOLERANCE:
         raise MROError(f"the exported subnet does not reproduce the supernet (max |difference| {diff:.3g} > {TOLERANCE:g} on test samples); nothing written")
-    device = _device(evaluator.study.train.device, log)
+    device = _device(device, evaluator.study.train.device, log)
     subnet.to(device)
     before = split_metrics(subnet, test, names, data.task, device)
     metrics: dict[str, Any] = {
@@ -298,13 +300,20 @@ def _check_directory(directory: Path, force: bool) -> None:
             raise ConfigError(f"{directory} already holds an export ({', '.join(clashes)}); pass --force to overwrite it or choose another -o")
 
 
-def _device(name: str, log) -> torch.device:
-    device = torch.device(name)
-    problem = device_problem(device)
-    if problem:
-        if log:
-            log(f"[train] device {name} is not available here ({problem}): using the CPU")
-        return torch.device("cpu")
+def _device(flag: str | None, name: str, log) -> torch.device:
+    """Where the subnet is measured and fine-tuned: ``--device`` (an error if this machine lacks
+    it), else ``[train] device`` (``auto`` resolved; the CPU, with a note, if it is not here)."""
+    if flag:
+        device, why = resolve_device(flag, where="--device")
+    elif name == "auto":
+        device, why = resolve_device(name)
+    else:
+        device, why = torch.device(name), f"[train] device = {name}"
+        problem = device_problem(device)
+        if problem:
+            device, why = torch.device("cpu"), f"[train] device {name} is not available here ({problem}): using the CPU"
+    if log:
+        log(describe(device, why))
     return device
 
 

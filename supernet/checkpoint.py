@@ -8,7 +8,8 @@ Identity. A checkpoint is identified by what it is: ``identity`` is the SHA-256 
 its prior's parameters and statistics, and the *scoring configuration* — the parts of the study
 configuration that give masks and scores their meaning (``[data]`` except where the data lies,
 and ``[model]``). How it was trained (``[train]``: epochs, seed, learning rate, ...) and the
-training history (which holds timings) are provenance: recorded, not part of the identity. So
+training history (which holds timings) are provenance: recorded, not part of the identity (the
+device it trained on too: tensors are saved as CPU copies and load on any device). So
 the same training twice gives the same identity, and a checkpoint trained with ``--epochs 2``
 scores masks for its study as well as one trained with the study's own epochs.
 
@@ -130,10 +131,13 @@ def load_checkpoint(
     expected_sha256: str | None = None,
     expected_scoring: str | None = None,
     expected_identity: str | None = None,
-    map_location: str = "cpu",
+    map_location: str | torch.device = "cpu",
     source: str | None = None,
 ) -> Checkpoint:
     """Load a checkpoint safely (a file, or its bytes as read from an artifact store).
+
+    The supernet comes back on ``map_location`` (any device: checkpoints hold CPU tensors,
+    whatever device trained them); the prior stays on the CPU, where training keeps it.
 
     Refuse one whose stored identity does not match its content (tampered or damaged), and:
     with ``expected_scoring`` (a study's ``scoring_sha256``) one trained for another data or
@@ -190,7 +194,7 @@ def load_checkpoint(
         prior.load_state_dict(payload["prior"])
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{where}: weights do not fit the model they describe ({str(exc).splitlines()[0][:160]})") from exc
-    model.eval()
+    model.to(map_location).eval()
     return Checkpoint(model, prior, config, sha, payload.get("history", []), path, identity)
 
 

@@ -29,6 +29,8 @@ TASKS = ("classification", "regression")
 POOLINGS = ("mean", "max")
 HEADS = ("linear", "mlp")
 RANK_LOSSES = ("hinge", "l0", "l1", "l2", "linf")
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d{1,2})?|mps"  # [train] device and --device (supernet.device resolves it)
+DEVICE_CHOICES = "cpu, cuda, cuda:N or mps, or auto (the default)"
 
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit integers
@@ -127,7 +129,20 @@ class TrainConfig:
     rank_masks: int = field(default=16, metadata=_between(2, 65_536))  # masks ranked per prior update
     prior_lr: float = field(default=0.02, metadata=_between(0.0, 10.0))
     seed: int = field(default=0, metadata=_SEED)
-    device: str = field(default="cpu", metadata={"pattern": (r"cpu|cuda(:\d{1,2})?|mps", "cpu, cuda, cuda:N or mps")})
+    # "auto": CUDA if torch sees one, else Apple MPS, else the CPU (supernet.device.resolve_device).
+    # How a supernet is trained, never what it is: not part of a checkpoint's identity.
+    device: str = field(default="auto", metadata={"pattern": (DEVICE_PATTERN, DEVICE_CHOICES)})
+    # "auto": bf16 autocast on CUDA (tensor cores, no loss scaling needed), fp32 elsewhere (CPU
+    # autocast is slower than fp32 here); "bf16" is honoured on any device when asked for.
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16"))
+    # per_sample_masks only: run every path as one batched operation (supernet.batched) instead of
+    # path by path. "auto": on CUDA only (one launch per layer instead of one per path; on this
+    # project's CPU it was slower: benchmarks/README.md, bench_training).
+    batched_paths: str | bool = field(default="auto", metadata=_choices("auto"))
+    # Capture the whole per-sample step (forward, backward, AdamW) in one CUDA graph and replay it:
+    # needs CUDA, per_sample_masks, distill = 0 and a fixed batch size (a last, smaller batch runs
+    # eagerly). Ignored with a logged note on other devices, so one study file serves every machine.
+    cuda_graph: bool = False
 
 
 T = TypeVar("T")

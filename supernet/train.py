@@ -18,10 +18,17 @@ rate far too high, features of 1e30) stops it at once with a :class:`TrainingErr
 epoch and the likely cause, so the caller saves nothing; so do non-finite validation losses and,
 at the end, non-finite weights. Before the model is built, the memory one training step needs is
 checked against what the machine has available (``supernet.memory``).
+
+Where it runs: ``[train] device`` (``auto``: CUDA, else MPS, else the CPU; ``supernet.device``),
+with bf16 autocast on CUDA (``precision``), all paths batched and optionally the whole step in
+one CUDA graph (``batched_paths``, ``cuda_graph``; :class:`TrainStep`), and under ``torchrun`` as
+one of several data-parallel ranks (``supernet.distributed``). On the CPU the step is the one it
+always was: the same weights, bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -33,9 +40,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from supernet.batched import batched_pooled_paths
 from supernet.config import ModelConfig, TrainConfig
 from supernet.data.dataset import MultimodalData, Split
-from supernet.errors import ConfigError, TrainingError
+from supernet.device import describe, device_problem, resolve_device, resolve_precision  # noqa: F401 (device_problem: re-exported)
+from supernet.distributed import Distributed
+from supernet.errors import TrainingError
 from supernet.memory import gib, require_memory, training_bytes
 from supernet.model import Supernet, SupernetSpec
 from supernet.paths import all_masks, num_paths, path_pairs
@@ -82,26 +92,11 @@ def model_spec(data: MultimodalData) -> SupernetSpec:
     return SupernetSpec(tuple(data.modalities), data.task, data.output_dim)
 
 
-def device_problem(device: torch.device) -> str | None:
-    """Why ``device`` cannot be used on this machine (``[train] device`` is checked in the study
-    file only for its form: ``cuda:1`` is a fine device elsewhere), or None."""
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "this machine's torch sees no CUDA device"
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return "this machine has no MPS device"
-    return None
-
-
-def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Supernet:
-    """The supernet, once the device is known to exist and the memory a training step needs to
-    be there."""
-    device = torch.device(train_cfg.device)
-    problem = device_problem(device)
-    if problem:
-        raise ConfigError(f"[train] device {train_cfg.device!r} is not available: {problem}; set [train] device = 'cpu'")
+def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device | None = None) -> Supernet:
+    """The supernet on ``device`` (default: ``[train] device`` resolved here), once the memory a
+    training step needs is known to be there."""
+    if device is None:
+        device, _ = resolve_device(train_cfg.device)
     need = training_bytes(data.modalities, data.output_dim, model_cfg, train_cfg, train_samples=len(data.splits["train"]))
     limit = None
     if device.type == "cuda" and torch.cuda.is_available():
@@ -154,28 +149,63 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 
 def _to(device: torch.device, features, lengths, labels):
-    features = [f.to(device) for f in features]
-    lengths = [None if n is None else n.to(device) for n in lengths]
-    return features, lengths, labels.to(device)
+    """A batch on ``device``. To CUDA through pinned (page-locked) host memory with non-blocking
+    copies, so the copy overlaps the previous step's kernels; elsewhere a plain ``.to``."""
+    if device.type == "cuda":
+        move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+    else:
+        move = lambda t: t.to(device)  # noqa: E731
+    features = [move(f) for f in features]
+    lengths = [None if n is None else move(n) for n in lengths]
+    return features, lengths, move(labels)
 
 
 class _Statistics:
-    """Feeds the relation graph's statistics from the supernet while it trains."""
+    """Feeds the relation graph's statistics from the supernet while it trains.
 
-    def __init__(self, model: Supernet, prior: RelationGraphPrior) -> None:
+    Under ``torchrun`` (``dist``) the gradients are already averaged over the ranks when they
+    are read; the embedding and attention statistics are measured on each rank's share of the
+    batch and combined exactly (weighted means; the variance from its first two moments), so
+    every rank updates its statistics with the same numbers."""
+
+    def __init__(self, model: Supernet, prior: RelationGraphPrior, dist: Distributed | None = None) -> None:
         self.model, self.prior = model, prior
         self.pairs = path_pairs(model.k)
+        self.dist = dist or Distributed()
 
     @torch.no_grad()
     def gradients(self, active: torch.Tensor) -> None:
-        norms = torch.zeros(len(self.pairs))
-        for p in active.nonzero().flatten().tolist():
-            sq = sum(float(q.grad.pow(2).sum()) for q in self.model.paths[p].parameters() if q.grad is not None)
-            norms[p] = math.sqrt(sq)
-        self.prior.statistics.update_grad(norms, active)
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
+        self.prior.statistics.update_grad(path_grad_norms(self.model, active, one_sync=not on_cpu), active)
 
     @torch.no_grad()
-    def embeddings_and_attention(self, features, lengths) -> None:
+    def embeddings_and_attention(self, features, lengths, n: int = 0, total: int = 0) -> None:
+        """``n`` of the batch's ``total`` samples are this rank's (both 0: not distributed)."""
+        model, dist = self.model, self.dist
+        if dist.active:
+            sums = torch.zeros(3, len(self.pairs), dtype=torch.float64, device=next(model.parameters()).device)
+            if n:
+                cos, attention = self._measure(features, lengths)
+                for p, w in enumerate(attention):
+                    w = w.double()
+                    sums[0, p], sums[1, p], sums[2, p] = w.sum(), w.pow(2).sum(), w.numel()
+                cos = cos.double() * (n / total)
+            else:  # an empty share of a last, short batch
+                cos = torch.zeros(len(self.pairs), dtype=torch.float64, device=sums.device)
+            cos, sums = dist.sum(cos), dist.sum(sums)
+            count = sums[2]
+            variance = (sums[1] - sums[0].pow(2) / count) / (count - 1)  # unbiased, as Tensor.var
+            cos, variance = cos.float(), variance.float()
+        else:
+            cos, attention = self._measure(features, lengths)
+            variance = torch.stack([w.var() for w in attention])
+        everything = torch.ones(len(self.pairs), dtype=torch.bool)
+        self.prior.statistics.update_cosine(cos.cpu(), everything)
+        self.prior.statistics.update_attention(variance.cpu(), everything)
+
+    def _measure(self, features, lengths) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean cosine similarity of each path's pooled modality embeddings ``(P,)`` and each
+        path's first-block attention probabilities."""
         model = self.model
         h, keep = model.embed(features, lengths, range(model.k))
         pooled = [
@@ -183,12 +213,197 @@ class _Statistics:
             for m in range(model.k)
         ]
         cos = torch.stack([F.cosine_similarity(pooled[i], pooled[j], dim=-1).mean() for i, j in self.pairs])
-        variance = torch.stack(
-            [model.paths[p].attention_weights(h[j], h[i], keep[i]).var() for p, (i, j) in enumerate(self.pairs)]
-        )
-        everything = torch.ones(len(self.pairs), dtype=torch.bool)
-        self.prior.statistics.update_cosine(cos.cpu(), everything)
-        self.prior.statistics.update_attention(variance.cpu(), everything)
+        attention = [model.paths[p].attention_weights(h[j], h[i], keep[i]) for p, (i, j) in enumerate(self.pairs)]
+        return cos, attention
+
+
+@torch.no_grad()
+def path_grad_norms(model: Supernet, active: torch.Tensor, *, one_sync: bool = False) -> torch.Tensor:
+    """The gradient norm of each active path ``(P,)`` on the CPU, 0 for the others.
+
+    ``one_sync`` (accelerators): computed on the device and copied once, instead of one host
+    sync per parameter; on the CPU the loop is as fast and keeps today's exact numbers."""
+    params = [[q for q in path.parameters() if q.grad is not None] for path in model.paths]
+    if not one_sync:
+        norms = torch.zeros(len(params))
+        for p in active.nonzero().flatten().tolist():
+            norms[p] = math.sqrt(sum(float(q.grad.pow(2).sum()) for q in params[p]))
+        return norms
+    zero = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    squares = torch.stack([sum((q.grad.double().pow(2).sum() for q in ps), zero) for ps in params])  # (P,)
+    return squares.sqrt().float().cpu() * active.cpu()
+
+
+class _NotFinite(Exception):
+    """A training step's loss or gradient is NaN or infinite (``train_supernet`` says why)."""
+
+
+def use_batched_paths(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a per-sample step runs all paths as one batched operation
+    (``supernet.batched``): ``[train] batched_paths``, ``auto`` = on CUDA only (one kernel launch
+    per layer for all paths; on the CPU the path-by-path loop was faster, benchmarks/README.md)."""
+    if not cfg.per_sample_masks:
+        return False
+    return device.type == "cuda" if cfg.batched_paths == "auto" else bool(cfg.batched_paths)
+
+
+class TrainStep:
+    """One training step of ``train_supernet``, as ``mro-search train`` runs it: forward and
+    backward of the batch's subnets (``_subnet_step``), the gradients averaged over ``torchrun``
+    ranks, the finiteness checks, the per-path gradient statistics, AdamW.
+
+    On its device: ``autocast`` (bf16 when ``[train] precision`` says so), all paths batched
+    (``use_batched_paths``), and with ``[train] cuda_graph`` the forward, backward and AdamW step
+    of a per-sample batch captured once in a CUDA graph and replayed (``_GraphStep``).
+    ``benchmarks/bench_gpu.py`` times this class."""
+
+    def __init__(self, model: Supernet, optimizer: torch.optim.Optimizer, stats: _Statistics, cfg: TrainConfig,
+                 task: str, device: torch.device, *, dist: Distributed | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.model, self.optimizer, self.stats, self.cfg, self.task = model, optimizer, stats, cfg, task
+        self.device, self.dist = device, dist or Distributed()
+        self.dtype = resolve_precision(cfg.precision, device)
+        self.batched = use_batched_paths(cfg, device)
+        self.graph: _GraphStep | None = None
+        why = _graph_problem(cfg, device, self.dist)
+        if cfg.cuda_graph and why and log:
+            log(f"[train] cuda_graph ignored: {why}")
+        if cfg.cuda_graph and not why:
+            self.graph = _GraphStep(self)
+
+    def autocast(self, *, cache: bool = True):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=cache)
+
+    def backward(self, features, lengths, labels, masks) -> torch.Tensor:
+        """Forward and backward of one batch share; returns the detached mean task loss (0-d)."""
+        with self.autocast():
+            return _subnet_step(self.model, features, lengths, labels, masks, self.task, self.cfg,
+                                batched=self.batched, as_tensor=True)
+
+    def __call__(self, features, lengths, labels, masks, *, total: int | None = None) -> float:
+        """Train on one batch (this rank's share of ``total`` samples under torchrun) and return
+        the batch's mean task loss. Raises :class:`_NotFinite` on a NaN or infinite loss or
+        gradient (the step is then not applied, except inside a CUDA graph, where the caller
+        saves nothing anyway)."""
+        n = len(labels)
+        total = n if total is None else total
+        if self.graph is not None and self.graph.fits(features, lengths, labels, masks):
+            loss = self.graph(features, lengths, labels, masks)
+            value = float(loss)
+            if not math.isfinite(value):
+                raise _NotFinite(f"the training loss ({value})")
+            if not _finite_gradients(self.model):
+                raise _NotFinite("a gradient")
+            self.stats.gradients(_active_paths(masks))
+            return value
+        if self.graph is not None:  # keep the graph's gradient tensors: zero them, do not drop them
+            self.optimizer.zero_grad(set_to_none=False)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        if n:
+            loss = self.backward(features, lengths, labels, masks).float()
+        else:  # an empty share of a last, short batch
+            loss = torch.zeros((), device=self.device)
+        if self.dist.active:
+            loss = self.dist.weighted_mean(loss.reshape(1), n, total)[0]
+            self.dist.average_gradients(list(self.model.parameters()), n, total)
+        value = float(loss)
+        if not math.isfinite(value):
+            raise _NotFinite(f"the training loss ({value})")
+        if not _finite_gradients(self.model):
+            raise _NotFinite("a gradient")
+        self.stats.gradients(_active_paths(masks))
+        self.optimizer.step()
+        return value
+
+
+def _active_paths(masks: torch.Tensor) -> torch.Tensor:
+    return masks.amax(dim=0).bool().cpu()
+
+
+def _graph_problem(cfg: TrainConfig, device: torch.device, dist: Distributed) -> str | None:
+    """Why ``[train] cuda_graph`` cannot be honoured here, or None."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device, this run trains on {device}"
+    if not cfg.per_sample_masks:
+        return "it needs [train] per_sample_masks = true (static shapes: one mask per sample)"
+    if cfg.distill > 0:
+        return "it needs [train] distill = 0"
+    if dist.active:
+        return "not under torchrun (the gradient all-reduce runs outside the graph)"
+    return None
+
+
+class _GraphStep:
+    """The per-sample step (forward, backward, AdamW) captured in one CUDA graph.
+
+    PyTorch's whole-network capture recipe (``torch.cuda.graphs``, "Whole-network capture"): a
+    few eager iterations on a side stream first (they are real training steps, on real batches:
+    they also create AdamW's state, which must exist before capture), gradients set to None so
+    that backward allocates them from the graph's private pool, then one capture, after which
+    every batch of the captured shape is copied into the static inputs and the graph replayed.
+    The optimizer must be built with ``capturable=True`` (``train_supernet`` does), and autocast
+    runs without its weight cache (a cast cached during capture would go stale)."""
+
+    WARMUP = 3
+
+    def __init__(self, step: TrainStep) -> None:
+        self.step = step
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple | None = None
+        self.loss: torch.Tensor | None = None
+        self.warm = 0
+        self.shape: tuple | None = None
+
+    @staticmethod
+    def _shape(features, lengths, labels, masks) -> tuple:
+        return (tuple(f.shape for f in features), tuple(None if n is None else n.shape for n in lengths),
+                labels.shape, masks.shape)
+
+    def fits(self, features, lengths, labels, masks) -> bool:
+        shape = self._shape(features, lengths, labels, masks)
+        if self.shape is None:
+            self.shape = shape  # the first batch's shape is the captured one
+        return shape == self.shape
+
+    def _body(self, features, lengths, labels, masks) -> torch.Tensor:
+        step = self.step
+        with step.autocast(cache=False):
+            loss = _subnet_step(step.model, features, lengths, labels, masks, step.task, step.cfg,
+                                batched=step.batched, as_tensor=True)
+        step.optimizer.step()
+        return loss
+
+    def __call__(self, features, lengths, labels, masks) -> torch.Tensor:
+        step, device = self.step, self.step.device
+        masks = masks.to(device, non_blocking=True)
+        if self.warm < self.WARMUP:  # eager, on a side stream
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                step.optimizer.zero_grad(set_to_none=True)
+                loss = self._body(features, lengths, labels, masks)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.warm += 1
+            return loss
+        if self.graph is None:
+            self.static = ([f.clone() for f in features], [None if n is None else n.clone() for n in lengths],
+                           labels.clone(), masks.clone())
+            step.optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self._body(*self.static)
+        sf, sn, sy, sm = self.static
+        for dst, src in zip(sf, features):
+            dst.copy_(src, non_blocking=True)
+        for dst, src in zip(sn, lengths):
+            if dst is not None:
+                dst.copy_(src, non_blocking=True)
+        sy.copy_(labels, non_blocking=True)
+        sm.copy_(masks, non_blocking=True)
+        self.graph.replay()
+        return self.loss
 
 
 def train_supernet(
@@ -198,16 +413,32 @@ def train_supernet(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    dist: Distributed | None = None,
 ) -> TrainResult:
-    """Train a supernet and its relation-graph prior on ``data``; returns both and the history."""
+    """Train a supernet and its relation-graph prior on ``data``; returns both and the history.
+
+    ``dist``: this process's rank under ``torchrun`` (``supernet.distributed``); every rank
+    returns the same model and prior, and only rank 0 logs and shows progress."""
+    dist = dist or Distributed()
+    device, why = resolve_device(train_cfg.device, local_rank=dist.local_rank if dist.active else None)
+    if not dist.is_main:
+        log, progress = None, False
+    if log:
+        ranks = f", {dist.world_size} ranks (torchrun), batch {train_cfg.batch_size} split across them" if dist.active else ""
+        log(describe(device, why) + f"; precision {_precision_name(train_cfg, device)}{ranks}")
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
-    device = torch.device(train_cfg.device)
-    model = _build_model(data, model_cfg, train_cfg)
+    model = _build_model(data, model_cfg, train_cfg, device)
     prior = RelationGraphPrior(model.k)
-    stats = _Statistics(model, prior)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if dist.active:
+        dist.broadcast_parameters(model)
+        torch.manual_seed(train_cfg.seed + dist.rank)  # dropout: each rank its own draws
+    stats = _Statistics(model, prior, dist)
+    capturable = bool(train_cfg.cuda_graph and _graph_problem(train_cfg, device, dist) is None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                                  **({"capturable": True} if capturable else {}))
     prior_optimizer = torch.optim.Adam(prior.parameters(), lr=train_cfg.prior_lr)
+    step_fn = TrainStep(model, optimizer, stats, train_cfg, data.task, device, dist=dist, log=log)
     names = data.modality_names
     train, valid = data.splits["train"], data.splits["valid"]
     P = num_paths(model.k)
@@ -232,27 +463,32 @@ def train_supernet(
         started, seen, loss_sum, rank_sum, rank_n = time.perf_counter(), 0, 0.0, 0.0, 0
         order = torch.randperm(len(train), generator=g)
         for features, lengths, labels in batches(train, names, train_cfg.batch_size, order):
-            features, lengths, labels = _to(device, features, lengths, labels)
-            # 1. train subnets on this batch (masks uniform in warm-up, else from the prior)
-            n = len(labels) if train_cfg.per_sample_masks else train_cfg.masks_per_step
+            total = len(labels)
+            # 1. train subnets on this batch (masks uniform in warm-up, else from the prior); under
+            # torchrun every rank draws the same masks and trains on its share of the batch
+            n = total if train_cfg.per_sample_masks else train_cfg.masks_per_step
             if warmup:
                 masks = uniform_masks(n, P, g)
             else:
                 with torch.no_grad():
                     masks = prior.sample(n, g)
-            optimizer.zero_grad(set_to_none=True)
-            loss = _subnet_step(model, features, lengths, labels, masks, data.task, train_cfg)
-            if not math.isfinite(loss):
-                raise _diverged(f"the training loss ({loss})", epoch + 1, train_cfg, data)
-            if not _finite_gradients(model):
-                raise _diverged("a gradient", epoch + 1, train_cfg, data)
-            loss_sum += loss * len(labels)
-            stats.gradients(masks.amax(dim=0).bool())
-            optimizer.step()
-            seen += len(labels)
+            if dist.active:
+                share = dist.shard(total)
+                features, labels = [f[share] for f in features], labels[share]
+                lengths = [None if x is None else x[share] for x in lengths]
+                if train_cfg.per_sample_masks:
+                    masks = masks[share]
+            features, lengths, labels = _to(device, features, lengths, labels)
+            try:
+                loss = step_fn(features, lengths, labels, masks.to(device), total=total)
+            except _NotFinite as exc:
+                raise _diverged(str(exc), epoch + 1, train_cfg, data) from None
+            loss_sum += loss * total
+            seen += total
             # 2. every rank_every steps: refine the prior with the rank loss on this batch
             if step % train_cfg.rank_every == 0:
-                value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup)
+                value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup,
+                                      dist=dist, total=total)
                 if not math.isfinite(value):
                     raise _diverged(f"the prior's rank loss ({value})", epoch + 1, train_cfg, data, prior=True)
                 rank_sum, rank_n = rank_sum + value, rank_n + 1
@@ -285,14 +521,20 @@ def train_supernet(
     return TrainResult(model, prior, history)
 
 
-def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig) -> float:
+def _precision_name(cfg: TrainConfig, device: torch.device) -> str:
+    return "bf16 autocast" if resolve_precision(cfg.precision, device) is not None else "fp32"
+
+
+def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig, *, batched: bool = False,
+                 as_tensor: bool = False) -> float | torch.Tensor:
     """Backpropagate the loss of the subnets ``masks`` selects on one batch; returns their mean
-    task loss.
+    task loss (a float, or a detached 0-d tensor with ``as_tensor``: no host sync).
 
     ``per_sample_masks``: mask ``b`` applies to sample ``b`` only. Every path runs once on the
     batch and each sample averages its own active paths (exactly ``forward`` per sample, since a
     path's output does not depend on the mask): many subnets per step for the cost of one full
-    pass. Otherwise each mask is one subnet trained on the whole batch.
+    pass. ``batched``: the paths run as one batched operation (``supernet.batched``), same
+    values. Otherwise each mask is one subnet trained on the whole batch.
 
     ``distill`` > 0 (in-place distillation, BigNAS): the full supernet is trained on the labels
     too, and each subnet's loss is ``(1 - distill) * task loss + distill * the distance to the
@@ -300,7 +542,10 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
     loss against it for regression).
     """
     if cfg.per_sample_masks:
-        pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path once
+        if batched:
+            pooled = batched_pooled_paths(model, features, lengths)  # (B, P, C): all paths, one op
+        else:
+            pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path once
         outputs = model.forward_per_sample(pooled, masks)[None]  # (1, B, out)
         full = model.head(pooled.mean(dim=1)) if cfg.distill > 0 else None
     elif cfg.distill == 0:
@@ -308,13 +553,13 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
         for mask in masks:  # one backward per subnet: only one subnet's activations held at a time
             loss = task_loss(model(features, mask, lengths), labels, task) / len(masks)
             loss.backward()
-            total += float(loss.detach())
-        return total
+            total = total + loss.detach()
+        return total if as_tensor else float(total)
     else:
         outputs = torch.stack([model(features, mask, lengths) for mask in masks])  # (M, B, out)
         full = model(features, torch.ones(masks.shape[1]), lengths)
     loss = task_loss(outputs, labels, task).mean()
-    subnet_loss = float(loss.detach())
+    subnet_loss = loss.detach()
     if full is not None:
         target = full.detach()
         if task == "classification":
@@ -328,20 +573,32 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
             soft = (outputs - target).abs().mean()
         loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
     loss.backward()
-    return subnet_loss
+    return subnet_loss if as_tensor else float(subnet_loss)
 
 
-def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, task, cfg: TrainConfig, g, warmup) -> float:
+def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, task, cfg: TrainConfig, g, warmup, *,
+                  dist: Distributed | None = None, total: int | None = None) -> float:
+    """One rank-loss update of the prior on this batch. Under torchrun each rank scores the same
+    masks on its share and the losses are averaged over the ranks (weighted by share): every
+    rank then makes the same update."""
+    dist = dist or Distributed()
+    n = len(labels)
+    total = n if total is None else total
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path, once
-        stats.embeddings_and_attention(features, lengths)
         # rank masks: uniform in warm-up, else half from the prior and half uniform, so the prior
         # also sees subnets it currently dislikes
         n_prior = 0 if warmup else cfg.rank_masks // 2
         masks = torch.cat([prior.sample(n_prior, g), uniform_masks(cfg.rank_masks - n_prior, model.num_paths, g)])
-        losses = task_loss(model.forward_from_pooled(pooled, masks.to(pooled.device)), labels, task).cpu()
+        device = next(model.parameters()).device
+        if n:
+            pooled = model.pooled_paths(features, lengths)  # (B, P, C): every path, once
+            losses = task_loss(model.forward_from_pooled(pooled, masks.to(pooled.device)), labels, task).float()
+        else:  # an empty share of a last, short batch
+            losses = torch.zeros(len(masks), device=device)
+        stats.embeddings_and_attention(features, lengths, n, total) if dist.active else stats.embeddings_and_attention(features, lengths)
+        losses = dist.weighted_mean(losses, n, total).cpu()
     model.train(was_training)
     optimizer.zero_grad(set_to_none=True)
     loss = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss)
@@ -401,8 +658,8 @@ def train_subnet(
     """
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
-    device = torch.device(train_cfg.device)
-    model = _build_model(data, model_cfg, train_cfg)
+    device, _ = resolve_device(train_cfg.device)
+    model = _build_model(data, model_cfg, train_cfg, device)
     bits = tuple(int(b) for b in (mask.tolist() if isinstance(mask, torch.Tensor) else mask))
     if len(bits) != model.num_paths:
         raise ValueError(f"mask has {len(bits)} bits but the model has {model.num_paths} paths")

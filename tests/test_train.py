@@ -80,12 +80,14 @@ def test_history_has_one_record_per_epoch(trained: TrainResult) -> None:
     assert not trained.model.training  # handed back in eval mode
 
 
-def test_training_logs_a_line_per_epoch(data: MultimodalData) -> None:
+def test_training_logs_its_device_then_a_line_per_epoch(data: MultimodalData) -> None:
     lines: list[str] = []
     train_supernet(
         data, _model_cfg(), _train_cfg(epochs=1, warmup_epochs=1), progress=False, log=lines.append
     )
-    assert len(lines) == 1 and "epoch 1/1" in lines[0] and "\n" not in lines[0]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert lines[0] == "device: cpu (auto: no CUDA or MPS device); precision fp32"  # no GPU on this machine
+    assert "epoch 1/1" in lines[1]
 
 
 @pytest.mark.parametrize("kind", RANK_LOSSES)
@@ -365,3 +367,17 @@ def test_training_refuses_a_model_the_machine_cannot_hold_before_building_it(dat
     cfg = _model_cfg(width=16_384, heads=16, layers_per_path=64, ffn_mult=64)
     with pytest.raises(ResourceError, match=r"training this supernet .* needs about .* TiB of memory but this machine has"):
         train_supernet(data, cfg, _train_cfg(), progress=False)
+
+
+def test_path_gradient_norms_in_one_sync_are_the_loops() -> None:
+    """The accelerators' one-sync gradient norms (``one_sync=True``) equal the CPU's loop."""
+    data = _data()
+    model = train_module.Supernet(train_module.model_spec(data), _model_cfg(dropout=0.0))
+    features, lengths, labels = next(iter(train_module.batches(data.splits["train"], data.modality_names, 16)))
+    mask = torch.tensor([1.0, 0, 1, 1, 0, 1])
+    train_module.task_loss(model(features, mask, lengths), labels, "classification").backward()
+    active = mask.bool()
+    loop = train_module.path_grad_norms(model, active)
+    one = train_module.path_grad_norms(model, active, one_sync=True)
+    assert bool((loop[active] > 0).all()) and bool((loop[~active] == 0).all())
+    torch.testing.assert_close(one, loop, rtol=1e-6, atol=0)
