@@ -298,10 +298,11 @@ def reference(land: Landscape, rows: list[dict], exact: bool) -> dict:
     acc, mflops = values[keep, 0], values[keep, 1]
     a_lo, a_hi = float(acc.min()), float(acc.max())
     loss = np.stack([-acc, mflops], axis=1)
-    front = loss[_is_pareto_front(loss, assume_unique_lexsorted=False)]
+    front = np.unique(loss[_is_pareto_front(loss, assume_unique_lexsorted=False)], axis=0)  # distinct points
     kind = "union of every study's trials"
     if exact:
         front, (lo, hi) = land.exact_front()
+        front = np.unique(front, axis=0)
         a_lo, a_hi = min(a_lo, lo), max(a_hi, hi)
         kind = f"exact: all {land.space:,} masks scored"
     f_min = min(land.flops.mflops(m) for m in land.corners()[1:])
@@ -379,12 +380,13 @@ def markdown(result: dict) -> str:
     lines = [f"**bench_efficiency** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
              f"{m.get('loadavg_end', [float('nan')])[0]:.1f}; Optuna {m['optuna']}, torch {m['torch']}; seeds 0–{st['seeds'] - 1}, "
              f"{st['trials']} trials, long runs {st['long']}; {st['jobs']} process(es), 1 torch thread each; "
-             f"studies run by this invocation: {result['wall_s']:.0f} s)", ""]
+             f"{result['studies']} studies taking {result['study_s'] / 60:.0f} min in all, "
+             f"{result['wall_s']:.0f} s of them run by this invocation, the rest from its cache)", ""]
     lines += [f"- {note}" for note in result["notes"]] + ([""] if result["notes"] else [])
     for land in result["landscapes"]:
         ref = land["reference"]
         lines += [f"**{land['landscape']}** ({land['note']}; {land['paths']} paths, {land['space']:,} masks; "
-                  f"reference front: {ref['kind']}, {ref['front_size']} masks, hypervolume {ref['hypervolume']:.6f} "
+                  f"reference front: {ref['kind']}, {ref['front_size']} distinct points, hypervolume {ref['hypervolume']:.6f} "
                   f"at r = ({ref['point'][0]:.4f}, {ref['point'][1]:.4f}); {land['masks_scored']:,} distinct masks scored)", ""]
         points = land["points"]
         lines.append("| sampler | " + " | ".join(str(n) for n in points) + " | s / study |")
@@ -394,7 +396,8 @@ def markdown(result: dict) -> str:
             for n in points:
                 c = row["cells"].get(str(n))
                 cells.append("–" if c is None else f"{100 * c['median']:.1f} % ({100 * c['min']:.1f}–{100 * c['max']:.1f})")
-            label = LABELS.get(s, s) + (f" (capped at {row['trials']})" if row["trials"] < max(points) else "")
+            label = LABELS.get(s, s) + (f" (capped at {row['trials']} trials)" if row["trials"] < max(points) else "")
+            label += f" ({row['seeds']} seeds only)" if row["seeds"] < st["seeds"] else ""
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['seconds_median']:.1f} |")
         for r in land["long"]:
             lines.append(f"\nLong run: {r['sampler']}, {r['trials']} trials: " + ", ".join(
@@ -426,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--jobs-file", default=JOBS_FILE.name,
                         help="append finished studies to runs/bench_efficiency/NAME (one per parallel invocation)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: report the cached studies (and name the rest)")
     parser.add_argument("--out", default="", help="write DIR/bench_efficiency.json and .md")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
@@ -483,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {row['key'].split('|')[0]} {row['sampler']:<11} seed {row['seed']:<4} {row['trials']} trials "
               f"{row['seconds']:7.1f} s  ({time.perf_counter() - started:.0f} s)", flush=True)
 
+    if args.report_only and jobs:
+        notes.append(f"--report-only: {len(jobs)} planned studies not run and left out: "
+                     + ", ".join(sorted({f'{n} {s}' for n, s, _, _ in jobs})))
+        print(notes[-1])
+        jobs = []
     _common.run_jobs(jobs, _run, record, workers=args.jobs, initializer=_init_worker)
     wall = time.perf_counter() - started
 
@@ -491,11 +500,13 @@ def main(argv: list[str] | None = None) -> int:
                                             "jobs": args.jobs},
               "notes": notes, "wall_s": wall, "landscapes": []}
     for n, land in lands.items():
-        rows = [done[k] for k in keys[n]]
+        rows = [done[k] for k in keys[n] if k in done]
         long_rows = [r for r in rows if r["seed"] == LONG_SEED]
         rows = [r for r in rows if r["seed"] != LONG_SEED]
         exact = land.space <= args.exact_max
         result["landscapes"].append(analyse(land, rows, long_rows, samplers, args.trials, exact))
+    every = [done[k] for n in lands for k in keys[n] if k in done]
+    result["studies"], result["study_s"] = len(every), sum(r["seconds"] for r in every)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     md = markdown(result)
     print()
