@@ -177,11 +177,14 @@ class ExhaustiveScorer:
     cache: PathCache
     metric: str
     flop_table: FlopTable
-    # masks per step: large enough that the per-step overhead of a few tensor ops is small, small
-    # enough that the (masks, classes, samples) float64 block stays within memory bandwidth's reach
-    batch_masks: int = 2048
-    # bits enumerated inside a block: 2**low_bits low combinations precomputed once
-    low_bits: int = 8
+    # masks per step: large enough that the per-step overhead of a dozen tensor ops is small,
+    # small enough that the (masks, classes, samples) float64 block stays in the CPU's caches:
+    # at the mfeat shape (9 margins x 300 samples) 256 masks are 5.5 MB and ran 56-80k masks/s
+    # on one thread here, 2,048 masks (44 MB) 22k (benchmarks/README.md, bench_exhaustive.py)
+    batch_masks: int = 256
+    # bits enumerated inside a block: 2**low_bits low combinations precomputed once (6 to 8 ran
+    # alike; 5 pays more per-step overhead)
+    low_bits: int = 6
     dtype: torch.dtype = torch.float64  # the sums; float64 makes them exact (module docstring)
     n_paths: int = field(init=False)
     method: str = field(init=False)

@@ -1,0 +1,336 @@
+"""Benchmark: exhaustive exact scoring (``supernet/exhaustive.py``) against today's ``score_masks``.
+
+Usage:
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py speed [--seconds 20] [--run-bits 24] [--json]
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare [--views fou,fac,kar,pix,zer] [--out runs/bench_exhaustive]
+
+``speed`` (issue 11, item 4's CPU target: at least 50,000 masks/s at the mfeat shape on one
+thread): the mfeat study's shape, k = 6 views, 30 paths, the real validation split (300 samples,
+10 classes), a supernet of ``studies/mfeat.toml``'s [model] (trained if ``--checkpoint`` names
+one, else at its initialization: the speed does not depend on the weights). In the same run, on
+the same cache and thread:
+
+(a) ``score_masks`` (one einsum over masks x paths per batch, float32) on ``--batch`` random
+    masks, repeated: masks/s, the baseline;
+(b) ``ExhaustiveScorer.timed_sample`` over the first steps of the enumeration for ``--seconds``:
+    masks/s, the ratio to (a), and 2**30 - 1 masks extrapolated;
+(c) a check on the masks of (b): their values equal ``score_masks`` on a float64 copy of the
+    cache (the reference) exactly, and the share equal to the float32 ``score_masks`` is shown;
+(d) with ``--run-bits B``: all 2**B - 1 masks whose active paths are among the last B paths
+    (the first 2**B mask numbers) scored end to end with the running front, timed.
+
+``compare`` (the exact front against the sampler's front on the same study): writes the real
+mfeat data with the views of ``--views`` (default five: k = 5, 20 paths, 1,048,575 masks, which
+one CPU thread scores in seconds; k = 6 would take hours here) as an .npz with mfeat's own
+splits and standardization, a study file with ``studies/mfeat.toml``'s [model], [train] and
+[search], then runs the real commands: ``mro-search train``, ``mro-search run`` (the sampler,
+the study's budget) and ``mro-search run --exhaustive`` on the same study. Reported: whether
+every sampler front point is dominated by or on the exact front, how many exact-front masks the
+sampler found, and the share of the exact front's hypervolume the sampler's front reaches
+(Optuna's ``compute_hypervolume``, the report's reference point).
+
+Timing figures on a shared machine are noisy: the load is printed with them, and (b) is given as
+a ratio to (a) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+TARGET_MASKS_PER_S = 50_000
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+# --- speed ----------------------------------------------------------------------------------------
+
+
+def mfeat_model_and_cache(checkpoint: str | None):
+    from search_service.evaluator import load_study_data
+    from search_service.study_file import load_study
+    from supernet.checkpoint import load_checkpoint
+    from supernet.model import Supernet, SupernetSpec
+    from supernet.scoring import build_cache
+
+    study = load_study(str(ROOT / "studies" / "mfeat.toml"))
+    data = load_study_data(study)
+    if checkpoint:
+        model = load_checkpoint(checkpoint, expected_scoring=study.scoring_sha256).model.eval()
+        trained = True
+    else:
+        torch.manual_seed(0)
+        model = Supernet(SupernetSpec(tuple(data.modalities), data.task, data.output_dim), study.model).eval()
+        trained = False
+    cache = build_cache(model, data.splits["valid"])
+    return model, cache, trained
+
+
+def speed(args) -> dict:
+    from supernet.exhaustive import ExhaustiveScorer
+    from supernet.flops import flop_table
+    from supernet.scoring import PathCache, score_masks
+
+    torch.set_num_threads(args.threads)
+    model, cache, trained = mfeat_model_and_cache(args.checkpoint)
+    table = flop_table(model)
+    P, N = model.num_paths, len(cache)
+    classes = int(cache.projected.shape[2])
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 2, (args.batch, P), generator=g).float()
+    masks[masks.sum(dim=1) == 0, 0] = 1.0
+    score_masks(model, cache, masks[:64], "accuracy")  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        score_masks(model, cache, masks, "accuracy")
+        times.append(time.perf_counter() - start)
+    base_rate = args.batch / float(np.median(times))
+    load_before = loadavg()
+    scorer = ExhaustiveScorer(model, cache, "accuracy", table)
+    scorer.timed_sample(seconds=0.5)  # warm-up
+    rate, chunks = scorer.timed_sample(seconds=args.seconds, max_steps=10**9)
+    scored = sum(len(c.masks) for c in chunks)
+    # (c) the sampled masks against score_masks: float64 reference exactly, float32 share
+    numbers = torch.cat([c.masks for c in chunks])[1:20001]
+    values = torch.cat([c.values for c in chunks])[1:20001]
+    bits = ((numbers[:, None] >> torch.arange(P - 1, -1, -1)) & 1).float()
+    cache64 = PathCache(pooled=cache.pooled.double(), labels=cache.labels, task=cache.task, projected=cache.projected.double())
+    equal64 = bool(torch.equal(values, score_masks(model, cache64, bits, "accuracy")))
+    share32 = float((values == score_masks(model, cache, bits, "accuracy")).double().mean())
+    total = 2**P - 1
+    out = {
+        "machine": _common.machine_info(),
+        "threads": torch.get_num_threads(),
+        "trained_supernet": trained,
+        "paths": P,
+        "samples": N,
+        "classes": classes,
+        "metric": "accuracy",
+        "score_masks_masks_per_s": round(base_rate),
+        "exhaustive_masks_per_s": round(rate),
+        "ratio": round(rate / base_rate, 2),
+        "sampled_masks": scored,
+        "settings": {"low_bits": scorer.low_bits, "batch_masks": scorer.batch_masks, "dtype": str(scorer.dtype)},
+        "all_masks": total,
+        "all_masks_hours_extrapolated": round(total / rate / 3600, 2),
+        "all_masks_hours_score_masks": round(total / base_rate / 3600, 2),
+        "equal_to_score_masks_float64": equal64,
+        "share_equal_to_score_masks_float32": share32,
+        "target_masks_per_s": TARGET_MASKS_PER_S,
+        "loadavg_before": load_before,
+    }
+    if args.run_bits:
+        run_bits = min(args.run_bits, P)
+        sub = ExhaustiveScorer(model, cache, "accuracy", table)
+        highs = 2 ** (run_bits - sub.low_bits)  # the first 2**run_bits mask numbers
+        from supernet.exhaustive import RunningFront
+
+        front = RunningFront()
+        start = time.perf_counter()
+        for h0 in range(0, highs, sub.highs_per_step):
+            chunk = sub.score_step(h0, min(h0 + sub.highs_per_step, highs))
+            front.update(chunk.flops, chunk.values, chunk.masks)
+        seconds = time.perf_counter() - start
+        out["run"] = {
+            "masks": 2**run_bits - 1,
+            "seconds": round(seconds, 2),
+            "masks_per_s": round((2**run_bits - 1) / seconds),
+            "front_points": len(front),
+            "all_masks_hours_extrapolated": round(total / ((2**run_bits - 1) / seconds) / 3600, 2),
+        }
+    out["loadavg_after"] = loadavg()
+    return out
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+STUDY = """\
+# OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_exhaustive.py compare  (writes and runs this file)
+name = "{name}"
+
+[data]
+source = "npz"
+path = "{npz}"
+
+[model]
+{model}
+
+[train]
+{train}
+
+[search]
+{search}
+run_dir = "{run_dir}"
+"""
+
+
+def _toml_table(values: dict) -> str:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, list):
+            lines.append(f"{key} = {json.dumps(value)}")
+        else:
+            lines.append(f"{key} = {value!r}")
+    return "\n".join(lines)
+
+
+def prepare(out: Path, views: list[str]) -> Path:
+    """The mfeat views as an .npz (mfeat's splits and standardization) and a study file."""
+    import tomllib
+
+    from search_service.evaluator import load_study_data
+    from search_service.study_file import load_study
+
+    mfeat = load_study(str(ROOT / "studies" / "mfeat.toml"))
+    data = load_study_data(mfeat)
+    arrays = {"modalities": np.array(views)}
+    for split_name, split in data.splits.items():
+        for view in views:
+            arrays[f"{split_name}/{view}"] = split.features[view].numpy()
+        arrays[f"{split_name}/label"] = split.labels.numpy().astype(np.int64)
+    out.mkdir(parents=True, exist_ok=True)
+    npz = out / "mfeat_views.npz"
+    np.savez(npz, **arrays)
+    raw = tomllib.loads((ROOT / "studies" / "mfeat.toml").read_text())
+    name = f"mfeat{len(views)}"
+    file = out / f"{name}.toml"
+    file.write_text(STUDY.format(name=name, npz=npz.as_posix(), model=_toml_table(raw["model"]), train=_toml_table(raw["train"]),
+                                 search=_toml_table(raw["search"]), run_dir=(out / "run").as_posix()), encoding="utf-8")
+    return file
+
+
+def cli(args: list[str], what: str) -> dict:
+    command = [sys.executable, "-m", "search_service.cli", *args]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    print(f"{what}: {seconds:.1f} s", file=sys.stderr)
+    return {"seconds": round(seconds, 1), "stdout": result.stdout}
+
+
+def compare(args) -> dict:
+    from optuna._hypervolume import compute_hypervolume
+    from optuna.trial import TrialState
+
+    from search_service.lifecycle import load_search
+    from search_service.report import reference_point
+    from search_service.study_file import load_study
+
+    out = Path(args.out)
+    file = prepare(out, args.views.split(","))
+    study = load_study(str(file))
+    url = f"sqlite:///{(out / 'study.db').resolve()}"
+    timings = {}
+    if not list((out / "run" / "checkpoints").glob("*.pt")):
+        timings["train"] = cli(["train", "--study", str(file), "-q"], "train")["seconds"]
+    timings["run_sampled"] = cli(["run", "--study", str(file), "--storage", url, "--no-report", "-q"], "run (sampler)")["seconds"]
+    search = load_search(study.name, url)
+    sampled = [t for t in search.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    exhaustive_out = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--max-minutes", str(args.max_minutes),
+                          "--no-report", "--json", "-q"], "run --exhaustive")
+    timings["run_exhaustive"] = exhaustive_out["seconds"]
+    result = json.loads(exhaustive_out["stdout"])
+    search = load_search(study.name, url)
+    record = search.attrs["mro:exhaustive"]
+    trials = search.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    by_mask = {t.user_attrs["mask"]: t for t in trials}
+    exact = [(float(by_mask[m].values[0]), float(by_mask[m].values[1])) for m in record["front"]]
+    sampled_points = np.array([[t.values[0], t.values[1]] for t in sampled])
+
+    def front_of(points: np.ndarray) -> np.ndarray:
+        keep = [i for i, (a, f) in enumerate(points) if not any((a2 >= a and f2 <= f and (a2 > a or f2 < f)) for a2, f2 in points)]
+        return points[keep]
+
+    sampler_front = front_of(sampled_points)
+    exact_arr = np.array(exact)
+    on_or_dominated = all(any(a2 >= a and f2 <= f for a2, f2 in exact_arr) for a, f in sampler_front)
+    on_front = sum(1 for a, f in sampler_front if any(a2 == a and f2 == f for a2, f2 in exact_arr))
+    full = search.attrs.get("mro:full_mask") or {}
+    ref = np.array(reference_point("accuracy", float(full.get("mflops", exact_arr[:, 1].max()))))
+
+    def hv(points: np.ndarray) -> float:
+        losses = np.stack([-points[:, 0], points[:, 1]], axis=1)
+        return float(compute_hypervolume(losses, ref, assume_pareto=False))
+
+    exact_masks = set(record["front"])
+    found = sorted(exact_masks & {t.user_attrs["mask"] for t in sampled})
+    return {
+        "machine": _common.machine_info(),
+        "views": args.views.split(","),
+        "paths": len(study_paths := search.attrs["mro:paths"]),
+        "masks": record["masks"],
+        "budget": len(sampled),
+        "timings_s": timings,
+        "exhaustive": {k: record[k] for k in ("seconds", "masks_per_s", "method", "device", "dtype", "added")},
+        "exact_front": [{"mask": m, "accuracy": a, "mflops": f, "equal": e} for m, (a, f), e in zip(record["front"], exact, record["equal"])],
+        "sampler_front": [{"accuracy": float(a), "mflops": float(f)} for a, f in sampler_front],
+        "sampler_front_on_or_dominated_by_exact": on_or_dominated,
+        "sampler_front_points_on_exact_front": on_front,
+        "exact_front_masks_found_by_sampler": found,
+        "hypervolume_exact": hv(exact_arr),
+        "hypervolume_sampler": hv(sampler_front),
+        "hypervolume_share": hv(sampler_front) / hv(exact_arr),
+        "reference_point": ref.tolist(),
+        "pareto_exact_note": result.get("exact_front"),
+        "loadavg": loadavg(),
+        "paths_names": study_paths,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the timed sample (b)")
+    p.add_argument("--batch", type=int, default=4096, help="masks per score_masks call (a)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--run-bits", type=int, default=0, help="(d): score the first 2**B masks end to end")
+    p.add_argument("--checkpoint", help="a trained mfeat checkpoint (default: the supernet at initialization)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("compare")
+    p.add_argument("--views", default="fou,fac,kar,pix,zer")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_exhaustive"))
+    p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = speed(args) if args.mode == "speed" else compare(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    if args.mode == "speed":
+        met = report["exhaustive_masks_per_s"] >= TARGET_MASKS_PER_S
+        print(f"target {TARGET_MASKS_PER_S:,} masks/s: {'met' if met else 'NOT met'} ({report['exhaustive_masks_per_s']:,} masks/s, "
+              f"{report['ratio']}x score_masks; load {report['loadavg_before']} -> {report['loadavg_after']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
