@@ -2,6 +2,7 @@
 
 Usage:
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py speed [--seconds 20] [--run-bits 24] [--json]
+    .venv/bin/python benchmarks/bench_exhaustive.py speed --device cuda --seconds 5 --run-bits 30   # all 2**30 - 1 masks on a GPU
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare [--views fou,fac,kar,pix,zer] [--out runs/bench_exhaustive]
 
 ``speed`` (issue 11, item 4's CPU target: at least 50,000 masks/s at the mfeat shape on one
@@ -11,7 +12,7 @@ one, else at its initialization: the speed does not depend on the weights). In t
 the same cache and thread:
 
 (a) ``score_masks`` (one einsum over masks x paths per batch, float32) on ``--batch`` random
-    masks, repeated: masks/s, the baseline;
+    masks, repeated: masks/s, the baseline (on the CPU);
 (b) ``ExhaustiveScorer.timed_sample`` over the first steps of the enumeration for ``--seconds``:
     masks/s, the ratio to (a), and 2**30 - 1 masks extrapolated;
 (c) a check on the masks of (b): their values equal ``score_masks`` on a float64 copy of the
@@ -105,13 +106,17 @@ def speed(args) -> dict:
         times.append(time.perf_counter() - start)
     base_rate = args.batch / float(np.median(times))
     load_before = loadavg()
-    scorer = ExhaustiveScorer(model, cache, "accuracy", table)
+    device = torch.device(args.device)
+    on_device = PathCache(pooled=cache.pooled.to(device), labels=cache.labels.to(device), task=cache.task, projected=cache.projected.to(device))
+    model_on_device = model.to(device)
+    scorer = ExhaustiveScorer(model_on_device, on_device, "accuracy", table)
     scorer.timed_sample(seconds=0.5)  # warm-up
     rate, chunks = scorer.timed_sample(seconds=args.seconds, max_steps=10**9)
     scored = sum(len(c.masks) for c in chunks)
     # (c) the sampled masks against score_masks: float64 reference exactly, float32 share
-    numbers = torch.cat([c.masks for c in chunks])[1:20001]
-    values = torch.cat([c.values for c in chunks])[1:20001]
+    numbers = torch.cat([c.masks for c in chunks])[1:20001].cpu()
+    values = torch.cat([c.values for c in chunks])[1:20001].cpu()
+    model = model_on_device.cpu()
     bits = ((numbers[:, None] >> torch.arange(P - 1, -1, -1)) & 1).float()
     cache64 = PathCache(pooled=cache.pooled.double(), labels=cache.labels, task=cache.task, projected=cache.projected.double())
     equal64 = bool(torch.equal(values, score_masks(model, cache64, bits, "accuracy")))
@@ -120,6 +125,7 @@ def speed(args) -> dict:
     out = {
         "machine": _common.machine_info(),
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "trained_supernet": trained,
         "paths": P,
         "samples": N,
@@ -140,7 +146,7 @@ def speed(args) -> dict:
     }
     if args.run_bits:
         run_bits = min(args.run_bits, P)
-        sub = ExhaustiveScorer(model, cache, "accuracy", table)
+        sub = ExhaustiveScorer(model.to(device), on_device, "accuracy", table)
         highs = 2 ** (run_bits - sub.low_bits)  # the first 2**run_bits mask numbers
         from supernet.exhaustive import RunningFront
 
@@ -149,6 +155,8 @@ def speed(args) -> dict:
         for h0 in range(0, highs, sub.highs_per_step):
             chunk = sub.score_step(h0, min(h0 + sub.highs_per_step, highs))
             front.update(chunk.flops, chunk.values, chunk.masks)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         out["run"] = {
             "masks": 2**run_bits - 1,
@@ -312,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-bits", type=int, default=0, help="(d): score the first 2**B masks end to end")
     p.add_argument("--checkpoint", help="a trained mfeat checkpoint (default: the supernet at initialization)")
+    p.add_argument("--device", default="cpu", help="where (b) and (d) run, e.g. cuda (the score_masks baseline (a) stays on the CPU)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("compare")
     p.add_argument("--views", default="fou,fac,kar,pix,zer")

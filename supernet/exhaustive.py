@@ -177,14 +177,15 @@ class ExhaustiveScorer:
     cache: PathCache
     metric: str
     flop_table: FlopTable
-    # masks per step: large enough that the per-step overhead of a dozen tensor ops is small,
-    # small enough that the (masks, classes, samples) float64 block stays in the CPU's caches:
-    # at the mfeat shape (9 margins x 300 samples) 256 masks are 5.5 MB and ran 56-80k masks/s
-    # on one thread here, 2,048 masks (44 MB) 22k (benchmarks/README.md, bench_exhaustive.py)
-    batch_masks: int = 256
-    # bits enumerated inside a block: 2**low_bits low combinations precomputed once (6 to 8 ran
-    # alike; 5 pays more per-step overhead)
-    low_bits: int = 6
+    # masks per step (None: by device). On the CPU large enough that the per-step overhead of a
+    # dozen tensor ops is small, small enough that the (masks, classes, samples) float64 block
+    # stays in the caches: at the mfeat shape (9 margins x 300 samples) 256 masks are 5.5 MB and
+    # ran 56-80k masks/s on one thread here, 2,048 masks (44 MB) 22k (bench_exhaustive.py). On a
+    # GPU a step must fill the device and amortize its kernel launches: 65,536 masks (1.4 GB).
+    batch_masks: int | None = None
+    # bits enumerated inside a block: 2**low_bits low combinations precomputed once (None: 6 on
+    # the CPU, where 6 to 8 ran alike and 5 paid more per-step overhead; 10 on a GPU)
+    low_bits: int | None = None
     dtype: torch.dtype = torch.float64  # the sums; float64 makes them exact (module docstring)
     n_paths: int = field(init=False)
     method: str = field(init=False)
@@ -195,6 +196,11 @@ class ExhaustiveScorer:
         if METRICS[self.metric].task != self.cache.task:
             raise ValueError(f"metric {self.metric!r} is a {METRICS[self.metric].task} metric, but the cache is of a {self.cache.task} task")
         self.n_paths = int(self.model.num_paths)
+        on_cpu = self.cache.pooled.device.type == "cpu"
+        if self.batch_masks is None:
+            self.batch_masks = 256 if on_cpu else 65_536
+        if self.low_bits is None:
+            self.low_bits = 6 if on_cpu else 10
         if self.n_paths > MAX_PATHS:
             raise ValueError(f"{self.n_paths} paths: mask numbers would not fit in int64 (at most {MAX_PATHS} paths)")
         self.low_bits = max(0, min(self.low_bits, self.n_paths))
