@@ -3,7 +3,7 @@
 Usage:
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py speed [--seconds 20] [--run-bits 24] [--json]
     .venv/bin/python benchmarks/bench_exhaustive.py speed --device cuda --seconds 5 --run-bits 30   # all 2**30 - 1 masks on a GPU
-    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare [--views fou,fac,kar,pix,zer] [--out runs/bench_exhaustive]
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare [--views fou,fac,kar,pix,zer] [--out runs/bench_exhaustive] [--results docs/results]
 
 ``speed`` (issue 11, item 4's CPU target: at least 50,000 masks/s at the mfeat shape on one
 thread): the mfeat study's shape, k = 6 views, 30 paths, the real validation split (300 samples,
@@ -258,7 +258,8 @@ def compare(args) -> dict:
         timings["train"] = cli(["train", "--study", str(file), "-q"], "train")["seconds"]
     timings["run_sampled"] = cli(["run", "--study", str(file), "--storage", url, "--no-report", "-q"], "run (sampler)")["seconds"]
     search = load_search(study.name, url)
-    sampled = [t for t in search.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    sampled = [t for t in search.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if not t.user_attrs.get("mro:exhaustive")]  # the sampler's trials (also when run again)
     exhaustive_out = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--max-minutes", str(args.max_minutes),
                           "--no-report", "--json", "-q"], "run --exhaustive")
     timings["run_exhaustive"] = exhaustive_out["seconds"]
@@ -310,6 +311,31 @@ def compare(args) -> dict:
     }
 
 
+def fragment(r: dict) -> str:
+    """The compare result as the markdown fragment ``docs/results/bench_exhaustive_mfeat5.md``."""
+    m = r["machine"]
+    lines = [
+        f"**bench_exhaustive compare, views {', '.join(r['views'])}** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, "
+        f"load {r['loadavg']}; {r['paths']} paths, {r['masks']:,} masks, sampler budget {r['budget']} trials)",
+        "",
+        f"- exhaustive scoring: {r['exhaustive']['seconds']:.0f} s at {r['exhaustive']['masks_per_s']:,.0f} masks/s "
+        f"({r['exhaustive']['method']}, {r['exhaustive']['device']}, {r['exhaustive']['dtype']}, 1 thread); "
+        f"`train` {r['timings_s'].get('train', 0):.0f} s, sampled `run` {r['timings_s']['run_sampled']:.0f} s",
+        f"- every point of the sampler's front is on or dominated by the exact front: **{'yes' if r['sampler_front_on_or_dominated_by_exact'] else 'NO'}**",
+        f"- sampler front points on the exact front: {r['sampler_front_points_on_exact_front']} of {len(r['sampler_front'])}; "
+        f"exact-front masks the sampler tried: {len(r['exact_front_masks_found_by_sampler'])} of {len(r['exact_front'])}",
+        f"- hypervolume (reference {r['reference_point']}): exact {r['hypervolume_exact']:.5g}, sampler {r['hypervolume_sampler']:.5g}, "
+        f"share **{100 * r['hypervolume_share']:.2f} %**",
+        "",
+        "| exact front mask | accuracy | MFLOPs | masks with this point | found by the sampler |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    found = set(r["exact_front_masks_found_by_sampler"])
+    for p in r["exact_front"]:
+        lines.append(f"| `{p['mask']}` | {p['accuracy']:.4f} | {p['mflops']:.4f} | {p['equal']} | {'yes' if p['mask'] in found else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -326,9 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", default="fou,fac,kar,pix,zer")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_exhaustive"))
     p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--results", help="write the fragment NAME.md and NAME.json for docs/RESULTS.md into this folder")
+    p.add_argument("--from-json", help="render the fragment of an earlier compare's JSON instead of running")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = speed(args) if args.mode == "speed" else compare(args)
+    if args.mode == "compare" and args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+    else:
+        report = speed(args) if args.mode == "speed" else compare(args)
+    if args.mode == "compare" and args.results:
+        folder = Path(args.results)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"bench_exhaustive_mfeat{len(report['views'])}"
+        (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / f"{stem}.md").write_text(fragment(report))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
