@@ -15,6 +15,7 @@ the two in tests and benchmarks (``benchmarks/bench_overhead.py --fallback``).
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from search_service.redaction import SecretFilter, install_secret_filter, mask_p
 from search_service.study_file import Study
 from search_service.trial_index import MAX_RETRY, trial_mask
 from search_service.trial_reads import read_trials, unsupported
-from search_service.trial_writes import finish, trial_state, write_rows
+from search_service.trial_writes import create_trial, finish, trial_state, write_rows
 from supernet.errors import ConfigError, MROError
 
 log = logging.getLogger("mro_search")
@@ -467,6 +468,37 @@ class FaultTolerantRDBStorage(RDBStorage):
         self.stamp = dict(user_attrs)
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is None and self.fast_sql:
+            # ``ask``'s new trial (a template, from ``enqueue_trial`` or a retry, goes to Optuna):
+            # its row, first beat and stamp in one transaction of plain SQL (``trial_writes``)
+            start = datetime.datetime.now()
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    trial_id, number = create_trial(session.connection(), study_id, start, self.heartbeat_interval is not None, self.stamp)
+            except Exception as exc:
+                # Optuna's creation below makes the trial (retrying a lock or a deadlock, as it
+                # does) or raises; a failure of the SQL itself also switches this storage to
+                # Optuna's calls (a warning, once)
+                self.fast_sql_failed("creating a trial", exc)
+            else:
+                if self.heartbeat_interval is not None:
+                    if self._fresh_beats is None:
+                        self._fresh_beats = {}
+                    self._fresh_beats[trial_id] = time.monotonic()
+                return FrozenTrial(
+                    number=number,
+                    state=TrialState.RUNNING,
+                    value=None,
+                    values=None,
+                    datetime_start=start,
+                    datetime_complete=None,
+                    params={},
+                    distributions={},
+                    user_attrs={},
+                    system_attrs={},
+                    intermediate_values={},
+                    trial_id=trial_id,
+                )
         trial = super()._create_new_trial(study_id, template_trial)
         if not self.fast_sql and trial.state == TrialState.RUNNING:
             # without ``_get_prepared_new_trial``'s rows: the first beat and the stamp right after

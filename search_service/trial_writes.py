@@ -49,6 +49,37 @@ def trial_state(conn: Connection, trial_id: int, *, for_update: bool = False) ->
     return TrialState[row[0]] if isinstance(row[0], str) else TrialState(row[0])
 
 
+def create_trial(conn: Connection, study_id: int, start: datetime.datetime, heartbeat: bool, user_attrs: dict[str, Any]) -> tuple[int, int]:
+    """A new RUNNING trial of ``study_id`` started at ``start`` (naive local time, as Optuna's
+    ``datetime.now()``), with its first heartbeat when asked and ``user_attrs``: the rows
+    ``RDBStorage._create_new_trial`` (with ``storage.FaultTolerantRDBStorage``'s heartbeat and
+    stamp) writes, in three or four statements instead of the ORM's six and its objects. Returns
+    (trial id, number). The caller commits.
+
+    The number is the count of the study's trials before this one, as Optuna counts it, taken in
+    the statement that inserts the row: on PostgreSQL after locking the study row (``FOR
+    UPDATE``, as Optuna locks it); SQLite runs one writer at a time, and a read before the insert
+    would only risk a stale snapshot in WAL mode. So two workers never get one number.
+    ``KeyError`` if the study is missing (nothing is committed then)."""
+    sid = int(study_id)
+    if conn.dialect.name == "postgresql" and conn.exec_driver_sql(f"SELECT study_id FROM studies WHERE study_id = {sid} FOR UPDATE").first() is None:
+        raise KeyError(models.NOT_FOUND_MSG)
+    utc = start.astimezone(datetime.UTC).replace(tzinfo=None)  # stored naive UTC, as Optuna stores it
+    stamp: Any = utc.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else utc
+    mark = _mark(conn)
+    trial_id, number = conn.exec_driver_sql(
+        "INSERT INTO trials (number, study_id, state, datetime_start) "
+        f"VALUES ((SELECT COUNT(*) FROM trials WHERE study_id = {sid}), {sid}, 'RUNNING', {mark}) RETURNING trial_id, number",
+        (stamp,),
+    ).one()
+    if conn.dialect.name != "postgresql" and conn.exec_driver_sql(f"SELECT study_id FROM studies WHERE study_id = {sid}").first() is None:
+        raise KeyError(models.NOT_FOUND_MSG)
+    if heartbeat:
+        conn.exec_driver_sql(f"INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES ({int(trial_id)}, CURRENT_TIMESTAMP)")
+    write_rows(conn, trial_id, {}, user_attrs, {})
+    return int(trial_id), int(number)
+
+
 def write_rows(conn: Connection, trial_id: int, params: dict[str, tuple[float, Any]], user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
     """Insert new parameters ``{name: (internal value, distribution)}`` and upsert attributes
     of one trial (the caller checked the trial is updatable and commits)."""

@@ -51,7 +51,7 @@ def _fresh(monkeypatch, caplog):
 
 def _no_fast_sql(monkeypatch) -> None:
     """Any use of the service's SQL fails the test."""
-    for name in ("read_trials", "write_rows", "finish", "trial_state"):
+    for name in ("read_trials", "write_rows", "finish", "trial_state", "create_trial"):
         monkeypatch.setattr(storage_module, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} used while fast_sql is off"))
 
 
@@ -278,3 +278,63 @@ def test_a_worker_with_optunas_calls_forced_completes_its_trials(tiny, mro, tmp_
     assert len({t.user_attrs["worker"] for t in done}) == 1  # the worker's stamp, on every trial
     assert all(t.system_attrs.get("mro:mask") == mro.mask(t) for t in done)
     assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+
+
+def _created(storage, name: str, n: int) -> tuple[list[optuna.trial.FrozenTrial], list[optuna.trial.FrozenTrial], list[tuple]]:
+    """``n`` trials asked of a new study: the trials ``ask`` returned, as read back, and each
+    trial's heartbeat rows (its id aside)."""
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], study_name=name)
+    asked = [study._storage._backend._create_new_trial(study._study_id) for _ in range(n)]
+    engine = storage.engine
+    with engine.connect() as conn:
+        beats = [tuple(r) for r in conn.execute(text("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id WHERE t.study_id = :s GROUP BY h.trial_id ORDER BY h.trial_id"), {"s": study._study_id})]
+    return asked, study.get_trials(), beats
+
+
+def test_a_new_trial_is_created_as_optuna_creates_it(url, monkeypatch):
+    """``ask``'s trial in plain SQL (``trial_writes.create_trial``): the same rows as Optuna's
+    creation (number, state, start, the first heartbeat, the stamp), the same FrozenTrial."""
+    fast = open_storage(url, heartbeat=True, create=False)
+    fast.stamp_trials({"worker": "host:1"})
+    assert fast.fast_sql
+    asked, read, beats = _created(fast, "fast", 3)
+    monkeypatch.setenv("MRO_FAST_SQL", "0")
+    slow = open_storage(url, heartbeat=True, create=False)
+    slow.stamp_trials({"worker": "host:1"})
+    _no_fast_sql(monkeypatch)
+    assert not slow.fast_sql
+    asked_slow, read_slow, beats_slow = _created(slow, "optuna", 3)
+    assert beats == beats_slow == [(1,)] * 3
+    for mine, theirs in ((asked, asked_slow), (read, read_slow)):
+        for a, b in zip(mine, theirs, strict=True):
+            assert (a.number, a.state, a.values, a.params, a.user_attrs, a.system_attrs, a.datetime_complete) == (
+                b.number, b.state, b.values, b.params, b.user_attrs, b.system_attrs, b.datetime_complete
+            )
+    assert [t.number for t in read] == [0, 1, 2] and all(t.user_attrs == {"worker": "host:1"} for t in read)
+    # the start as asked is the start as read back (stored naive UTC, read as local time)
+    assert [t.datetime_start for t in asked] == [t.datetime_start for t in read]
+    assert all(abs((t.datetime_start - s.datetime_start).total_seconds()) < 60 for t, s in zip(read, read_slow))
+
+
+def test_trials_created_at_once_get_distinct_numbers(url):
+    """Threads creating trials in one study at the same moment (each its own connection): the
+    numbers are 0..n-1, each once, in trial id order, as Optuna numbers them."""
+    import threading
+
+    storage = open_storage(url, heartbeat=False, create=False)
+    assert storage.fast_sql
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    barrier = threading.Barrier(4)
+
+    def make() -> None:
+        barrier.wait()
+        for _ in range(5):
+            storage._create_new_trial(study._study_id)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    trials = sorted(study.get_trials(), key=lambda t: t._trial_id)
+    assert [t.number for t in trials] == list(range(20))
