@@ -191,6 +191,10 @@ def _check_semantics(study: Study, raw: dict[str, Any], problems: list[str]) -> 
         problems.append(f"[model] width {m.width} must be divisible by heads {m.heads}")
     if t.warmup_epochs > t.epochs:
         problems.append(f"[train] warmup_epochs {t.warmup_epochs} is more than epochs {t.epochs}")
+    if t.joint_rank and t.per_sample_masks:
+        problems.append("[train] joint_rank ranks the subnets of a step: set per_sample_masks = false, or joint_rank = false")
+    if t.joint_rank and t.masks_per_step < 2:
+        problems.append(f"[train] joint_rank ranks the subnets of a step: masks_per_step must be at least 2 (is {t.masks_per_step})")
     if d.valid_fraction + d.test_fraction >= 0.9:
         problems.append("[data] valid_fraction + test_fraction must leave at least 10% for training")
     if d.classes and d.source != "npz":

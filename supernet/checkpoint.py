@@ -35,7 +35,7 @@ from supernet.data.dataset import ModalitySpec
 from supernet.errors import CheckpointError
 from supernet.files import write_file
 from supernet.model import Supernet, SupernetSpec
-from supernet.relation_graph import RelationGraphPrior
+from supernet.relation_graph import PRIOR_GNNS, RelationGraphPrior
 
 FORMAT = "mro-search-supernet/2"
 FORMATS = ("mro-search-supernet/1", FORMAT)  # /1: no stored identity (it is computed on load)
@@ -190,7 +190,8 @@ def load_checkpoint(
     try:
         model = Supernet(_spec_from_dict(payload["spec"]), model_cfg)
         model.load_state_dict(payload["model"])
-        prior = RelationGraphPrior(model.k)
+        gnn = (config.get("train") or {}).get("prior_gnn", "gatv2")  # earlier checkpoints: the only one then
+        prior = RelationGraphPrior(model.k, gnn=gnn if gnn in PRIOR_GNNS else "gatv2")
         prior.load_state_dict(payload["prior"])
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{where}: weights do not fit the model they describe ({str(exc).splitlines()[0][:160]})") from exc

@@ -143,6 +143,17 @@ class TrainConfig:
     # needs CUDA, per_sample_masks, distill = 0 and a fixed batch size (a last, smaller batch runs
     # eagerly). Ignored with a logged note on other devices, so one study file serves every machine.
     cuda_graph: bool = False
+    # Joint optimization (Table 1 of the paper): rank_weight * R is added to the task loss of the
+    # masks_per_step subnets trained in each step, so R's gradient reaches the prior and the
+    # supernet together (supernet.rank_loss, loss_gradient=True); every rank_every steps the
+    # statistics are still measured, but the prior is no longer refitted from cached scores.
+    # Needs per_sample_masks = false and masks_per_step >= 2 (R ranks the step's subnets).
+    # Off by default: it measured no better (docs/RESULTS.md, joint optimization).
+    joint_rank: bool = False
+    rank_weight: float = field(default=0.1, metadata=_between(0.0, 100.0))  # λ of joint_rank
+    # The prior's graph network (supernet.relation_graph.RelationGraphPrior): "gatv2" (a GATv2
+    # layer and an edge MLP) or "gat" (Eq. 1 as written: GAT's own attention logit per edge).
+    prior_gnn: str = field(default="gatv2", metadata=_choices("gatv2", "gat"))
 
 
 T = TypeVar("T")

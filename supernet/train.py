@@ -258,8 +258,13 @@ class TrainStep:
     ``benchmarks/bench_gpu.py`` times this class."""
 
     def __init__(self, model: Supernet, optimizer: torch.optim.Optimizer, stats: _Statistics, cfg: TrainConfig,
-                 task: str, device: torch.device, *, dist: Distributed | None = None, log: Callable[[str], None] | None = None) -> None:
+                 task: str, device: torch.device, *, dist: Distributed | None = None, log: Callable[[str], None] | None = None,
+                 prior: RelationGraphPrior | None = None, prior_optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model, self.optimizer, self.stats, self.cfg, self.task = model, optimizer, stats, cfg, task
+        # [train] joint_rank: the step's loss includes rank_weight * R, which also trains the prior
+        self.prior, self.prior_optimizer = prior, prior_optimizer
+        self.joint = bool(cfg.joint_rank and prior is not None and prior_optimizer is not None)
+        self.rank_value = float("nan")  # R of the last joint step
         self.device, self.dist = device, dist or Distributed()
         self.dtype = resolve_precision(cfg.precision, device)
         self.batched = use_batched_paths(cfg, device)
@@ -278,6 +283,10 @@ class TrainStep:
     def backward(self, features, lengths, labels, masks) -> torch.Tensor:
         """Forward and backward of one batch share; returns the detached mean task loss (0-d)."""
         with self.autocast():
+            if self.joint:
+                loss, rank = _joint_step(self.model, self.prior, features, lengths, labels, masks, self.task, self.cfg)
+                self.rank_value = rank
+                return loss
             return _subnet_step(self.model, features, lengths, labels, masks, self.task, self.cfg,
                                 batched=self.batched, as_tensor=True)
 
@@ -301,6 +310,9 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=False)
         else:
             self.optimizer.zero_grad(set_to_none=True)
+        if self.joint:
+            self.prior_optimizer.zero_grad(set_to_none=True)
+            self.rank_value = 0.0
         if n:
             loss = self.backward(features, lengths, labels, masks).float()
         else:  # an empty share of a last, short batch
@@ -308,6 +320,10 @@ class TrainStep:
         if self.dist.active:
             loss = self.dist.weighted_mean(loss.reshape(1), n, total)[0]
             self.dist.average_gradients(list(self.model.parameters()), n, total)
+            if self.joint:
+                self.dist.average_gradients(list(self.prior.parameters()), n, total)
+                rank = torch.tensor([self.rank_value], dtype=torch.float64, device=self.device)
+                self.rank_value = float(self.dist.weighted_mean(rank, n, total)[0])
         value = float(loss)
         if not math.isfinite(value):
             raise _NotFinite(f"the training loss ({value})")
@@ -315,6 +331,10 @@ class TrainStep:
             raise _NotFinite("a gradient")
         self.stats.gradients(_active_paths(masks))
         self.optimizer.step()
+        if self.joint:
+            if not (math.isfinite(self.rank_value) and _finite_gradients(self.prior)):
+                raise _NotFinite(f"the prior's rank loss ({self.rank_value}) or its gradient")
+            self.prior_optimizer.step()
         return value
 
 
@@ -429,7 +449,7 @@ def train_supernet(
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     model = _build_model(data, model_cfg, train_cfg, device)
-    prior = RelationGraphPrior(model.k)
+    prior = RelationGraphPrior(model.k, gnn=train_cfg.prior_gnn)
     if dist.active:
         dist.broadcast_parameters(model)
         torch.manual_seed(train_cfg.seed + dist.rank)  # dropout: each rank its own draws
@@ -438,7 +458,8 @@ def train_supernet(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                   **({"capturable": True} if capturable else {}))
     prior_optimizer = torch.optim.Adam(prior.parameters(), lr=train_cfg.prior_lr)
-    step_fn = TrainStep(model, optimizer, stats, train_cfg, data.task, device, dist=dist, log=log)
+    step_fn = TrainStep(model, optimizer, stats, train_cfg, data.task, device, dist=dist, log=log,
+                        prior=prior, prior_optimizer=prior_optimizer)
     names = data.modality_names
     train, valid = data.splits["train"], data.splits["valid"]
     P = num_paths(model.k)
@@ -485,8 +506,13 @@ def train_supernet(
                 raise _diverged(str(exc), epoch + 1, train_cfg, data) from None
             loss_sum += loss * total
             seen += total
-            # 2. every rank_every steps: refine the prior with the rank loss on this batch
-            if step % train_cfg.rank_every == 0:
+            if step_fn.joint:  # the prior learned from this step's subnets (rank_weight * R)
+                rank_sum, rank_n = rank_sum + step_fn.rank_value, rank_n + 1
+            # 2. every rank_every steps: refine the prior with the rank loss on this batch (joint:
+            #    measure the statistics only)
+            if step % train_cfg.rank_every == 0 and step_fn.joint:
+                _measure_statistics(model, stats, features, lengths, dist=dist, n=len(labels), total=total)
+            elif step % train_cfg.rank_every == 0:
                 value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup,
                                       dist=dist, total=total)
                 if not math.isfinite(value):
@@ -574,6 +600,42 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
         loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
     loss.backward()
     return subnet_loss if as_tensor else float(subnet_loss)
+
+
+def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
+    """``[train] joint_rank``: backpropagate ``task loss + rank_weight * R`` of the subnets
+    ``masks`` selects on one batch (Table 1 of the paper), R ranking the prior's scores of those
+    masks against their task losses with gradient into both (``rank_loss(loss_gradient=True)``).
+    The subnets run together (their activations held at once). Returns the detached mean task
+    loss (0-d) and R."""
+    outputs = torch.stack([model(features, mask, lengths) for mask in masks])  # (M, B, out)
+    losses = task_loss(outputs, labels, task).float()  # (M,)
+    loss = losses.mean()
+    subnet_loss = loss.detach()
+    if cfg.distill > 0:  # in-place distillation as in _subnet_step
+        full = model(features, torch.ones(masks.shape[1], device=masks.device), lengths)
+        target = full.detach()
+        if task == "classification":
+            soft = F.kl_div(F.log_softmax(outputs, dim=-1), F.log_softmax(target, dim=-1).expand_as(outputs),
+                            log_target=True, reduction="none").sum(dim=-1).mean()
+        else:
+            soft = (outputs - target).abs().mean()
+        loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
+    rank = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss, loss_gradient=True)
+    (loss + cfg.rank_weight * rank.to(loss.device)).backward()
+    return subnet_loss, float(rank.detach())
+
+
+@torch.no_grad()
+def _measure_statistics(model, stats, features, lengths, *, dist: Distributed, n: int, total: int) -> None:
+    """The embedding and attention statistics of ``_refine_prior``, without its prior update."""
+    was_training = model.training
+    model.eval()
+    if dist.active:
+        stats.embeddings_and_attention(features, lengths, n, total)
+    else:
+        stats.embeddings_and_attention(features, lengths)
+    model.train(was_training)
 
 
 def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, task, cfg: TrainConfig, g, warmup, *,
