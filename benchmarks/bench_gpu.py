@@ -19,6 +19,9 @@ the finiteness checks, AdamW), configured by ``[train]`` settings:
 
 - ``train_fp32``: ``masks_per_step = 1``, ``precision = "fp32"``: the default step, float32;
 - ``train_bf16``: the same with ``precision = "bf16"`` (what ``auto`` gives on CUDA);
+- ``train_per_sample_fp32`` and ``train_per_sample_batched_fp32``: ``per_sample_masks = true``,
+  float32, paths one by one and as one batched operation (``batched_paths``: the measured rule
+  behind its ``auto``);
 - ``train_per_sample_bf16``: ``per_sample_masks = true``, ``batched_paths = true``, bf16;
 - ``train_graph_bf16`` (CUDA only): the same with ``cuda_graph = true``;
 
@@ -83,6 +86,8 @@ TARGETS = {32: 13_000, 256: 40_000}
 TRAIN_MODES = {  # mro-search train's own step (supernet.train.TrainStep), by its [train] settings
     "train_fp32": {"precision": "fp32"},
     "train_bf16": {"precision": "bf16"},
+    "train_per_sample_fp32": {"precision": "fp32", "per_sample_masks": True, "batched_paths": False},
+    "train_per_sample_batched_fp32": {"precision": "fp32", "per_sample_masks": True, "batched_paths": True},
     "train_per_sample_bf16": {"precision": "bf16", "per_sample_masks": True, "batched_paths": True},
     "train_graph_bf16": {"precision": "bf16", "per_sample_masks": True, "batched_paths": True, "cuda_graph": True},
 }

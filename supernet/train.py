@@ -290,13 +290,14 @@ class TrainStep:
             return _subnet_step(self.model, features, lengths, labels, masks, self.task, self.cfg,
                                 batched=self.batched, as_tensor=True)
 
-    def __call__(self, features, lengths, labels, masks, *, total: int | None = None) -> float:
-        """Train on one batch (this rank's share of ``total`` samples under torchrun) and return
-        the batch's mean task loss. Raises :class:`_NotFinite` on a NaN or infinite loss or
+    def __call__(self, features, lengths, labels, masks, *, total: int | None = None, active: torch.Tensor | None = None) -> float:
+        """Train on one batch (this rank's share of ``total`` samples under torchrun, ``active``
+        the paths the whole batch's masks use) and return the batch's mean task loss. Raises :class:`_NotFinite` on a NaN or infinite loss or
         gradient (the step is then not applied, except inside a CUDA graph, where the caller
         saves nothing anyway)."""
         n = len(labels)
         total = n if total is None else total
+        active = _active_paths(masks) if active is None else active
         if self.graph is not None and self.graph.fits(features, lengths, labels, masks):
             loss = self.graph(features, lengths, labels, masks)
             value = float(loss)
@@ -304,7 +305,7 @@ class TrainStep:
                 raise _NotFinite(f"the training loss ({value})")
             if not _finite_gradients(self.model):
                 raise _NotFinite("a gradient")
-            self.stats.gradients(_active_paths(masks))
+            self.stats.gradients(active)
             return value
         if self.graph is not None:  # keep the graph's gradient tensors: zero them, do not drop them
             self.optimizer.zero_grad(set_to_none=False)
@@ -329,7 +330,7 @@ class TrainStep:
             raise _NotFinite(f"the training loss ({value})")
         if not _finite_gradients(self.model):
             raise _NotFinite("a gradient")
-        self.stats.gradients(_active_paths(masks))
+        self.stats.gradients(active)
         self.optimizer.step()
         if self.joint:
             if not (math.isfinite(self.rank_value) and _finite_gradients(self.prior)):
@@ -493,6 +494,7 @@ def train_supernet(
             else:
                 with torch.no_grad():
                     masks = prior.sample(n, g)
+            active = _active_paths(masks)  # of the whole batch: the same statistics on every rank
             if dist.active:
                 share = dist.shard(total)
                 features, labels = [f[share] for f in features], labels[share]
@@ -501,7 +503,7 @@ def train_supernet(
                     masks = masks[share]
             features, lengths, labels = _to(device, features, lengths, labels)
             try:
-                loss = step_fn(features, lengths, labels, masks.to(device), total=total)
+                loss = step_fn(features, lengths, labels, masks.to(device), total=total, active=active)
             except _NotFinite as exc:
                 raise _diverged(str(exc), epoch + 1, train_cfg, data) from None
             loss_sum += loss * total

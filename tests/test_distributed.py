@@ -3,16 +3,18 @@ gloo: ``torchrun --nproc-per-node=2 --no-python mro-search train`` as a user run
 checkpoint it writes evaluated, and its loss curve against one process with the whole batch.
 
 Why the two agree, and to what tolerance: ``[train] batch_size`` is the global batch, both ranks
-draw the same order and masks, and the gradients are averaged weighted by each rank's share, so
-the two runs compute the same sums in another order (float32 rounding, ~1e-7 relative). Dropout
-is 0, so no random draw differs. The batch of 21 splits 11/10 and the last batch of 1 leaves
-rank 1 an empty share: uneven and empty shares are exercised. Measured on this machine: the loss
-curve agrees to 1e-7 relative, every weight to 1.2e-7 except the key half of the attention's
-key/value bias, whose true gradient is exactly zero (softmax ignores a shift shared by all keys):
-AdamW divides that gradient's rounding noise by its own size and steps ±lr either way (up to
-3e-4 apart), without changing any output. The prior (Adam, lr 0.02) does the same in a few
-near-zero-gradient directions: its log-probabilities agree to 1e-3. The tolerances below are ten
-times those; a per-rank batch (one process with batch 42) misses them by far.
+draw the same order and the same masks (here one per sample, ``per_sample_masks``: each rank
+takes its samples' masks), and the gradients are averaged weighted by each rank's share, so the
+two runs compute the same sums in another order (float32 rounding, ~1e-7 relative). Dropout is
+0, so no random draw differs. The batch of 21 splits 11/10 and the last batch of 1 leaves rank 1
+an empty share: uneven and empty shares are exercised. Measured on this machine: the loss curve
+agrees to 1e-7 relative, every weight to 2.2e-7 except the key half of the attention's key/value
+bias, whose true gradient is exactly zero (softmax ignores a shift shared by all keys): AdamW
+divides that gradient's rounding noise by its own size and steps ±lr either way (up to 3e-4
+apart), without changing any output; the prior's log-probabilities agree to 1e-6 (with one mask
+per batch, ``masks_per_step``, checked by hand the same way: the same, the prior to 1e-3, as Adam
+at lr 0.02 amplifies its near-zero gradients alike). The tolerances below are about ten times
+those; a per-rank batch (one process with batch 42) misses them by far.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ warmup_epochs = 1
 batch_size = 21
 rank_every = 2
 rank_masks = 6
+per_sample_masks = true
 
 [search]
 run_dir = "{run_dir}"
@@ -125,8 +128,8 @@ def test_two_ranks_with_half_the_batch_follow_one_process_with_the_whole_batch(t
         x, y = a[key], b[key]
         if key.endswith("attn.key_value.bias"):  # the key half has no true gradient (docstring)
             x, y = x[study.model.width :], y[study.model.width :]
-        torch.testing.assert_close(y, x, rtol=0, atol=2e-6, msg=key)
+        torch.testing.assert_close(y, x, rtol=0, atol=3e-6, msg=key)
     masks = all_masks(6)
     with torch.no_grad():
-        torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=1e-2)
-        assert float((per_rank.prior.log_prob(masks) - one.prior.log_prob(masks)).abs().max()) > 1e-2
+        torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=1e-5)
+        assert float((per_rank.prior.log_prob(masks) - one.prior.log_prob(masks)).abs().max()) > 1e-3
