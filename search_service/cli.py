@@ -767,7 +767,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(f"report: {path} ({summary['complete_trials']} completed trials, Pareto front of "
-              f"{len(summary['pareto_front'])}, hypervolume {summary['hypervolume']:.5g})")
+              f"{len(summary['pareto_front'])}{' (exact)' if summary.get('exact_front') else ''}, hypervolume {summary['hypervolume']:.5g})")
         print(f"study {joined.search.name} in {where['storage']}; checkpoint {where['checkpoint'][:16]}; artifacts in {where['artifacts']}")
     return 0
 

@@ -126,6 +126,10 @@ def test_k3_front_recorded_exactly_once_and_shown_as_exact(tiny, mro, cli, tmp_p
     shown = cli(["pareto", "--study", str(file), "--storage", url], tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert f"Pareto front ({len(expected)}, exact)" in shown.stdout and "front: exact: every one of the 63 masks" in shown.stdout
+    reported = cli(["report", "--study", str(file), "--storage", url, "-o", str(tmp_path / "report.html")], tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    assert f"Pareto front of {len(expected)} (exact)" in reported.stdout
+    assert "every one of the 63 masks was scored" in (tmp_path / "report.html").read_text()
     # a second run adds nothing
     again = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
     assert again.returncode == 0, again.stderr
@@ -143,6 +147,8 @@ def test_a_sampled_study_gets_only_the_missing_front_masks(tiny, mro, cli, tmp_p
     assert sampled.returncode == 0, sampled.stderr
     before = {mro.mask(t) for t in mro.complete(mro.open_study(url, tiny.name))}
     assert len(before) == 12
+    shown = cli(["pareto", "--study", str(file), "--storage", url, "--json"], tmp_path)
+    assert json.loads(shown.stdout)["exact_front"] is None  # a sampled front is not called exact
     result = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], tmp_path)
     assert result.returncode == 0, result.stderr
     expected = brute_force_front(file)
