@@ -45,9 +45,11 @@ mask scored by every study of the landscape (the runs and the long runs) and, fo
 most ``--exact-max`` masks (default 2^20, so planted5), of *every* mask, scored exhaustively in
 chunks: then the reference front is the true front. For mfeat and planted6 it is the union
 (the best front found by all samplers together), not the true front; the output says which.
-The hypervolume is Optuna's own (``optuna._hypervolume.compute_hypervolume``, via
-``bench_search.hypervolume``) on the loss vectors ``(-accuracy, MFLOPs)`` with the fixed
-reference point
+Every mask of at most ``--small`` paths (default 4: 31,930 masks at k = 6) is scored and
+added too; a mask of more paths costs at least the shared part plus its cheapest paths, so the
+reference front is exact below that many MFLOPs (printed). The hypervolume is Optuna's own
+(``optuna._hypervolume.compute_hypervolume``, via ``bench_search.hypervolume``) on the loss
+vectors ``(-accuracy, MFLOPs)`` with the fixed reference point
 
     r = (-(a_min - 0.01 * (a_max - a_min)),  f_max + 0.01 * (f_max - f_min))
 
@@ -76,6 +78,7 @@ reuses what is done. ``--out DIR`` writes ``DIR/bench_efficiency.json`` (every n
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -97,6 +100,7 @@ from optuna.study._multi_objective import _is_pareto_front  # noqa: E402
 
 from search_service.evaluator import load_study_data  # noqa: E402
 from search_service.study_file import load_study  # noqa: E402
+from supernet.data import load_data  # noqa: E402
 from supernet.flops import flop_table  # noqa: E402
 from supernet.scoring import build_cache, score_masks  # noqa: E402
 
@@ -176,17 +180,44 @@ class Landscape:
         return front, np.array([lo, hi])
 
 
+PINNED = CACHE_DIR / "pinned.json"  # landscape name -> the checkpoint file its studies used
+
+
+def pinned_checkpoint(name: str, log=print):
+    """The checkpoint a landscape's cached studies were run with (``runs/bench_efficiency/
+    pinned.json``), loaded by path, or None. A supernet configuration that gains a key (a new
+    ``[train]`` option with its default) changes the configuration's SHA-256, and the cache
+    lookup by SHA would train a new supernet in the middle of a benchmark whose studies are
+    half done; the pin keeps every study of one landscape on one supernet. ``--fresh`` drops it."""
+    from supernet.checkpoint import load_checkpoint
+
+    pins = json.loads(PINNED.read_text()) if PINNED.is_file() else {}
+    path = ROOT / pins[name] if name in pins else None
+    if path is None or not path.is_file():
+        return None
+    log(f"{name}: pinned checkpoint {pins[name]}")
+    return load_checkpoint(path)
+
+
+def pin(name: str, path: Path) -> None:
+    pins = json.loads(PINNED.read_text()) if PINNED.is_file() else {}
+    pins[name] = str(Path(path).resolve().relative_to(ROOT))
+    PINNED.parent.mkdir(parents=True, exist_ok=True)
+    PINNED.write_text(json.dumps(pins, indent=1) + "\n")
+
+
 def mfeat_landscape(log=print) -> Landscape:
     study = load_study("mfeat")
     study.train.device = "cpu"
     study.search.run_dir = str(CACHE_DIR / f"mfeat-{study.sha256[:12]}")
     data = load_study_data(study)
-    ckpt = _common.cached_checkpoint(study)
+    ckpt = pinned_checkpoint("mfeat", log) or _common.cached_checkpoint(study)
     if ckpt is None:
         started = time.perf_counter()
         log(f"mfeat: training the supernet ({study.train.epochs} epochs, 1 thread) ...")
         ckpt = _common.train_checkpoint(study, data)
         log(f"mfeat: trained in {time.perf_counter() - started:.0f} s -> {ckpt.path.relative_to(ROOT)}")
+    pin("mfeat", ckpt.path)
     prior = [float(q) for q in ckpt.prior.path_probs().detach()]
     cache = build_cache(ckpt.model.eval(), data.splits["valid"])
     return Landscape("mfeat", ckpt.model, cache, prior, ckpt.identity,
@@ -194,9 +225,14 @@ def mfeat_landscape(log=print) -> Landscape:
 
 
 def planted_landscape(k: int, log=print) -> Landscape:
-    ckpt, data, train_s, cached = bench_planted._trained(k, 0, False)
-    if not cached:
-        log(f"planted{k}: trained in {train_s:.0f} s")
+    ckpt = pinned_checkpoint(f"planted{k}", log)
+    if ckpt is not None:
+        data = load_data(bench_planted.problem(k, 0)[0])
+    else:
+        ckpt, data, train_s, cached = bench_planted._trained(k, 0, False)
+        if not cached:
+            log(f"planted{k}: trained in {train_s:.0f} s")
+        pin(f"planted{k}", ckpt.path)
     prior = [float(q) for q in ckpt.prior.path_probs().detach()]
     cache = build_cache(ckpt.model.eval(), data.splits["valid"])
     planted = ", ".join(data.informative_paths)
@@ -290,9 +326,17 @@ def _init_worker() -> None:
 # --- analysis ---------------------------------------------------------------------------------
 
 
-def reference(land: Landscape, rows: list[dict], exact: bool) -> dict:
-    """The reference point and front (see the module docstring) from every study's trials."""
+def small_masks(n_paths: int, size: int) -> list[tuple[int, ...]]:
+    """Every mask with 1 .. ``size`` active paths."""
+    return [tuple(int(p in active) for p in range(n_paths))
+            for k in range(1, size + 1) for active in itertools.combinations(range(n_paths), k)]
+
+
+def reference(land: Landscape, rows: list[dict], exact: bool, small: int = 0) -> dict:
+    """The reference point and front (see the module docstring) from every study's trials (and
+    every mask of at most ``small`` paths)."""
     masks = [tuple(int(c) for c in m) for r in rows for m in r["masks"]] + land.corners()
+    masks += small_masks(len(land.paths), small) if small and not exact else []
     values = np.array(land.score_many(masks))
     keep = np.array([any(m) for m in masks])
     acc, mflops = values[keep, 0], values[keep, 1]
@@ -300,6 +344,11 @@ def reference(land: Landscape, rows: list[dict], exact: bool) -> dict:
     loss = np.stack([-acc, mflops], axis=1)
     front = np.unique(loss[_is_pareto_front(loss, assume_unique_lexsorted=False)], axis=0)  # distinct points
     kind = "union of every study's trials"
+    exact_below = None
+    if small and not exact and small < len(land.paths):
+        # a mask of more than `small` paths costs at least the shared part and its cheapest paths
+        exact_below = (land.flops.shared + sum(sorted(land.flops.path)[: small + 1])) / 1e6
+        kind += f" and every mask of at most {small} paths (so exact below {exact_below:.3f} MFLOPs)"
     if exact:
         front, (lo, hi) = land.exact_front()
         front = np.unique(front, axis=0)
@@ -308,7 +357,7 @@ def reference(land: Landscape, rows: list[dict], exact: bool) -> dict:
     f_min = min(land.flops.mflops(m) for m in land.corners()[1:])
     f_max = land.full_mflops
     ref = np.array([-(a_lo - 0.01 * (a_hi - a_lo)), f_max + 0.01 * (f_max - f_min)])
-    return {"ref": ref, "front": front, "hv": bench_search.hypervolume(front, ref), "kind": kind,
+    return {"ref": ref, "front": front, "hv": bench_search.hypervolume(front, ref), "kind": kind, "exact_below": exact_below,
             "accuracy_range": [a_lo, a_hi], "mflops_range": [f_min, f_max]}
 
 
@@ -350,8 +399,8 @@ def summarise(rows: list[dict], samplers: list[str], points: list[int]) -> dict:
 
 
 def analyse(land: Landscape, rows: list[dict], long_rows: list[dict], samplers: list[str], trials: int,
-            exact: bool) -> dict:
-    ref = reference(land, rows + long_rows, exact)
+            exact: bool, small: int = 0) -> dict:
+    ref = reference(land, rows + long_rows, exact, small)
     for r in rows + long_rows:
         r["curve"] = curve(r["values"], ref["ref"], ref["hv"])
     points = [n for n in CHECKPOINTS if n <= trials]
@@ -359,7 +408,7 @@ def analyse(land: Landscape, rows: list[dict], long_rows: list[dict], samplers: 
     return {
         "landscape": land.name, "note": land.note, "paths": len(land.paths), "space": land.space,
         "checkpoint": land.identity, "prior": dict(zip(land.paths, land.prior)),
-        "reference": {"kind": ref["kind"], "point": ref["ref"].tolist(), "hypervolume": ref["hv"],
+        "reference": {"kind": ref["kind"], "exact_below_mflops": ref["exact_below"], "point": ref["ref"].tolist(), "hypervolume": ref["hv"],
                       "front_size": len(ref["front"]), "front": ref["front"].tolist(),
                       "accuracy_range": ref["accuracy_range"], "mflops_range": ref["mflops_range"]},
         "masks_scored": len(land.memo), "points": points, **summary,
@@ -425,10 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", type=int, default=3000, help="trials of the long mro and random runs (0: none)")
     parser.add_argument("--gp-cap", type=int, default=100, help="GPSampler's trials at most (it is slow)")
     parser.add_argument("--gp-landscapes", default="", help="run gp only on these landscapes (default: all)")
+    parser.add_argument("--small", type=int, default=4, help="add every mask of at most this many paths to the reference front")
     parser.add_argument("--exact-max", type=int, default=EXACT_MAX, help="score every mask of spaces up to this size")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--jobs-file", default=JOBS_FILE.name,
                         help="append finished studies to runs/bench_efficiency/NAME (one per parallel invocation)")
+    parser.add_argument("--fresh", action="store_true", help="forget the pinned checkpoints (runs/bench_efficiency/pinned.json)")
     parser.add_argument("--report-only", action="store_true", help="run nothing: report the cached studies (and name the rest)")
     parser.add_argument("--out", default="", help="write DIR/bench_efficiency.json and .md")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -458,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(n)
 
+    if args.fresh:
+        PINNED.unlink(missing_ok=True)
     done: dict[str, dict] = {}
     for path in sorted(CACHE_DIR.glob("jobs*.jsonl")):  # this run's file and any a parallel run wrote
         done.update(_common.load_jsonl(path, "key"))
@@ -504,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         long_rows = [r for r in rows if r["seed"] == LONG_SEED]
         rows = [r for r in rows if r["seed"] != LONG_SEED]
         exact = land.space <= args.exact_max
-        result["landscapes"].append(analyse(land, rows, long_rows, samplers, args.trials, exact))
+        result["landscapes"].append(analyse(land, rows, long_rows, samplers, args.trials, exact, args.small))
     every = [done[k] for n in lands for k in keys[n] if k in done]
     result["studies"], result["study_s"] = len(every), sum(r["seconds"] for r in every)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
