@@ -61,7 +61,7 @@ def _brute_front(values: list[float], flops: list[int], maximize: bool = True) -
 
 
 # the fixtures are factories without state: nothing to reset between examples
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     task=st.sampled_from(["classification", "regression"]),
     head=st.sampled_from(["linear", "mlp"]),
