@@ -42,8 +42,8 @@ trials (seed 1000) per landscape, only to widen the reference front.
 
 Reference front and hypervolume: the reference front is the Pareto front of the union of every
 mask scored by every study of the landscape (the runs and the long runs) and, for spaces of at
-most ``--exact-max`` masks (default 2^20, so planted5), of *every* mask, scored exhaustively in
-chunks: then the reference front is the true front. For mfeat and planted6 it is the union
+most ``--exact-max`` masks (default 2^20, so planted5), of *every* mask, scored exhaustively by
+``supernet.exhaustive.exhaustive_front``: then the reference front is the true front. For mfeat and planted6 it is the union
 (the best front found by all samplers together), not the true front; the output says which.
 Every mask of at most ``--small`` paths (default 4: 31,930 masks at k = 6) is scored and
 added too; a mask of more paths costs at least the shared part plus its cheapest paths, so the
@@ -162,22 +162,14 @@ class Landscape:
         P = len(self.paths)
         return [tuple([1] * P)] + [tuple(int(q == p) for q in range(P)) for p in range(P)]
 
-    def exact_front(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every mask scored in chunks: the true front's loss vectors and the (a_min, a_max) of
-        the whole space. Only for small spaces (2^20 masks: about a minute here)."""
-        P = len(self.paths)
-        shifts = torch.arange(P - 1, -1, -1)
-        front = np.zeros((0, 2))
-        lo, hi = np.inf, -np.inf
-        for start in range(1, 2**P, SCORE_CHUNK * 4):
-            codes = torch.arange(start, min(start + SCORE_CHUNK * 4, 2**P))
-            t = ((codes[:, None] >> shifts) & 1).to(torch.float32)  # (M, P)
-            with torch.no_grad():
-                acc = score_masks(self.model, self.cache, t, "accuracy").numpy()
-            loss = np.concatenate([front, np.stack([-acc, self.flops.mflops_many(t).numpy()], axis=1)])
-            front = loss[_is_pareto_front(loss, assume_unique_lexsorted=False)]
-            lo, hi = min(lo, float(acc.min())), max(hi, float(acc.max()))
-        return front, np.array([lo, hi])
+    def exact_front(self) -> np.ndarray:
+        """The true front's loss vectors over every mask (``supernet.exhaustive``: all 2^P - 1
+        masks, streamed in blocks; 2^20 masks take about a minute here)."""
+        from supernet.exhaustive import exhaustive_front
+
+        with torch.no_grad():
+            result = exhaustive_front(self.model, self.cache, "accuracy", self.flops)
+        return np.array([[-p.value, p.mflops] for p in result.front])
 
 
 PINNED = CACHE_DIR / "pinned.json"  # landscape name -> the checkpoint file its studies used
@@ -349,11 +341,11 @@ def reference(land: Landscape, rows: list[dict], exact: bool, small: int = 0) ->
         # a mask of more than `small` paths costs at least the shared part and its cheapest paths
         exact_below = (land.flops.shared + sum(sorted(land.flops.path)[: small + 1])) / 1e6
         kind += f" and every mask of at most {small} paths (so exact below {exact_below:.3f} MFLOPs)"
-    if exact:
-        front, (lo, hi) = land.exact_front()
-        front = np.unique(front, axis=0)
-        a_lo, a_hi = min(a_lo, lo), max(a_hi, hi)
-        kind = f"exact: all {land.space:,} masks scored"
+    if exact:  # with the union: the float64 sums there and the float32 cache here may differ by a hair
+        both = np.concatenate([front, land.exact_front()])
+        front = np.unique(both[_is_pareto_front(both, assume_unique_lexsorted=False)], axis=0)
+        a_hi = max(a_hi, float(-front[:, 0].min()))
+        kind = f"exact: all {land.space:,} masks scored (supernet.exhaustive)"
     f_min = min(land.flops.mflops(m) for m in land.corners()[1:])
     f_max = land.full_mflops
     ref = np.array([-(a_lo - 0.01 * (a_hi - a_lo)), f_max + 0.01 * (f_max - f_min)])
