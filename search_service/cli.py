@@ -634,6 +634,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.checkpoint or latest_checkpoint(study.run_dir) is not None:
         checkpoint = local_checkpoint(study, args.checkpoint)
     else:
+        _exhaustive_precheck(args, study)  # --exhaustive: a space too large is refused before training
         log.info(f"no supernet checkpoint in {study.run_dir / 'checkpoints'}: training it first")
         _, checkpoint, _ = train_study(study, progress=not args.quiet, log=None if args.quiet else log.info, device=args.device)
     device, said = _scoring_device(args, study)
@@ -674,6 +675,19 @@ def _exhaustive_estimate(args: argparse.Namespace, study, evaluator):
     max_minutes = args.max_minutes if args.max_minutes is not None else exhaustive.DEFAULT_MAX_MINUTES
     exhaustive.check_time(est, max_minutes, study.name, str(scorer.device))
     return scorer, est
+
+
+def _exhaustive_precheck(args: argparse.Namespace, study) -> None:
+    """``run --exhaustive`` of a study with no checkpoint yet: the estimate on its supernet as
+    initialized (the speed does not depend on the weights), refused before training it."""
+    if not args.exhaustive:
+        return
+    from search_service import exhaustive
+
+    device, _ = _scoring_device(args, study)
+    scorer = exhaustive.untrained_scorer(study, device)
+    max_minutes = args.max_minutes if args.max_minutes is not None else exhaustive.DEFAULT_MAX_MINUTES
+    exhaustive.check_time(exhaustive.estimate(scorer), max_minutes, study.name, str(scorer.device))
 
 
 def _run_exhaustive(args: argparse.Namespace, study, search, evaluator, plan, where: dict[str, Any]) -> int:

@@ -8,7 +8,9 @@ for both). Here that becomes a study's result:
 1. **Estimate first.** A few steps are scored and timed (``estimate``); when all masks would take
    longer than ``--max-minutes`` (default ``DEFAULT_MAX_MINUTES``) the command refuses in one line
    with the estimate and the two ways on (a larger ``--max-minutes``, or a sampled search), before
-   the study is created or changed. The timed steps are not scored again.
+   the study is created or changed. The timed steps are not scored again. A study with no
+   checkpoint yet is estimated on its supernet as initialized (``untrained_scorer``), before it
+   is trained.
 2. **Score** every mask with a progress bar and an ETA (tqdm on stderr; none with ``--quiet``).
 3. **Record** each front mask that no COMPLETE trial of the study holds yet as a COMPLETE trial,
    through Optuna's public ``Study.add_trial``: the same path parameters, values, user attributes
@@ -44,7 +46,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from tqdm import tqdm
 
-from search_service.evaluator import Evaluator
+from search_service.evaluator import Evaluator, load_study_data, objective_metric
 from search_service.search import (
     FLOPS_BUDGET_KEY,
     MFLOPS,
@@ -53,9 +55,13 @@ from search_service.search import (
     check_checkpoint,
     worker_id,
 )
+from search_service.study_file import Study
 from search_service.trial_index import MASK_KEY, trial_mask
 from supernet.errors import ConfigError
 from supernet.exhaustive import Chunk, ExhaustiveResult, ExhaustiveScorer
+from supernet.flops import flop_table
+from supernet.model import Supernet, SupernetSpec
+from supernet.scoring import PathCache, build_cache
 
 log = logging.getLogger("mro_search")
 
@@ -82,6 +88,21 @@ class Estimate:
 def scorer_for(evaluator: Evaluator, split: str = "valid") -> ExhaustiveScorer:
     """The exhaustive scorer of a study's checkpoint, on its cache's device."""
     return ExhaustiveScorer(evaluator.model, evaluator.cache(split), evaluator.metric, evaluator.flops)
+
+
+def untrained_scorer(study: Study, device: Any = "cpu") -> ExhaustiveScorer:
+    """A scorer of the study's supernet as initialized, on its validation split: the work per
+    mask does not depend on the weights, so its speed is the trained supernet's and a space too
+    large is refused before a supernet is trained for nothing."""
+    import torch
+
+    data = load_study_data(study)
+    model = Supernet(SupernetSpec(tuple(data.modalities), data.task, data.output_dim), study.model).eval()
+    cache = build_cache(model, data.splits["valid"])
+    device = torch.device(device)
+    projected = None if cache.projected is None else cache.projected.to(device)
+    cache = PathCache(pooled=cache.pooled.to(device), labels=cache.labels.to(device), task=cache.task, projected=projected)
+    return ExhaustiveScorer(model.to(device), cache, objective_metric(study), flop_table(model))
 
 
 def estimate(scorer: ExhaustiveScorer, seconds: float = SAMPLE_SECONDS) -> Estimate:

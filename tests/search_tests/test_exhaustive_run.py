@@ -170,6 +170,11 @@ def test_a_space_too_long_is_refused_before_the_study_exists(tiny, cli, tmp_path
     one_error(result, "scoring all 63 masks of study tiny would take about", " ms (", "masks/s measured on cpu",
               "over --max-minutes 1e-06", "give --max-minutes", "without --exhaustive")
     assert not db.exists()  # nothing created
+    # no checkpoint yet: refused before a supernet is trained (estimated on it as initialized)
+    fresh = tiny.variant(tmp_path, "fresh.toml", run_dir=tmp_path / "fresh")
+    result = cli(["run", "--study", str(fresh), "--storage", f"sqlite:///{db}", "--exhaustive", "--max-minutes", "0.000001", "-q"], tmp_path)
+    one_error(result, "scoring all 63 masks of study tiny would take about", "give --max-minutes")
+    assert not (tmp_path / "fresh").exists() and not db.exists()
     one_error(cli(["run", "--study", str(file), "--max-minutes", "5"], tmp_path), "--max-minutes applies to --exhaustive only")
     one_error(cli(["run", "--study", str(file), "--exhaustive", "--workers", "2"], tmp_path), "--exhaustive scores every mask in this one process")
     one_error(cli(["run", "--study", str(file), "--exhaustive", "--max-minutes", "0"], tmp_path), "--max-minutes", "above 0")
