@@ -2,14 +2,16 @@
 
 Optuna's storage API writes one value per transaction through the ORM (a trial's claim, its
 12 path parameters, its 11 attributes, its two objective values and its state would be some 25
-commits of several statements each). Here a trial's parameters and attributes are one
-transaction, and finishing a trial (values and state) another, each a handful of fixed
+commits of several statements each). Here creating a trial (its row, number, first heartbeat and
+stamp: ``create_trial``) is one transaction, a trial's parameters and attributes another, and
+finishing a trial (values and state) a third, each a handful of fixed
 statements run on the session's connection with the driver's own parameter style: no
 SQLAlchemy expression is built or compiled per write, which on a small CPU was a large part of
 the per-trial overhead (``benchmarks/bench_overhead.py``).
 
 What is stored is what Optuna's own calls store, row for row
-(``tests/search_tests/test_batched_writes.py`` compares the two on SQLite and PostgreSQL);
+(``tests/search_tests/test_batched_writes.py`` compares the two on SQLite and PostgreSQL, and
+``test_fast_sql.py`` the creation, with racing threads);
 a finished trial raises ``UpdateFinishedTrialError`` as Optuna does. Like the reads, these
 statements are used only where ``trial_reads.unsupported`` finds the Optuna release, schema and
 dialect they were checked with (``storage.FaultTolerantRDBStorage.fast_sql``); elsewhere the

@@ -14,6 +14,7 @@ often, by ``Shares`` (the one place the probabilities live):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -146,8 +147,9 @@ class PriorDraw:
         draw: Mask | None = None
         while sizes:
             size = sizes[int(rng.integers(len(sizes)))]
+            log_e = _log_esp(theta, size)
             for _ in range(64):
-                draw = _conditional_bernoulli(theta, size, rng)
+                draw = _draw_of_size(theta, log_e, size, rng)
                 if not avoid or draw not in taken:
                     return draw
             if P <= MAX_ENUMERATED_PATHS:  # nearly exhausted size: its best untried mask
@@ -197,9 +199,7 @@ def _sample(theta: np.ndarray, taken: set[Mask], rng: np.random.Generator, untri
 def _best_untried(theta: torch.Tensor, taken: set[Mask], P: int, size: int | None = None) -> Mask:
     """The untried mask with the highest prior score (ties: fewer paths first); of ``size``
     paths when given."""
-    from supernet.paths import all_masks
-
-    masks = all_masks(P).to(torch.float64)  # (2**P - 1, P)
+    masks = _all_masks(P)  # (2**P - 1, P)
     if size is not None:
         masks = masks[masks.sum(dim=1) == size]
     scores = mask_log_prob(masks, theta.to(torch.float64)) - 1e-9 * masks.sum(dim=1)  # (n,)
@@ -208,6 +208,14 @@ def _best_untried(theta: torch.Tensor, taken: set[Mask], P: int, size: int | Non
         if bits not in taken:
             return bits
     return tuple(int(b) for b in masks[int(torch.argmax(scores))].tolist())
+
+
+@functools.lru_cache(maxsize=4)
+def _all_masks(P: int) -> torch.Tensor:
+    """Every non-empty mask of ``P`` paths as float64 rows (built once per process and P)."""
+    from supernet.paths import all_masks
+
+    return all_masks(P).to(torch.float64)
 
 
 def _shrink(theta: np.ndarray, member: Mask, taken: set[Mask], rng: np.random.Generator) -> Mask | None:
@@ -233,12 +241,24 @@ def _conditional_bernoulli(theta: np.ndarray, size: int, rng: np.random.Generato
     ``prod(odds of its paths)``, odds ``exp(theta)``: independent keeps ``sigmoid(theta)``
     conditioned on the number of kept paths (exact, sequentially, via elementary symmetric
     polynomials in log space)."""
+    return _draw_of_size(theta, _log_esp(theta, size), size, rng)
+
+
+def _log_esp(theta: np.ndarray, size: int) -> np.ndarray:
+    """``log_e[r, i] = log e_r(odds[i:])`` for r = 0..size: the elementary symmetric polynomials
+    of the odds of the paths from i on, which ``_draw_of_size`` samples by (the same table for
+    every draw of one size: ``PriorDraw`` draws many)."""
     P = len(theta)
-    # log_e[r, i] = log e_r(odds[i:]), r = 0..size
-    log_e = np.full((size + 1, P + 1), -np.inf)
+    log_e = np.full((size + 1, P + 1), -np.inf)  # (size + 1, P + 1)
     log_e[0, :] = 0.0
     for i in range(P - 1, -1, -1):
         log_e[1:, i] = np.logaddexp(log_e[1:, i + 1], theta[i] + log_e[:-1, i + 1])
+    return log_e
+
+
+def _draw_of_size(theta: np.ndarray, log_e: np.ndarray, size: int, rng: np.random.Generator) -> Mask:
+    """One conditional Bernoulli draw of ``size`` paths, path by path, from ``_log_esp``'s table."""
+    P = len(theta)
     bits, r = [], size
     for i in range(P):
         if r == 0:
