@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_efficiency.py [--landscapes mfeat,planted5,planted6] [--seeds 5]
                                              [--trials 500] [--samplers mro,mro-uniform,tpe,nsga2,gp,random]
-                                             [--long 3000] [--gp-cap 100] [--gp-landscapes mfeat]
+                                             [--long 3000] [--gp-cap 50] [--gp-landscapes mfeat]
                                              [--jobs 1] [--out DIR] [--json]
 
 Issue 12, item 5: bench_search.py measures the samplers on a k = 4 problem (4,095 masks) whose
@@ -33,7 +33,7 @@ probabilities ``prior.path_probs()``, budget = trials, seed, default settings ot
 (TPESampler), ``nsga2`` (NSGAIISampler), ``gp`` (GPSampler: multi-objective in Optuna >= 4.4;
 skipped with a note where this Optuna lacks it) and ``random`` (RandomSampler), each with
 Optuna's defaults and the seed. GPSampler's cost grows with the cube of the trials and with
-30 params it is slow: it runs ``min(trials, --gp-cap)`` trials (default 100) and its cells
+30 params it is slow: it runs ``min(trials, --gp-cap)`` trials (default 50) and its cells
 beyond the cap are left empty (the output says so); ``--gp-landscapes`` runs it on some
 landscapes only (the output names the others). Seeds 0 .. ``--seeds``-1; in-memory storage.
 
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=500)
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--long", type=int, default=3000, help="trials of the long mro and random runs (0: none)")
-    parser.add_argument("--gp-cap", type=int, default=100, help="GPSampler's trials at most (it is slow)")
+    parser.add_argument("--gp-cap", type=int, default=50, help="GPSampler's trials at most (it is slow)")
     parser.add_argument("--gp-landscapes", default="", help="run gp only on these landscapes (default: all)")
     parser.add_argument("--small", type=int, default=4, help="add every mask of at most this many paths to the reference front")
     parser.add_argument("--exact-max", type=int, default=EXACT_MAX, help="score every mask of spaces up to this size")
