@@ -454,7 +454,7 @@ def npz_cases(draw: st.DrawFn) -> NpzCase:
             label = arrays.get(f"{split}/label")
             if label is not None and label.size:
                 label = label.astype(np.float64 if isinstance(value, float) else label.dtype).copy()
-                label[0] = value
+                label.reshape(-1)[0] = value  # (a "shape" change may have left it 0-dimensional)
                 arrays[f"{split}/label"] = label
                 case.changes.append(f"{split}/label[0] = {value}")
         elif kind == "huge_header" and key and arrays[key].dtype.kind in "biuf" and arrays[key].ndim:
