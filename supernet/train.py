@@ -299,14 +299,7 @@ class TrainStep:
         total = n if total is None else total
         active = _active_paths(masks) if active is None else active
         if self.graph is not None and self.graph.fits(features, lengths, labels, masks):
-            loss = self.graph(features, lengths, labels, masks)
-            value = float(loss)
-            if not math.isfinite(value):
-                raise _NotFinite(f"the training loss ({value})")
-            if not _finite_gradients(self.model):
-                raise _NotFinite("a gradient")
-            self.stats.gradients(active)
-            return value
+            return self._checked(self.graph(features, lengths, labels, masks), active)
         if self.graph is not None:  # keep the graph's gradient tensors: zero them, do not drop them
             self.optimizer.zero_grad(set_to_none=False)
         else:
@@ -325,17 +318,24 @@ class TrainStep:
                 self.dist.average_gradients(list(self.prior.parameters()), n, total)
                 rank = torch.tensor([self.rank_value], dtype=torch.float64, device=self.device)
                 self.rank_value = float(self.dist.weighted_mean(rank, n, total)[0])
+        value = self._checked(loss, active)
+        self.optimizer.step()
+        if self.joint:
+            if not (math.isfinite(self.rank_value) and _finite_gradients(self.prior)):
+                raise _NotFinite(f"the prior's rank loss ({self.rank_value}) or its gradient")
+            self.prior_optimizer.step()
+        return value
+
+
+    def _checked(self, loss: torch.Tensor, active: torch.Tensor) -> float:
+        """The step's loss as a float once it and every gradient are finite; feeds the per-path
+        gradient statistics."""
         value = float(loss)
         if not math.isfinite(value):
             raise _NotFinite(f"the training loss ({value})")
         if not _finite_gradients(self.model):
             raise _NotFinite("a gradient")
         self.stats.gradients(active)
-        self.optimizer.step()
-        if self.joint:
-            if not (math.isfinite(self.rank_value) and _finite_gradients(self.prior)):
-                raise _NotFinite(f"the prior's rank loss ({self.rank_value}) or its gradient")
-            self.prior_optimizer.step()
         return value
 
 
@@ -589,19 +589,25 @@ def _subnet_step(model, features, lengths, labels, masks, task, cfg: TrainConfig
     loss = task_loss(outputs, labels, task).mean()
     subnet_loss = loss.detach()
     if full is not None:
-        target = full.detach()
-        if task == "classification":
-            soft = F.kl_div(
-                F.log_softmax(outputs, dim=-1),
-                F.log_softmax(target, dim=-1).expand_as(outputs),
-                log_target=True,
-                reduction="none",
-            ).sum(dim=-1).mean()
-        else:
-            soft = (outputs - target).abs().mean()
-        loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
+        loss = _distilled(loss, outputs, full, labels, task, cfg)
     loss.backward()
     return subnet_loss if as_tensor else float(subnet_loss)
+
+
+def _distilled(loss, outputs, full, labels, task, cfg: TrainConfig) -> torch.Tensor:
+    """In-place distillation: ``(1 - distill) * loss + distill * distance to the full supernet's
+    detached output + the full supernet's own task loss`` (see ``_subnet_step``)."""
+    target = full.detach()
+    if task == "classification":
+        soft = F.kl_div(
+            F.log_softmax(outputs, dim=-1),
+            F.log_softmax(target, dim=-1).expand_as(outputs),
+            log_target=True,
+            reduction="none",
+        ).sum(dim=-1).mean()
+    else:
+        soft = (outputs - target).abs().mean()
+    return (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
 
 
 def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
@@ -616,13 +622,7 @@ def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: Train
     subnet_loss = loss.detach()
     if cfg.distill > 0:  # in-place distillation as in _subnet_step
         full = model(features, torch.ones(masks.shape[1], device=masks.device), lengths)
-        target = full.detach()
-        if task == "classification":
-            soft = F.kl_div(F.log_softmax(outputs, dim=-1), F.log_softmax(target, dim=-1).expand_as(outputs),
-                            log_target=True, reduction="none").sum(dim=-1).mean()
-        else:
-            soft = (outputs - target).abs().mean()
-        loss = (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
+        loss = _distilled(loss, outputs, full, labels, task, cfg)
     rank = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss, loss_gradient=True)
     (loss + cfg.rank_weight * rank.to(loss.device)).backward()
     return subnet_loss, float(rank.detach())
