@@ -3,6 +3,7 @@
 Usage: python benchmarks/bench_tables.py --dataset mfeat|planted [--seeds 0,1,2] [--trials N]
                                          [--epochs E] [--select best|within:EPS] [--ablation paper|search]
                                          [--rank-losses l0,l1,l2,linf] [--tables 4,5]
+                                         [--train KEY=VALUE ...] [--tag NAME]
                                          [--workers W] [--quick] [--fresh] [--json] [--out DIR]
 
 Datasets: ``mfeat`` is UCI Multiple Features (``studies/mfeat.toml``: six real views, 10
@@ -63,8 +64,14 @@ most 512, else 512 uniform masks): the last epoch's value and the mean over the 
 warm-up. The found architecture is the Full MRO search through that supernet (its refinement uses
 the same rank loss), selected by the same rule, trained stand-alone and scored on test.
 
+**Supernet training options** (``--train KEY=VALUE``, repeatable, TOML values, as in
+``bench_fidelity.py``): override the study's [train] for every supernet of the run, e.g.
+``--train joint_rank=true`` for Table 4 under joint optimization; stand-alone trainings do not
+depend on them and are shared with runs without them. ``--tag NAME`` names the result files
+``bench_tables_DATASET_TAG``.
+
 Supernets are keyed by (training, rank loss, seed); a training is the study's [train] table
-with the overrides of ``TRAININGS``. FLOPs: fvcore on one sample (``supernet.flops.count_flops`` on the masked model;
+with the ``--train`` overrides and those of ``TRAININGS``. FLOPs: fvcore on one sample (``supernet.flops.count_flops`` on the masked model;
 ``supernet.baselines.count_flops``). Reported: mean ± sample std over seeds. MRO against CMT is
 also compared per seed (paired differences). Trainings and searches run in ``--workers``
 processes (spawned, one torch thread each). Supernet checkpoints are cached in
@@ -95,6 +102,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+from bench_fidelity import parse_overrides  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
@@ -136,7 +144,7 @@ def training_overrides(training: str, epochs: int) -> dict:
     if training == "uniform":
         return {"warmup_epochs": epochs}  # every epoch a warm-up epoch: masks uniform throughout
     if training == "no_rank":
-        return {"prior_lr": 0.0}  # the rank loss never moves the prior
+        return {"prior_lr": 0.0, "rank_weight": 0.0}  # R never moves the prior (nor, joint_rank, the supernet)
     raise ValueError(f"unknown training {training!r}; one of {TRAININGS}")
 ROW_NAMES = {
     "concat_mlp": "Concat+MLP",
@@ -179,6 +187,8 @@ def prepare_study(dataset: str, seed: int, rank_loss: str | None, args, training
     study.train.device = "cpu"
     if rank_loss is not None:
         study.train.rank_loss = rank_loss
+    for name, value in getattr(args, "overrides", {}).items():
+        setattr(study.train, name, value)
     for name, value in training_overrides(training, study.train.epochs).items():
         setattr(study.train, name, value)
     label = "" if training == "full" else f"-{training}"
@@ -189,7 +199,8 @@ def prepare_study(dataset: str, seed: int, rank_loss: str | None, args, training
 def standalone_key(study: Study, what: str, mask: str) -> str:
     """What a stand-alone result depends on: data, model, the training recipe and seed, the model."""
     train = asdict(study.train)
-    for unused in ("rank_loss", "rank_every", "rank_masks", "prior_lr", "warmup_epochs", "masks_per_step"):
+    for unused in ("rank_loss", "rank_every", "rank_masks", "prior_lr", "warmup_epochs", "masks_per_step",
+                   "joint_rank", "rank_weight", "prior_gnn"):
         train.pop(unused)
     return config_sha256({"data": asdict(study.data), "model": asdict(study.model), "train": train,
                           "what": what, "mask": mask})
@@ -485,7 +496,8 @@ def markdown(report: dict) -> str:
         f"{s['epochs']} epochs ({s['warmup_epochs']} warm-up) for every model; {s['trials']} trials per search "
         f"({s['n_startup_trials']} uniform first); selection `{s['select']}`; "
         f"ablation `{s.get('ablation', 'search')}`; {s['workers']} workers"
-        f"{'; QUICK settings' if s['quick'] else ''}; wall time {report['wall_s']:.0f} s)",
+        + "".join(f"; supernet `{k} = {json.dumps(v)}`" for k, v in (s.get("train_overrides") or {}).items())
+        + f"{'; QUICK settings' if s['quick'] else ''}; wall time {report['wall_s']:.0f} s)",
         "",
     ]
     if "table5" in report:
@@ -579,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", default="4,5", help="which tables: 4, 5 or 4,5")
     parser.add_argument("--ablation", choices=ABLATIONS, default="paper",
                         help="paper (default): each ablation row trains its own supernet; search: one supernet, the rows ablate the search only")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the study's [train] for every supernet (TOML value; repeatable), "
+                             "e.g. --train joint_rank=true")
+    parser.add_argument("--tag", default="", help="suffix of the result files: bench_tables_DATASET_TAG")
     parser.add_argument("--workers", type=int, default=1, help="processes for trainings and searches (1 torch thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (default 1)")
     parser.add_argument("--quick", action="store_true",
@@ -588,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text tables")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the JSON and Markdown files")
     args = parser.parse_args(argv)
+    args.overrides = parse_overrides(args.train)
+    if args.tag and not args.tag.replace("-", "_").isidentifier():
+        parser.error(f"--tag {args.tag!r}: use letters, digits, - and _ only")
     args.select_text = select_text = args.select
     try:
         args.select = parse_select(select_text)
@@ -619,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{base.train.epochs} epochs ({base.train.warmup_epochs} warm-up), batch {base.train.batch_size}, "
         f"lr {base.train.lr}; {base.search.trials} trials per search ({base.search.n_startup_trials} uniform first); "
         f"metric {metric}; seeds {seeds}; tables {sorted(tables)}; rank losses {losses or [study_loss]}; "
-        f"selection {select_text}; {args.workers} workers")
+        f"selection {select_text}; {args.workers} workers"
+        + (f"; supernet [train] overrides {args.overrides}" if args.overrides else ""))
     if data.informative_paths:
         say(f"planted paths: {', '.join(data.informative_paths)}")
 
@@ -634,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_tables_{args.dataset}{'_search-ablation' if args.ablation == 'search' else ''}{'_quick' if args.quick else ''}"
+    stem = (f"bench_tables_{args.dataset}{'_search-ablation' if args.ablation == 'search' else ''}"
+            f"{'_' + args.tag if args.tag else ''}{'_quick' if args.quick else ''}")
     (out / f"{stem}.json").write_text(json.dumps(_clean(report), indent=1) + "\n")
     (out / f"{stem}.md").write_text(text + "\n")
     say(f"wrote {_rel(out / (stem + '.json'))} and {_rel(out / (stem + '.md'))}; wall time {report['wall_s']:.0f} s")
@@ -741,7 +762,8 @@ def _phases(args, seeds, tables, losses, base, data, metric, pool, info, started
             "trials": base.search.trials, "n_startup_trials": base.search.n_startup_trials,
             "select": select_text, "rank_loss_table5": study_loss, "rank_losses_table4": losses,
             "workers": args.workers, "quick": args.quick, "data_seed": base.data.seed,
-            "ablation": args.ablation, "variant_training": variant_training,
+            "ablation": args.ablation, "variant_training": variant_training, "train_overrides": args.overrides,
+            "tag": args.tag,
             "train_valid_test": [len(data.splits[s]) for s in ("train", "valid", "test")],
         },
         "metric": metric,

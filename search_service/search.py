@@ -311,11 +311,13 @@ def run_worker(
                 room = False
                 objective.last_counts = None
                 objective.last_space = None
-                finished: list[optuna.trial.FrozenTrial] = []  # this worker's trial, as told
-                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, callbacks=[lambda _s, t, out=finished: out.append(t)])
+                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
                 outages = 0
-                last = finished[-1] if finished else None
-                if last is not None and last.state == TrialState.COMPLETE:
+                # this worker's trial as told (``after_trial``; no read-back: optimize raises if the
+                # tell failed, and catch=() re-raises anything the objective raised)
+                told = sampler.last_told(study)
+                state = told[1] if told is not None else None
+                if state == TrialState.COMPLETE:
                     done += 1
                     seen = objective.last_counts  # as the trial's budget check saw the study
                     if seen is not None:
@@ -325,7 +327,7 @@ def run_worker(
                         # (and a mask: else the check above stops or waits)
                         space = objective.last_space
                         room = seen["complete"] + seen["running"] < budget and (space is None or space.untried > 0)
-                elif last is not None and last.state == TrialState.PRUNED and not _budget_left(search, budget):
+                elif state == TrialState.PRUNED and not _budget_left(search, budget):
                     break
             except (Exception, StorageOutage) as exc:
                 # the database restarted or the network dropped: wait and go on. A trial cut off

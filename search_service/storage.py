@@ -47,6 +47,7 @@ ENV_VAR = "MRO_STORAGE"
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a trial with no heartbeat for this long is failed (and retried)
 STALE_CHECK_S = 1.0  # a process looks for stale trials at most this often
+CREATED_FRESH_S = 1.0  # how long ``get_trial`` may return a trial this process just created unread
 
 
 def resolve_url(study: Study | None, cli_url: str | None = None, *, name: str | None = None) -> str:
@@ -268,6 +269,7 @@ def _write_trial_rows(storage, trial_id: int, params: dict[str, tuple[float, Any
     backend = getattr(storage, "_backend", storage)
     if not isinstance(backend, FaultTolerantRDBStorage) or not backend.fast_sql:
         return False
+    backend._forget_created(trial_id)
     session = backend.scoped_session()
     try:
         conn = session.connection()
@@ -427,6 +429,9 @@ class FaultTolerantRDBStorage(RDBStorage):
     fast_sql_reason: str | None = "not checked"  # why not (None when ``fast_sql``)
     _fresh_beats: dict[int, float] | None = None  # trial id -> when its first beat was written here
     _stale_checked: dict[int, float] | None = None  # study id -> when this process last looked for stale trials
+    # (trial id, the trial as created, its stamp, when): ``ask``'s new trial, which ``get_trial``
+    # returns once instead of reading it back (``_created_trial``)
+    _created: tuple[int, FrozenTrial, dict[str, Any], float] | None = None
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
@@ -485,7 +490,7 @@ class FaultTolerantRDBStorage(RDBStorage):
                     if self._fresh_beats is None:
                         self._fresh_beats = {}
                     self._fresh_beats[trial_id] = time.monotonic()
-                return FrozenTrial(
+                created = FrozenTrial(
                     number=number,
                     state=TrialState.RUNNING,
                     value=None,
@@ -499,6 +504,8 @@ class FaultTolerantRDBStorage(RDBStorage):
                     intermediate_values={},
                     trial_id=trial_id,
                 )
+                self._created = (trial_id, created, dict(self.stamp), time.monotonic())
+                return created
         trial = super()._create_new_trial(study_id, template_trial)
         if not self.fast_sql and trial.state == TrialState.RUNNING:
             # without ``_get_prepared_new_trial``'s rows: the first beat and the stamp right after
@@ -522,16 +529,44 @@ class FaultTolerantRDBStorage(RDBStorage):
                 session.add(models.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
         return trial
 
+    def _created_trial(self, trial_id: int) -> FrozenTrial | None:
+        """The trial this storage has just created, as a read would return it, once: ``ask``
+        creates a trial and at once reads it back (``optuna.Trial``), a round trip that can only
+        return what the creation wrote (its row, its stamp). Only for the next ``get_trial`` of
+        that trial within ``CREATED_FRESH_S``, and only if nothing was written to it meanwhile:
+        after that, or for any other trial, ``get_trial`` reads."""
+        created, self._created = self._created, None
+        if created is None or created[0] != trial_id or time.monotonic() - created[3] > CREATED_FRESH_S:
+            return None
+        trial = copy.deepcopy(created[1])
+        trial.user_attrs = dict(created[2])
+        return trial
+
+    def _forget_created(self, trial_id: int) -> None:
+        if self._created is not None and self._created[0] == trial_id:
+            self._created = None
+
+    def _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution) -> None:  # type: ignore[override]
+        self._forget_created(trial_id)
+        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._forget_created(trial_id)
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._forget_created(trial_id)
         # one upsert in one transaction (``trial_writes``); a sampler's claim is one per trial
         if not _write_trial_rows(self, trial_id, {}, {}, {key: value}):
             super().set_trial_system_attr(trial_id, key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._forget_created(trial_id)
         if not _write_trial_rows(self, trial_id, {}, {key: value}, {}):
             super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # type: ignore[override]
+        self._forget_created(trial_id)
         if state.is_finished() and self.fast_sql:
             # a trial's end (``tell``): values and state in a few plain statements (``trial_writes``)
             try:
@@ -585,6 +620,9 @@ class FaultTolerantRDBStorage(RDBStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         if self.fast_sql:
+            created = self._created_trial(trial_id)
+            if created is not None:
+                return created
             try:
                 with _create_scoped_session(self.scoped_session) as session:
                     found = read_trials(session.connection(), -1, trial_id=trial_id)

@@ -32,7 +32,7 @@ from supernet.rank_loss import RANK_LOSSES
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, TrialState
 
 _ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
 
@@ -103,6 +103,7 @@ class MROSampler(BaseSampler):
         self._indexes: dict[tuple, MaskIndex] = {}  # per (storage, study, paths): derived, per process
         self._seen: tuple[int, int, TrialIndex] | None = None  # (study id, trial number, index)
         self._no_mask: tuple[int, int, str] | None = None  # (study id, trial number, why) of a trial given no mask
+        self._told: tuple[int, int, TrialState] | None = None  # (study id, trial number, state) of the last trial told
 
     def index_seen(self, study: Study, trial_number: int) -> TrialIndex | None:
         """The study's trials as this sampler last read them while it proposed the mask of
@@ -132,6 +133,15 @@ class MROSampler(BaseSampler):
         index = self._index(study, paths)
         index.update(trials if trials is not None else study._storage.get_all_trials(study._study_id, deepcopy=False))
         return index.space()
+
+    def last_told(self, study: Study) -> tuple[int, TrialState] | None:
+        """The number and state of the last trial of ``study`` that was told through this sampler
+        (``after_trial``: the state ``tell`` is about to write), or None. A worker running one
+        trial at a time learns its trial's outcome here without reading it back."""
+        told = self._told
+        if told is None or told[0] != study._study_id:
+            return None
+        return told[1], told[2]
 
     def no_mask_reason(self, study: Study, trial_number: int) -> str | None:
         """Why trial ``trial_number`` got no mask from this sampler (no untried mask was left,
@@ -179,6 +189,9 @@ class MROSampler(BaseSampler):
             self._no_mask = (study._study_id, trial.number, why)
             return {}
         return dict(zip(paths, mask))
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._told = (study._study_id, trial.number, state)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
         why = self.no_mask_reason(study, trial.number)

@@ -338,3 +338,74 @@ def test_trials_created_at_once_get_distinct_numbers(url):
         t.join()
     trials = sorted(study.get_trials(), key=lambda t: t._trial_id)
     assert [t.number for t in trials] == list(range(20))
+
+
+def _fields(t: optuna.trial.FrozenTrial) -> tuple:
+    return (t._trial_id, t.number, t.state, t.values, t.datetime_start, t.datetime_complete, t.params,
+            t.distributions, t.user_attrs, t.system_attrs, t.intermediate_values)
+
+
+def test_asks_new_trial_is_not_read_back_and_is_what_a_read_returns(url, monkeypatch):
+    """``ask`` creates a trial and reads it straight back (``optuna.Trial``): that read is served
+    from the creation, once, field for field what the database holds (the stamp included); any
+    later ``get_trial``, or one after a write to the trial, or after ``CREATED_FRESH_S``, reads."""
+    storage = open_storage(url, heartbeat=True, create=False)
+    storage.stamp_trials({"worker": "host:7"})
+    assert storage.fast_sql
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    reads: list[int] = []
+    real_read = storage_module.read_trials
+    monkeypatch.setattr(storage_module, "read_trials", lambda *a, **k: reads.append(1) or real_read(*a, **k))
+    waiting_read = len(reads)
+    trial = study.ask()
+    # ask read the WAITING trials (one read), then its new trial came from the creation
+    assert len(reads) == waiting_read + 1
+    served = trial._cached_frozen_trial
+    backend = study._storage._backend
+    fresh = backend.get_trial(trial._trial_id)  # the memo is spent: this one reads
+    assert len(reads) == waiting_read + 2
+    assert _fields(served) == _fields(fresh)
+    assert served.user_attrs == {"worker": "host:7"} and served.state == TrialState.RUNNING
+
+    # a write to the new trial before the read: the read sees it
+    created = backend._create_new_trial(study._study_id)
+    backend.set_trial_user_attr(created._trial_id, "note", "written")
+    assert backend.get_trial(created._trial_id).user_attrs == {"worker": "host:7", "note": "written"}
+    created = backend._create_new_trial(study._study_id)
+    backend._set_trial_param(created._trial_id, "a->b", 1.0, BIT, None)
+    assert backend.get_trial(created._trial_id).params == {"a->b": 1}
+    # another trial's read, or a read after the memo went stale, reads
+    first = backend._create_new_trial(study._study_id)
+    second = backend._create_new_trial(study._study_id)
+    before = len(reads)
+    assert backend.get_trial(first._trial_id).number == first.number
+    assert len(reads) == before + 1
+    monkeypatch.setattr(storage_module, "CREATED_FRESH_S", 0.0)
+    third = backend._create_new_trial(study._study_id)
+    before = len(reads)
+    assert _fields(backend.get_trial(third._trial_id))[:2] == (third._trial_id, third.number)
+    assert len(reads) == before + 1
+    assert second.number == first.number + 1
+
+
+def test_a_worker_learns_its_trials_state_from_the_tell_without_reading_it(tmp_path):
+    """``MROSampler.last_told``: the state ``tell`` wrote for the last trial, COMPLETE or PRUNED,
+    as the study holds it."""
+    from search_service.sampler import MROSampler
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'told.db'}", heartbeat=False)
+    sampler = MROSampler(paths=["a->b", "b->a"], n_startup_trials=4, seed=0)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], sampler=sampler)
+    assert sampler.last_told(study) is None
+
+    def objective(trial):
+        bits = [trial.suggest_categorical(p, (0, 1)) for p in ("a->b", "b->a")]
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return float(sum(bits)), 1.0
+
+    for number, state in ((0, TrialState.COMPLETE), (1, TrialState.PRUNED), (2, TrialState.COMPLETE)):
+        study.optimize(objective, n_trials=1)
+        assert sampler.last_told(study) == (number, state) == (number, study.trials[number].state)
+    other = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    assert sampler.last_told(other) is None
