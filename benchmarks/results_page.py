@@ -128,6 +128,24 @@ SECTIONS = [
         "per seed and matched to 1e-6 (`--standalone-from`).",
     ),
     (
+        "Table 4 before joint optimization: planted data, the study's training (re-run as the baseline)",
+        "joint/bench_tables_planted_table4",
+        "OMP_NUM_THREADS=1 python benchmarks/bench_tables.py --dataset planted --tables 4 --seeds 0,1,2 --workers 2 "
+        "--tag table4 --out docs/results/joint",
+        "Table 4 (the four rank losses) with the prior trained as the study trains it: a separate prior update every "
+        "`rank_every` steps from cached scores. Re-run in the same hour as the joint run below, on the same machine "
+        "and code, so the two differ only in `joint_rank`.",
+    ),
+    (
+        "Table 4 after joint optimization: planted data, `joint_rank = true`",
+        "joint/bench_tables_planted_table4_joint",
+        "OMP_NUM_THREADS=1 python benchmarks/bench_tables.py --dataset planted --tables 4 --seeds 0,1,2 --workers 2 "
+        "--train joint_rank=true --tag table4_joint --out docs/results/joint",
+        "The same Table 4 with `[train] joint_rank = true` (λ = `rank_weight` 0.1): R of the subnets trained in each "
+        "step added to their task loss, so R's gradient reaches the prior and the supernet together. The stand-alone "
+        "trainings of masks both runs selected are shared (they do not depend on the supernet's training).",
+    ),
+    (
         "The exact front against the sampler's: mfeat, five views (k = 5, all 1,048,575 masks)",
         "bench_exhaustive_mfeat5",
         "OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare --results docs/results",

@@ -47,7 +47,11 @@ trained in the step, and R's gradient reaches the supernet too: ``"hinge"`` is d
 the losses as it stands; for the rank kinds the loss ranks keep their hard values (so R's value is
 exactly the one above) and take their gradient from soft ascending ranks of the losses
 (straight-through), with the temperature set to the mean absolute difference of the losses
-(detached), so the surrogate does not depend on the losses' scale. Either way a gradient step on R
+(detached) but never below ``temperature``. The floor bounds R's gradient in the losses (by about
+``N / temperature``): with the spread alone, subnets whose losses lie close together (early in
+training, or on a task nothing has been learnt of yet) got gradients of order 1 / spread, and on
+the planted data every supernet trained with ``joint_rank`` stayed at chance (validation loss
+ln 2; docs/RESULTS.md, Table 4 after joint optimization). Either way a gradient step on R
 lowers the loss of the subnets the prior ranks above where their losses put them.
 """
 
@@ -125,7 +129,7 @@ def rank_loss(
     perf = hard_ranks(losses)  # (N,)
     if loss_gradient and losses.requires_grad:  # straight-through: hard values, soft ranks' gradient
         spread = (losses[None, :] - losses[:, None]).abs().sum().detach() / (n * (n - 1))
-        soft = soft_ranks(-losses, max(float(spread), 1e-12))  # ascending: rank 1 = lowest loss
+        soft = soft_ranks(-losses, max(float(spread), temperature))  # ascending: rank 1 = lowest loss
         perf = perf + soft - soft.detach()
     d = soft_ranks(prior_scores, temperature) - perf  # (N,)
     if kind == "l0":

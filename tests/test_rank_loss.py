@@ -115,10 +115,26 @@ def test_joint_rank_loss_has_the_same_value_and_reaches_the_losses(kind: str) ->
     assert stepped <= joint.detach() + 1e-6
 
 
-def test_joint_rank_loss_is_scale_free_in_the_losses() -> None:
+@pytest.mark.parametrize("kind", RANK_LOSSES)
+def test_joint_rank_loss_gradient_stays_bounded_when_losses_lie_close(kind: str) -> None:
+    """R's gradient in the losses stays below ``N / temperature`` however close the losses lie
+    (with the losses' spread as the only temperature it grew as 1 / spread, and a supernet
+    trained with ``joint_rank`` on the planted data stayed at chance), and it is still there."""
+    scores = torch.tensor([2.0, 0.5, -1.0, 1.0, -0.5])
+    n = scores.numel()
+    for temperature in (1.0, 0.25):
+        for gap in (1e-1, 1e-3, 1e-6, 1e-8):
+            losses = (0.693 + gap * torch.tensor([2.0, 4.0, 0.0, 3.0, 1.0], dtype=torch.float64)).requires_grad_(True)
+            rank_loss(scores.double(), losses, kind, temperature=temperature, loss_gradient=True).backward()
+            assert losses.grad is not None and torch.isfinite(losses.grad).all()
+            assert losses.grad.abs().max() <= n / temperature, (kind, temperature, gap, losses.grad)
+            assert losses.grad.abs().sum() > 0
+
+
+def test_joint_rank_loss_is_scale_free_once_the_losses_spread_beyond_the_temperature() -> None:
     scores = torch.tensor([2.0, 0.5, -1.0, 1.0, -0.5])
     grads = []
-    for scale in (1.0, 100.0):
+    for scale in (10.0, 1000.0):  # spread 3.2 and 320: above the temperature 1
         losses = (LOSSES * scale).requires_grad_(True)
         rank_loss(scores, losses, "l1", loss_gradient=True).backward()
         grads.append(losses.grad * scale)  # d R / d (loss / scale)
