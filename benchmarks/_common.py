@@ -8,6 +8,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import tomllib
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -115,3 +116,29 @@ def write_result(out: Path, stem: str, report: dict, markdown: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / f"{stem}.md").write_text(markdown)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["KEY=VALUE", ...]`` (TOML values) -> a dict, checked against [train]'s keys and types."""
+    from supernet.config import TrainConfig, parse_section
+
+    raw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --train {item!r} is not KEY=VALUE, e.g. --train distill=0.5")
+        try:
+            raw[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise SystemExit(f"error: --train {item!r}: {value!r} is not a TOML value (strings need quotes)") from None
+    problems: list[str] = []
+    parse_section(TrainConfig, raw, "train", problems)
+    if problems:
+        raise SystemExit(f"error: --train: {problems[0]}")
+    return raw
+
+
+def check_tag(tag: str) -> None:
+    """``--tag``: a suffix of result file names, so letters, digits, - and _ only."""
+    if tag and not tag.replace("-", "_").isidentifier():
+        raise SystemExit(f"error: --tag {tag!r}: use letters, digits, - and _ only")

@@ -71,7 +71,6 @@ import random
 import statistics
 import sys
 import time
-import tomllib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -83,11 +82,12 @@ import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import torch  # noqa: E402
+from _common import check_tag, parse_overrides  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from search_service.evaluator import load_study_data, objective_metric, train_study  # noqa: E402
 from search_service.study_file import Study, load_study  # noqa: E402
-from supernet.config import TrainConfig, config_sha256, parse_section  # noqa: E402
+from supernet.config import config_sha256  # noqa: E402
 from supernet.metrics import batch_metric  # noqa: E402
 from supernet.paths import all_masks, format_mask, num_paths  # noqa: E402
 from supernet.scoring import batches, build_cache, predict_masks, score_masks  # noqa: E402
@@ -110,24 +110,6 @@ QUICK = {"seeds": "0,1", "epochs": 1, "masks": 6, "samples": [1000, 300, 300], "
 
 def machine_info() -> dict:
     return _common.machine_info(scipy=scipy.__version__)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["KEY=VALUE", ...]`` (TOML values) -> a dict, checked against [train]'s keys and types."""
-    raw = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --train {item!r} is not KEY=VALUE, e.g. --train distill=0.5")
-        try:
-            raw[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise SystemExit(f"error: --train {item!r}: {value!r} is not a TOML value (strings need quotes)") from None
-    problems: list[str] = []
-    parse_section(TrainConfig, raw, "train", problems)
-    if problems:
-        raise SystemExit(f"error: --train: {problems[0]}")
-    return raw
 
 
 def prepare_study(name: str, seed: int, epochs: int | None, quick: bool, overrides: dict | None = None) -> Study:
@@ -501,8 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if not set(ceiling) <= set(seeds):
         raise SystemExit(f"error: --ceiling {args.ceiling}: every ceiling seed must be one of --seeds {seeds}")
     overrides = parse_overrides(args.train)
-    if args.tag and not args.tag.replace("-", "_").isidentifier():
-        raise SystemExit(f"error: --tag {args.tag!r}: use letters, digits, - and _ only")
+    check_tag(args.tag)
     torch.set_num_threads(args.threads)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
 

@@ -102,9 +102,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from bench_fidelity import parse_overrides  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
+from _common import check_tag, parse_overrides  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search_service.evaluator import Evaluator, load_study_data, objective_metric  # noqa: E402
@@ -187,7 +187,7 @@ def prepare_study(dataset: str, seed: int, rank_loss: str | None, args, training
     study.train.device = "cpu"
     if rank_loss is not None:
         study.train.rank_loss = rank_loss
-    for name, value in getattr(args, "overrides", {}).items():
+    for name, value in args.overrides.items():
         setattr(study.train, name, value)
     for name, value in training_overrides(training, study.train.epochs).items():
         setattr(study.train, name, value)
@@ -605,8 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the JSON and Markdown files")
     args = parser.parse_args(argv)
     args.overrides = parse_overrides(args.train)
-    if args.tag and not args.tag.replace("-", "_").isidentifier():
-        parser.error(f"--tag {args.tag!r}: use letters, digits, - and _ only")
+    check_tag(args.tag)
     args.select_text = select_text = args.select
     try:
         args.select = parse_select(select_text)

@@ -429,9 +429,9 @@ class FaultTolerantRDBStorage(RDBStorage):
     fast_sql_reason: str | None = "not checked"  # why not (None when ``fast_sql``)
     _fresh_beats: dict[int, float] | None = None  # trial id -> when its first beat was written here
     _stale_checked: dict[int, float] | None = None  # study id -> when this process last looked for stale trials
-    # (trial id, the trial as created, its stamp, when): ``ask``'s new trial, which ``get_trial``
+    # (the trial as a read would return it, when): ``ask``'s new trial, which ``get_trial``
     # returns once instead of reading it back (``_created_trial``)
-    _created: tuple[int, FrozenTrial, dict[str, Any], float] | None = None
+    _created: tuple[FrozenTrial, float] | None = None
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
@@ -504,7 +504,9 @@ class FaultTolerantRDBStorage(RDBStorage):
                     intermediate_values={},
                     trial_id=trial_id,
                 )
-                self._created = (trial_id, created, dict(self.stamp), time.monotonic())
+                as_read = copy.deepcopy(created)  # ours alone: returned once, unshared
+                as_read.user_attrs = dict(self.stamp)  # the stamp's rows went in with the trial's
+                self._created = (as_read, time.monotonic())
                 return created
         trial = super()._create_new_trial(study_id, template_trial)
         if not self.fast_sql and trial.state == TrialState.RUNNING:
@@ -536,14 +538,14 @@ class FaultTolerantRDBStorage(RDBStorage):
         that trial within ``CREATED_FRESH_S``, and only if nothing was written to it meanwhile:
         after that, or for any other trial, ``get_trial`` reads."""
         created, self._created = self._created, None
-        if created is None or created[0] != trial_id or time.monotonic() - created[3] > CREATED_FRESH_S:
+        if created is None or created[0]._trial_id != trial_id or time.monotonic() - created[1] > CREATED_FRESH_S:
             return None
-        trial = copy.deepcopy(created[1])
-        trial.user_attrs = dict(created[2])
-        return trial
+        return created[0]
 
     def _forget_created(self, trial_id: int) -> None:
-        if self._created is not None and self._created[0] == trial_id:
+        """Called by every write to a trial (``_write_trial_rows`` for the attributes and
+        parameters written in plain SQL, the overrides below for the rest)."""
+        if self._created is not None and self._created[0]._trial_id == trial_id:
             self._created = None
 
     def _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution) -> None:  # type: ignore[override]
@@ -555,13 +557,11 @@ class FaultTolerantRDBStorage(RDBStorage):
         super().set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._forget_created(trial_id)
         # one upsert in one transaction (``trial_writes``); a sampler's claim is one per trial
         if not _write_trial_rows(self, trial_id, {}, {}, {key: value}):
             super().set_trial_system_attr(trial_id, key, value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._forget_created(trial_id)
         if not _write_trial_rows(self, trial_id, {}, {key: value}, {}):
             super().set_trial_user_attr(trial_id, key, value)
 
