@@ -71,11 +71,17 @@ def publish(search: SearchStudy, evaluator: Evaluator, report: Report | None = N
 
 def dashboard_figures(report: Report) -> dict[str, go.Figure]:
     """The report's figures as the dashboard shows them (half the page wide each): short titles,
-    no fixed width, and the front's points labelled with their masks."""
+    no fixed width, the front's points labelled with their masks, the other trials' hover without
+    the list of their paths."""
     figures = report.figures()
     for key, figure in figures.items():
         figure.update_layout(title={"text": FIGURE_TITLES[key]}, width=None, autosize=True, height=420)
     figures["spearman"].update_annotations(font={"size": 11})  # the two panels' titles, side by side
+    # every trial's hover names its mask and how many paths it has, not each path (the bulk of the
+    # figure: the study's system attributes hold it, and a worker reads them every few seconds)
+    figures["front"].update_traces(selector={"name": "trials"}, customdata=[
+        [t.number, t.mask, f"{len(t.active_paths)} active path{'s' if len(t.active_paths) != 1 else ''}"] for t in report.trials
+    ])
     figures["front"].update_traces(
         selector=lambda trace: str(trace.name or "").startswith("Pareto front"),
         mode="lines+markers+text", text=[row["mask"] for row in _front_rows(report)], textposition="top right",
