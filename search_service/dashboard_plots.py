@@ -17,10 +17,12 @@
 Both live in the study's system attributes (optuna-dashboard's own keys), so ``delete`` removes
 them with the study, and every storage optuna-dashboard reads shows them.
 
-``replace_report(search, path)`` puts the HTML report into the study's artifact store and then
-removes the study's earlier reports (artifacts named ``report.html`` of type ``text/html``): the
-object from the store and its record from the study, so Optuna's ``get_all_artifact_meta`` and
-the dashboard list exactly one report, and re-running adds no artifact.
+``replace_report(search, path)`` puts the HTML report into the study's artifact store, records
+its id (study system attribute ``mro:report``) and then removes the study's earlier reports (the
+one recorded before, and any ``report.html`` of type ``text/html`` that earlier versions, which
+added one per run, left): the object from the store and its record from the study, so Optuna's
+``get_all_artifact_meta`` and the dashboard list exactly one report, and re-running adds no
+artifact.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = ["PLOT_IDS", "REPORT_FILE", "note_text", "publish", "replace_report"]
 
 PLOT_IDS = {"graph": "mro-relation-graph", "hypervolume": "mro-hypervolume", "spearman": "mro-prior-rho", "front": "mro-front"}
 REPORT_FILE, REPORT_TYPE = "report.html", "text/html"
+REPORT_KEY = "mro:report"  # study system attribute: the artifact id of the study's report
 RANKED_PATHS = 30  # the note's path ranking lists at most this many paths (k = 6 has 30)
 
 
@@ -169,15 +172,17 @@ def replace_report(search: SearchStudy, path: Path, override: str | None = None)
 
     study = search.optuna_study
     location = artifacts_location(search, override)
+    # the reports there were before this upload: two runs ending at once each remove only those,
+    # never the other's new one (the next run removes the one of them that is left over)
+    earlier = report_artifact_ids(search)
     try:
         store = artifacts.open_store(location)
         new_id = artifacts.upload(store, location, study, path, mimetype=REPORT_TYPE)
     except Exception as exc:
         log.warning(f"mro-search: report not stored in the artifact store ({_reason(exc)})")
         return None
-    for old in report_artifact_ids(search):
-        if old == new_id:
-            continue
+    study._storage.set_study_system_attr(study._study_id, REPORT_KEY, new_id)
+    for old in earlier:
         try:
             artifacts.remove(store, old)  # False when it was gone already: its record goes all the same
             forget_artifact(study, old)
@@ -187,12 +192,14 @@ def replace_report(search: SearchStudy, path: Path, override: str | None = None)
 
 
 def report_artifact_ids(search: SearchStudy) -> list[str]:
-    """The ids of the study's report artifacts (``report.html``, ``text/html``; never its
-    checkpoint), read from Optuna's records (``artifacts:<id>``: JSON of the artifact's meta, or
-    ``null`` where optuna-dashboard's delete button blanked one)."""
+    """The ids of the study's report artifacts: the one ``REPORT_KEY`` names, and those earlier
+    versions left (``report.html``, ``text/html``; never the checkpoint), read from Optuna's
+    records (``artifacts:<id>``: JSON of the artifact's meta, or ``null`` where
+    optuna-dashboard's delete button blanked one)."""
     attrs = search.attrs
     checkpoint = (attrs.get(CHECKPOINT_KEY) or {}).get("artifact_id")
-    ids = []
+    recorded = attrs.get(REPORT_KEY)
+    ids = [str(recorded)] if recorded and recorded != checkpoint and artifacts.ARTIFACTS_ATTR_PREFIX + str(recorded) in attrs else []
     for key, value in attrs.items():
         if not key.startswith(artifacts.ARTIFACTS_ATTR_PREFIX):
             continue
@@ -203,7 +210,7 @@ def report_artifact_ids(search: SearchStudy) -> list[str]:
         if (isinstance(record, dict) and record.get("filename") == REPORT_FILE and record.get("mimetype") == REPORT_TYPE
                 and record.get("artifact_id") not in (None, checkpoint)):
             ids.append(str(record["artifact_id"]))
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def forget_artifact(study: Any, artifact_id: str) -> None:

@@ -27,7 +27,7 @@ from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
 from search_service.cli import main
-from search_service.dashboard_plots import PLOT_IDS
+from search_service.dashboard_plots import PLOT_IDS, REPORT_KEY
 from search_service.search import CHECKPOINT_KEY
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_run_and_resume_keep_one_copy_of_plots_note_and_report(tiny, mro, tmp_pa
     metas = get_all_artifact_meta(study)  # readable: no blanked record is left
     assert sorted(m.filename for m in metas) == sorted([record["file"], "report.html"])
     report = next(m.artifact_id for m in metas if m.filename == "report.html")
-    assert report != first_report
+    assert report != first_report and _attrs(study)[REPORT_KEY] == report
     assert sorted(os.listdir(store)) == sorted([record["artifact_id"], report])  # the earlier reports are gone from the store
     plots = _plots(study)
     assert sorted(plots) == sorted(PLOT_IDS.values())  # replaced, not added
