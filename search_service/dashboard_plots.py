@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mro_search")
 
-__all__ = ["PLOT_IDS", "REPORT_FILE", "note_text", "publish", "replace_report"]
+__all__ = ["PLOT_IDS", "REPORT_FILE", "REPORT_KEY", "dashboard_figures", "note_text", "publish", "replace_report"]
 
 PLOT_IDS = {"graph": "mro-relation-graph", "hypervolume": "mro-hypervolume", "spearman": "mro-prior-rho", "front": "mro-front"}
 REPORT_FILE, REPORT_TYPE = "report.html", "text/html"
@@ -114,7 +114,7 @@ def note_text(report: Report, evaluator: Evaluator) -> str:
         f"Written by mro-search on {report.generated} (each `run`/`resume` replaces this note and the four plots).",
         "",
         f"- **Checkpoint:** `{checkpoint.identity}` ({epochs} training epoch{'s' if epochs != 1 else ''}, "
-        f"rank loss `{_code(str(checkpoint.config.get('train', {}).get('rank_loss', study.train.rank_loss)))}`)",
+        f"rank loss `{_code(str((checkpoint.config.get('train') or {}).get('rank_loss', study.train.rank_loss)))}`)",
         f"- **Data:** {source}, task {evaluator.model.spec.task}, scored on the `{study.search.split}` split",
         f"- **Modalities:** {modalities}",
         f"- **Objectives:** maximize `{_code(report.metric)}`, minimize MFLOPs",
