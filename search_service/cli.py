@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_TRIALS, help="trial budget (default: [search] trials)")
     p.add_argument("--workers", type=_WORKERS, default=1, help=f"local worker processes, 1 to {WORKERS_MAX} (default 1)")
     p.add_argument("--seed", type=_RUN_SEED, default=0, help="base seed of the workers' samplers (worker w gets seed + w)")
-    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
+    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html, nor the figures and note of the study's dashboard page")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
     p.add_argument("--exhaustive", action="store_true", help="score every mask exactly and record the exact Pareto front as trials (no sampling)")
     p.add_argument("--max-minutes", type=_positive_minutes, default=None, metavar="M",
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_TRIALS, help="new trial budget (default: the study's)")
     p.add_argument("--workers", type=_WORKERS, default=1, help=f"local worker processes, 1 to {WORKERS_MAX} (default 1)")
     p.add_argument("--seed", type=_RUN_SEED, help="base seed of the workers' samplers (worker w gets seed + w; default: random)")
-    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html")
+    p.add_argument("--no-report", action="store_true", help="do not write runs/NAME/report.html, nor the figures and note of the study's dashboard page")
     p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
     _artifacts_arg(p)
     p.set_defaults(handler=cmd_resume)
@@ -640,7 +640,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     device, said = _scoring_device(args, study)
     evaluator = Evaluator(study, checkpoint, device=device)
     plan = _exhaustive_estimate(args, study, evaluator)  # --exhaustive: refused here if too long, before the study is touched
+    created = search is None
     search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
+    if created and not args.no_report:
+        from search_service.dashboard_plots import publish
+
+        publish(search, evaluator)  # the dashboard shows the new study's note and prior at once
     where = _say_where(search, checkpoint, args.artifacts)
     log.info(said)
     if plan is not None:
@@ -712,12 +717,15 @@ def _warn_mask_space(evaluator, search) -> None:
 
 
 def _write_run_report(search, evaluator, path: Path, artifacts: str | None) -> Path:
-    """The report of ``run``/``resume``: a local file, and a copy in the study's artifact store."""
-    from search_service.lifecycle import upload_report
-    from search_service.report import write_report
+    """The report of ``run``/``resume``: the study's figures and note on its dashboard page, a
+    local file, and one copy in the study's artifact store (replacing the last one)."""
+    from search_service.dashboard_plots import publish, replace_report
+    from search_service.report import build_report
 
-    path = write_report(search, evaluator, path)
-    upload_report(search, path, artifacts)
+    report = build_report(search, evaluator)
+    publish(search, evaluator, report)
+    path = report.write(path)
+    replace_report(search, path, artifacts)
     return path
 
 

@@ -403,18 +403,6 @@ def stored_config(study: Study) -> dict[str, Any]:
     return config
 
 
-def upload_report(search: SearchStudy, path: Path, override: str | None = None) -> str | None:
-    """Put a report into the study's artifact store (optuna-dashboard lists it); None when the
-    store cannot be written (the local file is there all the same)."""
-    location = artifacts_location(search, override)
-    try:
-        store = artifacts.open_store(location)
-        return artifacts.upload(store, location, search.optuna_study, path, mimetype="text/html")
-    except Exception as exc:
-        log.warning(f"mro-search: report not stored in the artifact store ({exc})")
-        return None
-
-
 # --- deleting a study ---------------------------------------------------------------------------
 
 

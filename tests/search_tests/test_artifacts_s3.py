@@ -285,3 +285,36 @@ def test_a_store_that_cannot_be_used_is_refused_in_one_line(tiny, mro, tmp_path,
               "cannot read artifact store", f"s3://{bucket.name}/p")
     assert files(empty) == []
     assert len(mro.complete(mro.open_study(sqlite_url))) == 1
+
+
+def test_one_report_per_study_in_the_bucket(tiny, mro, tmp_path, sqlite_url, bucket, monkeypatch, capsys):
+    """``run`` then ``resume`` (each writes the report) keep one report object beside the
+    checkpoint: the earlier one is removed from the bucket and from the study's artifact list;
+    ``delete`` removes both and leaves other objects under the prefix alone. In this process
+    (``cli.main``): only the outcome matters here."""
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search_service.cli import main
+
+    for key, value in bucket.env(mro).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    file = fresh_run(tiny, mro, tmp_path / "a")
+    location = f"s3://{bucket.name}/team"
+    bucket.put("team/other/keep.txt", b"not mro-search's")
+    common = ["--study", str(file), "--storage", sqlite_url, "-q"]
+
+    assert main(["run", *common, "--artifacts", location, "--trials", "2"]) == 0
+    checkpoint = study_attrs(mro, sqlite_url)[CHECKPOINT_KEY]["artifact_id"]
+    (first,) = [k for k in bucket.keys() if k not in (f"team/{checkpoint}", "team/other/keep.txt")]
+    assert main(["resume", *common, "--trials", "3"]) == 0
+    (report,) = [k for k in bucket.keys() if k not in (f"team/{checkpoint}", "team/other/keep.txt")]
+    assert report != first and bucket.get(report).startswith(b"<!DOCTYPE html>")
+    metas = get_all_artifact_meta(mro.open_study(sqlite_url))
+    assert sorted(f"team/{m.artifact_id}" for m in metas) == sorted([f"team/{checkpoint}", report])
+
+    capsys.readouterr()
+    assert main(["delete", *common, "--yes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"] == 2
+    assert bucket.keys() == ["team/other/keep.txt"]
