@@ -276,6 +276,8 @@ class MROSampler(BaseSampler):
         mask = self._reused.propose(theta.numpy(), {m for m, n in index.masks.items() if n}, rng)
         if mask is not None:
             self._repeats.reuse(study._study_id, trial.number, dict(zip(paths, mask)), index.complete, index.complete_masks)
+            # the trial's mask even if it does not suggest every path (``trial_index.trial_mask``)
+            study._storage.set_trial_system_attr(trial._trial_id, MASK_KEY, mask_text(mask))
         return mask
 
     def _index(self, study: Study, paths: list[str]) -> MaskIndex:
