@@ -125,3 +125,11 @@ def test_independent_sampler_hooks_and_reseed_are_forwarded():
     optuna.create_study(sampler=sampler).optimize(lambda t: mixed_objective(t)[0], n_trials=2)
     sampler.reseed_rng()
     assert hooks.calls == ["before", "after", "before", "after", "reseed"]
+
+
+def test_bench_mixed_runs_its_script_to_complete_trials():
+    from benchmarks import bench_mixed
+
+    mro, random = bench_mixed.run("mro", 0, 12), bench_mixed.run("random", 0, 12)
+    assert mro["complete"] == random["complete"] == 12
+    assert 0.0 < mro["hypervolume"] < float(bench_mixed.REFERENCE[1])  # accuracy <= 1: at most 1 x cost span
