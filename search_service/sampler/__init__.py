@@ -46,6 +46,16 @@ get different draws and a rerun with the same seed repeats them.
 It works on a plain Optuna study whose parameters are path bits, from a user's own script:
 give ``paths`` (or let it infer them from the completed trials) and leave the prior out
 (uniform prior); README.md, "Use MROSampler in your own Optuna script", shows one.
+
+**Mixed search spaces** (``_mixed.py``): every parameter that is not a path bit (a categorical of
+exactly the ints 0 and 1) goes to ``independent_sampler`` (``TPESampler`` by default; its
+``before_trial``/``after_trial`` hooks and ``reseed_rng`` are forwarded), and so does a
+non-bit parameter of a search space given to ``sample_relative`` directly. In a study whose
+trials have such parameters, a trial that finds no untried mask reuses a scored one
+(``ReusedMask``) instead of getting none: it is a repeat, and pruned, only when its mask and
+every other parameter repeat a complete trial. A study of path bits alone (the service's)
+behaves as described above. The sampler passes Optuna's conformance suites
+(``optuna.testing.pytest_samplers``: ``tests/search_tests/test_sampler_conformance.py``).
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from search_service.keys import (
     RANK_LOSS_KEY,
     SCORES_ATTR,
 )
+from search_service.sampler._mixed import ReusedMask
 from search_service.sampler._refinement import (  # noqa: F401 (tests)
     PriorRefinement,
     _fit_theta,
@@ -88,6 +99,7 @@ __all__ = [
     "MaskSpace",
     "PriorDraw",
     "PriorRefinement",
+    "ReusedMask",
     "Shares",
     "UniformDraw",
 ]

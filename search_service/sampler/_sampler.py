@@ -5,18 +5,19 @@ the package docstring (``search_service/sampler/__init__.py``) describes the who
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import TrialPruned
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 
 from search_service.claims import CLAIM_ROUNDS, claim, mask_text
 from search_service.keys import BUDGET_KEY, MASK_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY
+from search_service.sampler._mixed import Repeats, ReusedMask, has_other_params, is_bit
 from search_service.sampler._refinement import PriorRefinement
 from search_service.sampler._strategies import (
     Enumeration,
@@ -60,6 +61,8 @@ class MROSampler(BaseSampler):
         local: ``Shares.local``: probability (after the start-up trials, when not exploring) of
             a move around the Pareto front rather than a mask of a drawn size from the refined
             prior.
+        independent_sampler: the sampler of every parameter that is not a path bit (a mixed
+            search space: ``_mixed.py``); ``TPESampler(seed=seed)`` when omitted.
         seed: base seed; each trial's generator is seeded with ``(seed, trial.number)``.
     """
 
@@ -76,6 +79,7 @@ class MROSampler(BaseSampler):
         anchor: float = 0.05,
         exploration: float = 0.1,
         local: float = 0.7,
+        independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
     ) -> None:
         if n_startup_trials < 0:
@@ -92,7 +96,10 @@ class MROSampler(BaseSampler):
         self._budget = budget
         self._seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self._intersection = IntersectionSearchSpace(include_pruned=True)
-        self._fallback = RandomSampler(seed=seed)
+        self._fallback = RandomSampler(seed=seed)  # path bits before the paths are known; redraws
+        self._independent_sampler = independent_sampler or TPESampler(seed=seed)
+        self._reused = ReusedMask()
+        self._repeats = Repeats()
         # the parts (``_strategies``, ``_refinement``); all they keep is derived and recomputable
         self._enumeration = Enumeration()
         self._uniform = UniformDraw()
@@ -156,6 +163,7 @@ class MROSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._seed = int(np.random.SeedSequence().entropy % (2**31))
         self._fallback.reseed_rng()
+        self._independent_sampler.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         paths = self._study_paths(study) or self._inferred_paths(study)
@@ -163,12 +171,21 @@ class MROSampler(BaseSampler):
 
     def _inferred_paths(self, study: Study) -> list[str]:
         space = self._intersection.calculate(study)
-        return sorted(n for n, d in space.items() if _is_bit(d))
+        return sorted(n for n, d in space.items() if is_bit(d))
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        paths = self._study_paths(study) or list(search_space)
+        paths = self._study_paths(study) or [n for n, d in search_space.items() if is_bit(d)]
+        mask = self._sample_mask(study, trial, paths) if paths else {}
+        # parameters that are not path bits (a search space given by the caller): the
+        # independent sampler's, one by one
+        others = {name: self.sample_independent(study, trial, name, d) for name, d in search_space.items() if name not in paths}
+        return {**mask, **others}
+
+    def _sample_mask(self, study: Study, trial: FrozenTrial, paths: list[str]) -> dict[str, int]:
+        """The path parameters of ``trial``: its mask, given (enqueued, retried) or proposed and
+        claimed; none when it gets no mask (``no_mask_reason`` says why)."""
         # an enqueued trial's fixed parameters, and the parameters a retried trial copied from
         # the one that failed (only some paths, when that one died between two suggestions)
         fixed = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
@@ -190,15 +207,29 @@ class MROSampler(BaseSampler):
             return {}
         return dict(zip(paths, mask))
 
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._independent_sampler.before_trial(study, trial)
+
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._told = (study._study_id, trial.number, state)
+        self._repeats.forget(study._study_id, trial.number)
+        self._independent_sampler.after_trial(study, trial, state, values)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
-        why = self.no_mask_reason(study, trial.number)
-        if why is not None and _is_bit(param_distribution):
-            # a path of a trial that got no mask: a random bit here would make a repeat
-            raise TrialPruned(f"no mask to score: {why}")
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+        paths = self._study_paths(study)
+        if param_name in (paths or ()) or (paths is None and is_bit(param_distribution)):
+            why = self.no_mask_reason(study, trial.number)
+            if why is not None:
+                # a path of a trial that got no mask: a random bit here would make a repeat
+                raise TrialPruned(f"no mask to score: {why}")
+            return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+        def draws() -> Iterator[Any]:  # the independent sampler's, then (to leave a repeat) uniform
+            yield self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
+            while True:
+                yield self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+        return self._repeats.draw(study._study_id, trial, param_name, draws())
 
     # --- proposal --------------------------------------------------------------------------------
 
@@ -226,9 +257,28 @@ class MROSampler(BaseSampler):
         if mask is not None:
             self._seen = (study._study_id, trial.number, index)
             return mask, ""
+        if has_other_params(index.complete, paths) or has_other_params(index.open, paths):
+            # a mixed study: a scored mask, which the trial's other parameters make new
+            mask = self._reuse(study, trial, index, paths, rng)
+            if mask is not None:
+                return mask, ""
         if every_round_lost:
             return None, f"every mask it claimed ({CLAIM_ROUNDS} tries) was taken by another trial"
         return None, index.space().no_untried_reason()
+
+    def _reuse(self, study: Study, trial: FrozenTrial, index: MaskIndex, paths: list[str], rng: np.random.Generator) -> Mask | None:
+        """A scored mask for a trial of a mixed study that found no untried one (``ReusedMask``:
+        by the refined prior after the start-up trials; uniform during them and with probability
+        ``Shares.exploration``), or None when no mask is scored yet."""
+        theta = torch.zeros(len(paths), dtype=torch.float64)
+        if len(index.complete) >= max(self._n_startup_trials, 2) and rng.random() >= self._shares.exploration:
+            theta = self._refined(study, index, self._prior_logits(study, len(paths)))
+        mask = self._reused.propose(theta.numpy(), {m for m, n in index.masks.items() if n}, rng)
+        if mask is not None:
+            self._repeats.reuse(study._study_id, trial.number, dict(zip(paths, mask)), index.complete, index.complete_masks)
+            # the trial's mask even if it does not suggest every path (``trial_index.trial_mask``)
+            study._storage.set_trial_system_attr(trial._trial_id, MASK_KEY, mask_text(mask))
+        return mask
 
     def _index(self, study: Study, paths: list[str]) -> MaskIndex:
         key = (id(study._storage), study._study_id, tuple(paths))
@@ -315,6 +365,3 @@ class MROSampler(BaseSampler):
         kind = self._study_attrs(study).get(RANK_LOSS_KEY)
         return kind if kind in RANK_LOSSES else "l1"
 
-
-def _is_bit(distribution: BaseDistribution) -> bool:
-    return isinstance(distribution, CategoricalDistribution) and set(distribution.choices) == {0, 1}

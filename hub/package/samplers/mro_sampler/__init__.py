@@ -1,0 +1,3 @@
+from .mro_sampler import MROSampler
+
+__all__ = ["MROSampler"]
