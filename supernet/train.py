@@ -691,6 +691,7 @@ def _evaluate_epoch(model, prior, valid: Split, index, masks, names, task, devic
         "valid_loss_full": float(mask_losses[full][0]) if full.any() else float("nan"),
         "valid_loss_best": float(mask_losses.min()),
         "edge_probs": [round(float(p), 4) for p in prior.edge_probs()],
+        "keep_probs": [round(float(q), 4) for q in prior.path_probs()],  # q: what the prior proposes
     }
 
 
