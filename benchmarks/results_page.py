@@ -156,6 +156,26 @@ SECTIONS = [
         "trainings of masks both runs selected are shared (they do not depend on the supernet's training).",
     ),
     (
+        "The prior's keep mapping: two planted paths leaving one modality",
+        "keep_mapping/bench_keep_mapping",
+        "OMP_NUM_THREADS=1 python benchmarks/bench_keep_mapping.py --seeds 0,1,2",
+        "Can the trained prior say that two paths leaving the same modality both help (issue 17)? The keep "
+        "probabilities of the trained prior under the earlier `per_source` mapping (a source's paths share a budget) "
+        "and the `independent` one (`supernet/relation_graph.py`), on the demo data with the planted paths on one "
+        "source and, for contrast, on two.",
+    ),
+    (
+        "The prior's keep mapping: ranking fidelity on the demo study (before and after)",
+        "compare:keep_mapping/bench_fidelity_demo",
+        "\n".join(
+            "OMP_NUM_THREADS=1 python benchmarks/bench_fidelity.py --study demo --seeds 0,1,2 --workers 1 "
+            f"--standalone-from docs/results/bench_fidelity_demo.json --out docs/results/keep_mapping {flags}"
+            for flags in ("--train prior_keep='\"per_source\"' --tag per_source", "--tag independent")
+        ),
+        "The supernet's ranking of all 63 masks against the same stand-alone results, trained with the earlier and "
+        "the new keep mapping (masks are drawn from the prior after warm-up, so the mapping changes the training).",
+    ),
+    (
         "The exact front against the sampler's: mfeat, five views (k = 5, all 1,048,575 masks)",
         "bench_exhaustive_mfeat5",
         "OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_exhaustive.py compare --results docs/results",
