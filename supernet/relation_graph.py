@@ -399,7 +399,7 @@ class RelationGraphPrior(nn.Module):
         logits = logits.to(device)
         q = torch.sigmoid(logits)
         log_drop = F.logsigmoid(-logits)  # (P,)
-        if float(log_drop.sum()) > -math.log(2.0):  # P(empty) > 1/2
+        if n and float(log_drop.sum()) > -math.log(2.0):  # P(empty) > 1/2
             return self._sample_first_kept(n, q, logits, log_drop, generator).to(self.alpha.device)
         masks = torch.empty(n, self.n_paths, dtype=q.dtype, device=device)
         todo = torch.arange(n, device=device)

@@ -394,6 +394,7 @@ def test_log_prob_stays_proper_and_finite_when_every_path_is_nearly_dropped() ->
     assert all(torch.isfinite(p.grad).all() for p in prior.parameters() if p.grad is not None)
     one_path = prior.sample(200, torch.Generator().manual_seed(0))
     assert (one_path.sum(dim=1) == 1).all()  # nearly every mass on single paths; no endless redraws
+    assert prior.sample(0).shape == (0, 6)
 
 
 def test_sample_frequencies_match_log_prob_when_empty_draws_are_likely() -> None:
