@@ -158,7 +158,7 @@ SECTIONS = [
     (
         "The prior's keep mapping: two planted paths leaving one modality",
         "keep_mapping/bench_keep_mapping",
-        "OMP_NUM_THREADS=1 python benchmarks/bench_keep_mapping.py --seeds 0,1,2",
+        "OMP_NUM_THREADS=1 python benchmarks/bench_keep_mapping.py --seeds 2",
         "Can the trained prior say that two paths leaving the same modality both help (issue 17)? The keep "
         "probabilities of the trained prior under the earlier `per_source` mapping (a source's paths share a budget) "
         "and the `independent` one (`supernet/relation_graph.py`), on the demo data with the planted paths on one "
