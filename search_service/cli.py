@@ -311,6 +311,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "valid_loss_full": last["valid_loss_full"],
         "spearman": last["spearman"],
         "edge_probs": dict(zip(result.model.path_names, last["edge_probs"])),
+        "keep_probs": dict(zip(result.model.path_names, last["keep_probs"])),
         "history": result.history,
         "next": advice,
     }
@@ -322,6 +323,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = "new" if new else "already there: same weights, prior and configuration"
         print(f"checkpoint {checkpoint.short_id}: {checkpoint.path} ({state})")
         print("relation graph p(i->j): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["edge_probs"].items()))
+        print("prior keep probability q: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["keep_probs"].items()))
         print(advice)
     return 0
 

@@ -450,7 +450,7 @@ def train_supernet(
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     model = _build_model(data, model_cfg, train_cfg, device)
-    prior = RelationGraphPrior(model.k, gnn=train_cfg.prior_gnn)
+    prior = RelationGraphPrior(model.k, gnn=train_cfg.prior_gnn, keep=train_cfg.prior_keep, seed=train_cfg.seed)
     if dist.active:
         dist.broadcast_parameters(model)
         torch.manual_seed(train_cfg.seed + dist.rank)  # dropout: each rank its own draws
@@ -691,6 +691,7 @@ def _evaluate_epoch(model, prior, valid: Split, index, masks, names, task, devic
         "valid_loss_full": float(mask_losses[full][0]) if full.any() else float("nan"),
         "valid_loss_best": float(mask_losses.min()),
         "edge_probs": [round(float(p), 4) for p in prior.edge_probs()],
+        "keep_probs": [round(float(q), 4) for q in prior.path_probs()],  # q: what the prior proposes
     }
 
 

@@ -77,6 +77,7 @@ def test_history_has_one_record_per_epoch(trained: TrainResult) -> None:
         assert math.isfinite(record["valid_loss_full"]) and record["valid_loss_full"] > 0
         assert math.isfinite(record["train_loss"]) and math.isfinite(record["rank_loss"])
         assert len(record["edge_probs"]) == 6
+        assert len(record["keep_probs"]) == 6 and all(0.0 < q < 1.0 for q in record["keep_probs"])
     assert not trained.model.training  # handed back in eval mode
 
 

@@ -7,7 +7,10 @@ way, with an L2 pull back towards the pretrained prior ``theta0``:
 
     min_theta  rank_loss(mask_log_prob(masks, theta), losses, kind) + anchor * |theta - theta0|^2
 
-by Adam (torch's defaults), warm-started from this process's last fit. The gradient of each rank
+by Adam (torch's defaults), warm-started from this process's last fit. ``theta`` is one free keep
+logit per path (``theta0 = logit(mro:prior_keep_probs)``), so like the pretrained prior's
+``independent`` keep mapping (``supernet.relation_graph``) it can raise two paths of one source
+together, or every path, whatever mapping the checkpoint's prior was trained with. The gradient of each rank
 loss is written out in NumPy (``_rank_loss_grad``), equal to autograd's through
 ``supernet.rank_loss`` (``tests/test_sampler_rank_loss.py`` proves it to 1e-9 for every kind), so
 a refinement costs about a millisecond instead of the tens of an autograd loop.
