@@ -90,7 +90,20 @@ def _artifacts_arg(p: argparse.ArgumentParser, *, creating: bool = False) -> Non
         text = "artifact store of a new study: a directory or s3://bucket/prefix (default: $MRO_ARTIFACTS, else the study file, else runs/NAME/artifacts)"
     else:
         text = "where this machine sees the study's artifact store, if not where the study records it (default: $MRO_ARTIFACTS)"
-    p.add_argument("--artifacts", metavar="LOCATION", help=text)
+    p.add_argument("--artifacts", type=_artifacts_location, metavar="LOCATION", help=text)
+
+
+def _artifacts_location(text: str) -> str:
+    """An argparse ``type``: a store location whose ``~user`` names a user (checked before the
+    command searches for minutes and then cannot store its report)."""
+    from supernet.files import expand_home
+
+    if "://" not in text:
+        try:
+            expand_home(text, what="artifact store")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser, text: str) -> None:
@@ -614,6 +627,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search_service.search import check_checkpoint
     from search_service.storage import mask_password, resolve_url
     from supernet.checkpoint import latest_checkpoint
+    from supernet.files import check_output_directory
 
     url = resolve_url(study, args.storage)
     if args.trials is not None and args.trials < 1:
@@ -625,6 +639,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve_device(args.device, where="--device")
     _check_exhaustive(args)
     _check_server(url)
+    check_output_directory(study.run_dir, what="the study's files")  # before training or creating anything
     search = existing_search(study.name, url)  # refuses a study of that name that is not ours
     if search is not None:  # continue it, with its own checkpoint
         check_matches(search, study)
@@ -926,6 +941,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # a path the user named or implied that the file system refuses (a name too long, a
+        # part of it a file, no permission...): one line naming it, as for every other mistake
+        if args.debug or exc.filename is None:
+            return _print_traceback(exc)
+        print(f"mro-search: error: {_one_line(scrub(path_problem(exc)))}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
@@ -1012,6 +1034,33 @@ def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
     reason = scrub(reason)  # the secrets of any URL seen, and whatever looks like one
     where = f" {mask_password(urls[0])}" if urls else ""
     return f"storage{where} unreachable ({reason}); nothing was lost: run the command again when the database is back"
+
+
+_PATH_HINTS = {  # errno name -> what is wrong and what to do, for path_problem
+    "ENAMETOOLONG": "a name in it is too long for the file system; choose a shorter name",
+    "ENOTDIR": "a part of it is a file, not a folder; choose another path",
+    "EISDIR": "it is a folder; give a file name",
+    "ENOENT": "no such file or folder; check the path",
+    "EACCES": "permission denied; choose a path you can use",
+    "EPERM": "operation not permitted; choose a path you can use",
+    "EROFS": "it is on a read-only file system; choose a path on a writable disk",
+    "ENOSPC": "no space left on the disk; free some space or choose another disk",
+    "EDQUOT": "the disk quota is used up; free some space or choose another disk",
+    "ELOOP": "too many symbolic links; choose another path",
+    "EEXIST": "it already exists; choose another path",
+}
+
+
+def path_problem(exc: OSError) -> str:
+    """The one line for an ``OSError`` about a path (``exc.filename``): the path (shortened
+    when very long) and what the file system said, with what to do."""
+    import errno
+
+    name = str(exc.filename)
+    if len(name) > 160:
+        name = f"{name[:80]}...{name[-40:]} ({len(name)} characters)"
+    hint = _PATH_HINTS.get(errno.errorcode.get(exc.errno or -1, ""), f"{exc.strerror or exc}; check the path")
+    return f"{name}: {hint}"
 
 
 def _one_line(text: str) -> str:
