@@ -969,14 +969,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:
-        # a path the user named or implied that the file system refuses (a name too long, a
-        # part of it a file, no permission...): one line naming it, as for every other mistake
-        if args.debug or exc.filename is None:
-            return _print_traceback(exc)
-        print(f"mro-search: error: {_one_line(scrub(path_problem(exc)))}", file=sys.stderr)
-        return EXIT_USAGE
     except Exception as exc:
+        if not args.debug and isinstance(exc, OSError) and exc.filename is not None:
+            # a path the user named or implied that the file system refuses (a name too long, a
+            # part of it a file, no permission...): one line naming it, as for every other mistake
+            print(f"mro-search: error: {_one_line(scrub(path_problem(exc)))}", file=sys.stderr)
+            return EXIT_USAGE
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
         from search_service.storage import is_storage_outage
