@@ -33,6 +33,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from supernet.errors import ConfigError, MROError
+from supernet.files import expand_home
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +71,7 @@ def normalize(location: str) -> str:
         raise ConfigError(f"artifact store {location!r}: only directories and s3://bucket/prefix are supported")
     if location.startswith("file://"):
         location = location[len("file://"):]
-    return str(Path(location).expanduser().resolve())
+    return str(expand_home(location, what="artifact store").resolve())
 
 
 def open_store(location: str, *, create: bool = False) -> Any:

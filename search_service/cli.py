@@ -90,7 +90,20 @@ def _artifacts_arg(p: argparse.ArgumentParser, *, creating: bool = False) -> Non
         text = "artifact store of a new study: a directory or s3://bucket/prefix (default: $MRO_ARTIFACTS, else the study file, else runs/NAME/artifacts)"
     else:
         text = "where this machine sees the study's artifact store, if not where the study records it (default: $MRO_ARTIFACTS)"
-    p.add_argument("--artifacts", metavar="LOCATION", help=text)
+    p.add_argument("--artifacts", type=_artifacts_location, metavar="LOCATION", help=text)
+
+
+def _artifacts_location(text: str) -> str:
+    """An argparse ``type``: a store location whose ``~user`` names a user (checked before the
+    command searches for minutes and then cannot store its report)."""
+    from supernet.files import expand_home
+
+    if "://" not in text:
+        try:
+            expand_home(text, what="artifact store")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser, text: str) -> None:
@@ -140,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flops", parents=[common], help="per-path FLOPs table (fvcore) and a mask's MFLOPs")
     _study_arg(p)
     p.add_argument("--mask", metavar="BITS", help="one bit per path, e.g. 011011 (default: all paths)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the FLOPs table as one JSON object")
     p.set_defaults(handler=cmd_flops)
 
     p = sub.add_parser("evaluate", parents=[common], help="all metrics of one mask with the trained supernet")
@@ -150,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="run the masked forward pass instead of the cache")
     _device_arg(p, "build the cache and score on this device")
     _checkpoint_arg(p, "supernet checkpoint file (default: the latest training in runs/NAME/checkpoints, else the study's own)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the mask's metrics as one JSON object")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("run", parents=[common], help="create the study (training the supernet first if needed) and search")
@@ -192,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", parents=[common], help="the Pareto front of a study")
     _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the Pareto front as one JSON object")
     p.set_defaults(handler=cmd_pareto)
 
     p = sub.add_parser("report", parents=[common], help="write the study's HTML report (front, relation graph, hypervolume, Spearman rho)")
@@ -236,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", parents=[common], help="check a study file and report every problem")
     p.add_argument("file", metavar="FILE", help="a study .toml file or a study name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the verdict and the notes as one JSON object")
     p.set_defaults(handler=cmd_validate)
     return parser
 
@@ -318,7 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        print(f"trained {study.name}: {summary['epochs']} epochs, train loss {summary['train_loss']:.4f}, "
+        print(f"trained {study.name}: {summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''}, train loss {summary['train_loss']:.4f}, "
               f"Spearman rho {summary['spearman']:.3f}")
         state = "new" if new else "already there: same weights, prior and configuration"
         print(f"checkpoint {checkpoint.short_id}: {checkpoint.path} ({state})")
@@ -578,15 +591,16 @@ def _stop_workers(procs, grace: float = 5.0) -> None:
 
 def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
     from search_service.exhaustive import exact_front_note
-    from search_service.search import pareto_front
+    from search_service.search import over_budget_note, pareto_front
     from search_service.storage import mask_password
 
     front = pareto_front(search)
     counts = search.counts()
     exact = exact_front_note(search)  # the study holds the front of run --exhaustive
+    over = over_budget_note(search.optuna_study.get_trials(deepcopy=False))  # why trials were pruned at the budget, when some were
     if as_json:
         _print_json({"study": search.optuna_study.study_name, "storage": mask_password(search.url), "budget": search.budget, "counts": counts,
-                     "pareto_front": front, "exact_front": exact, **(extra or {})})
+                     "pareto_front": front, "exact_front": exact, "over_budget": over, **(extra or {})})
         return
     metric = search.optuna_study.metric_names[0] if search.optuna_study.metric_names else "accuracy"
     print(f"study {search.optuna_study.study_name}: {counts['complete']}/{search.budget} trials complete "
@@ -596,8 +610,17 @@ def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
         print(f"{row['trial']:>6}  {row['mask']:<12} {row['values'][0]:>10.4f} {row['mflops']:>10.4f}  {', '.join(row['active_paths'] or [])}")
     if exact:
         print(f"front: {exact}")
+    if over:
+        print(f"pruned: {over}")
     for key, value in (extra or {}).items():
-        print(f"{key}: {value}")
+        print(f"{key}: {_exhaustive_line(value) if key == 'exhaustive' else value}")
+
+
+def _exhaustive_line(entry: dict[str, Any]) -> str:
+    """``run --exhaustive``'s summary in words (``--json`` keeps the object)."""
+    rate = f"{entry['masks_per_s']:,.0f} masks/s" if entry.get("masks_per_s") else "rate not measured"
+    return (f"{entry['masks']:,} masks scored in {entry['seconds']:.2f} s ({rate}, {entry['method']} on {entry['device']}); "
+            f"{entry['added']} front trial{'s' if entry['added'] != 1 else ''} added")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -616,6 +639,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search_service.search import check_checkpoint
     from search_service.storage import mask_password, resolve_url
     from supernet.checkpoint import latest_checkpoint
+    from supernet.files import check_output_directory
 
     url = resolve_url(study, args.storage)
     if args.trials is not None and args.trials < 1:
@@ -627,6 +651,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve_device(args.device, where="--device")
     _check_exhaustive(args)
     _check_server(url)
+    check_output_directory(study.run_dir, what="the study's files")  # before training or creating anything
     search = existing_search(study.name, url)  # refuses a study of that name that is not ours
     if search is not None:  # continue it, with its own checkpoint
         check_matches(search, study)
@@ -736,6 +761,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search_service.search import run_worker
 
     joined = join_search(args.study, args.storage)
+    full = _budget_taken(joined.search)
+    if full is not None:  # before the checkpoint download and the cache, which would serve nothing
+        log.info(full)
+        return 0
     device, said = _scoring_device(args, joined.study)
     evaluator = _joined_evaluator(joined, args.artifacts, device)
     _say_where(joined.search, evaluator.checkpoint, args.artifacts)
@@ -743,6 +772,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     done = run_worker(joined.search, evaluator, max_trials=args.trials, seed=args.seed, progress=not args.quiet)
     log.info(f"worker finished: {done} trials completed here")
     return 0
+
+
+def _budget_taken(search) -> str | None:
+    """The line a worker says when the study already has its budget of complete trials, else
+    None (the worker's own loop checks again: this is only to say it before any work)."""
+    from search_service.search import budget_reached_notice
+
+    counts, budget = search.counts(), search.budget
+    return budget_reached_notice(search.name, budget) if counts["complete"] >= budget else None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -754,10 +792,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     joined = join_search(args.study, args.storage)
     search, study = joined.search, joined.study
-    evaluator = _joined_evaluator(joined, args.artifacts)  # the study's own checkpoint, before the study is touched
+    device, said = _scoring_device(args, study)
+    evaluator = _joined_evaluator(joined, args.artifacts, device)  # the study's own checkpoint, before the study is touched
     where = _say_where(search, evaluator.checkpoint, args.artifacts)
+    log.info(said)
+    before = search.budget
     if args.trials is not None:
         search.optuna_study._storage.set_study_system_attr(search.optuna_study._study_id, BUDGET_KEY, int(args.trials))
+    budget = f"budget {before} -> {args.trials} trials" if args.trials is not None and args.trials != before else f"budget {before} trials"
+    log.info(f"study {study.name} in {where['storage']}: {budget}, {search.counts()['complete']} complete, {args.workers} worker(s)")
     _warn_mask_space(evaluator, search)
     _run_workers(study, search.url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet,
                  from_file=joined.from_file, artifacts=args.artifacts)
@@ -792,7 +835,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(f"report: {path} ({summary['complete_trials']} completed trials, Pareto front of "
               f"{len(summary['pareto_front'])}{' (exact)' if summary.get('exact_front') else ''}, hypervolume {summary['hypervolume']:.5g})")
-        print(f"study {joined.search.name} in {where['storage']}; checkpoint {where['checkpoint'][:16]}; artifacts in {where['artifacts']}")
+        log.info(f"study {joined.search.name} in {where['storage']}; checkpoint {where['checkpoint'][:16]}; artifacts in {where['artifacts']}")
     return 0
 
 
@@ -937,6 +980,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
+        if not args.debug and isinstance(exc, OSError) and exc.filename is not None:
+            # a path the user named or implied that the file system refuses (a name too long, a
+            # part of it a file, no permission...): one line naming it, as for every other mistake
+            print(f"mro-search: error: {_one_line(scrub(path_problem(exc)))}", file=sys.stderr)
+            return EXIT_USAGE
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
         from search_service.storage import is_storage_outage
@@ -1022,6 +1070,33 @@ def _outage_message(exc: BaseException, args: argparse.Namespace) -> str:
     reason = scrub(reason)  # the secrets of any URL seen, and whatever looks like one
     where = f" {mask_password(urls[0])}" if urls else ""
     return f"storage{where} unreachable ({reason}); nothing was lost: run the command again when the database is back"
+
+
+_PATH_HINTS = {  # errno name -> what is wrong and what to do, for path_problem
+    "ENAMETOOLONG": "a name in it is too long for the file system; choose a shorter name",
+    "ENOTDIR": "a part of it is a file, not a folder; choose another path",
+    "EISDIR": "it is a folder; give a file name",
+    "ENOENT": "no such file or folder; check the path",
+    "EACCES": "permission denied; choose a path you can use",
+    "EPERM": "operation not permitted; choose a path you can use",
+    "EROFS": "it is on a read-only file system; choose a path on a writable disk",
+    "ENOSPC": "no space left on the disk; free some space or choose another disk",
+    "EDQUOT": "the disk quota is used up; free some space or choose another disk",
+    "ELOOP": "too many symbolic links; choose another path",
+    "EEXIST": "it already exists; choose another path",
+}
+
+
+def path_problem(exc: OSError) -> str:
+    """The one line for an ``OSError`` about a path (``exc.filename``): the path (shortened
+    when very long) and what the file system said, with what to do."""
+    import errno
+
+    name = str(exc.filename)
+    if len(name) > 160:
+        name = f"{name[:80]}...{name[-40:]} ({len(name)} characters)"
+    hint = _PATH_HINTS.get(errno.errorcode.get(exc.errno or -1, ""), f"{exc.strerror or exc}; check the path")
+    return f"{name}: {hint}"
 
 
 def _one_line(text: str) -> str:

@@ -18,11 +18,20 @@ loopback name or address, or a name given with ``--allowed-host`` (403 otherwise
 wildcard address (0.0.0.0, ::), any IP address is accepted as ``Host`` too, since no DNS name is
 involved. ``--read-only`` refuses every method but GET, HEAD and OPTIONS (405), so nothing can
 change the study through the dashboard at all.
+
+optuna-dashboard's API reads every request body as a JSON object (``request.json.get(...)``):
+a body of ``[]``, ``null``, nothing, or JSON nested deeper than Python's parser goes made it
+answer 500 and log a traceback. ``guard`` checks the body of every change (``POST``, ``PUT``,
+``PATCH``, ``DELETE`` under ``/api/``) first: no body is ``{}``, and anything but a JSON object
+of at most ``JSON_DEPTH_MAX`` levels is answered 400 with optuna-dashboard's ``{"reason": ...}``.
+What optuna-dashboard still logs as an error is one line on stderr (``--debug``: its traceback).
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import json
 import logging
 import signal
 import socket
@@ -42,6 +51,8 @@ DEFAULT_PORT = 8080
 LOOPBACK_NAMES = ("localhost",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # what --read-only lets through
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # the API's changes, each with a JSON object body
+JSON_DEPTH_MAX = 64  # nesting levels of a request body (a user attribute or a note needs a few)
 
 
 def is_loopback(host: str) -> bool:
@@ -117,9 +128,56 @@ def guard(app: Callable, *, bound: str, allowed_hosts: Iterable[str] = (), read_
         if read_only and method not in SAFE_METHODS:
             return _refuse(start_response, "405 Method Not Allowed", f"mro-search dashboard: read-only (--read-only): {method} is refused",
                            [("Allow", ", ".join(sorted(SAFE_METHODS)))])
+        problem = _check_json_body(environ) if method in BODY_METHODS and environ.get("PATH_INFO", "").startswith("/api/") else None
+        if problem is not None:
+            body = json.dumps({"reason": f"mro-search dashboard: {problem}"}).encode("utf-8")
+            start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            log.debug("dashboard: %s %s: %s", method, environ.get("PATH_INFO"), problem)
+            return [body]
         return app(environ, start_response)
 
     return guarded
+
+
+def _check_json_body(environ: dict) -> str | None:
+    """What is wrong with a change's body, else None: the body is read, checked to be a JSON
+    object (no body: ``{}``) of at most ``JSON_DEPTH_MAX`` levels, and put back for the app. A
+    body over bottle's size limit is left to bottle (413)."""
+    from bottle import BaseRequest
+
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return "the Content-Length header is not a number"
+    if length > BaseRequest.MEMFILE_MAX:
+        return None
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except RecursionError:
+        return f"the request body is nested too deeply; at most {JSON_DEPTH_MAX} levels"
+    except ValueError:  # UnicodeDecodeError included
+        return "the request body is not valid JSON; send a JSON object"
+    if not isinstance(value, dict):
+        return f"the request body must be a JSON object, not {type(value).__name__ if value is not None else 'null'}"
+    if _depth(value) > JSON_DEPTH_MAX:
+        return f"the request body is nested too deeply; at most {JSON_DEPTH_MAX} levels"
+    body = raw if raw.strip() else b"{}"
+    environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json"})
+    return None
+
+
+def _depth(value: Any) -> int:
+    """Nesting levels of a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _refuse(start_response: Callable, status: str, text: str, headers: list[tuple[str, str]] | None = None) -> list[bytes]:
@@ -192,6 +250,7 @@ def serve(
     from optuna_dashboard import wsgi
 
     optuna_quiet()
+    _one_line_app_errors()
     storage = open_storage(url, heartbeat=False, create=False)
     study_id = find_study_id(storage, study_name)
     if study_id is None:
@@ -220,6 +279,24 @@ def serve(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _FirstLine(logging.Filter):
+    """optuna-dashboard logs an error with its traceback in the message: keep its first line
+    (what failed) unless ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not log.isEnabledFor(logging.DEBUG):
+            first = record.getMessage().splitlines()[0] if record.getMessage() else ""
+            record.msg, record.args, record.exc_info, record.exc_text = f"optuna-dashboard: {first} (--debug shows the traceback)", None, None, None
+        return True
+
+
+def _one_line_app_errors() -> None:
+    for name in ("optuna_dashboard", "optuna_dashboard._bottle_util"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FirstLine) for f in logger.filters):
+            logger.addFilter(_FirstLine())
 
 
 def _main_thread() -> bool:

@@ -17,6 +17,7 @@ from search_service.study_file import Study, task_of
 from supernet.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
 from supernet.data import MultimodalData, load_data
 from supernet.errors import CheckpointError
+from supernet.files import check_output_directory
 from supernet.flops import FlopTable, flop_table
 from supernet.metrics import compute_metrics, default_metric
 from supernet.paths import active_paths, format_mask, parse_mask
@@ -46,6 +47,7 @@ def train_study(study: Study, *, epochs: int | None = None, seed: int | None = N
         study.train.warmup_epochs = min(study.train.warmup_epochs, epochs)
     if seed is not None:
         study.train.seed = seed
+    check_output_directory(study.run_dir, what="the study's files")  # before training, not after it
     data = load_study_data(study)
     result = train_supernet(data, study.model, study.train, progress=progress, log=log, dist=dist)
     if dist is not None and not dist.is_main:

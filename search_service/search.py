@@ -86,6 +86,7 @@ STUDY_DIR_KEY = "mro:study_dir"  # folder of the study file it was created from 
 METRIC_KEY = "mro:metric"
 FLOPS_BUDGET_KEY = "mro:flops_budget"
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
+OVER_BUDGET_KEY = "mro:over_budget"  # trial system attribute: pruned because others took the budget's last places
 MFLOPS = "mflops"
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process that ran the trial
 
@@ -172,6 +173,8 @@ class Objective:
             if not any(mask):
                 raise optuna.TrialPruned("the all-zero mask is not an architecture")
             if not self._admitted(trial):
+                # said by pareto/run/resume: several workers start their last trials together
+                trial.storage.set_trial_system_attr(trial._trial_id, OVER_BUDGET_KEY, True)
                 raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
             result = self.evaluator.evaluate(mask, self.split)
             system_attrs: dict[str, Any] = {MASK_KEY: format_mask(mask)}
@@ -296,8 +299,7 @@ def run_worker(
                     bar.refresh()
                     if counts["complete"] >= budget:
                         if done == 0:
-                            log.info(f"study {study.study_name} has its budget of {budget} complete trials; to search on, raise it: "
-                                     f"mro-search resume --study {study.study_name} --trials {budget + 10}")
+                            log.info(budget_reached_notice(study.study_name, budget))
                         break
                     space = sampler.mask_space(study, trials)
                     if space is not None and space.exhausted:
@@ -349,6 +351,23 @@ def run_worker(
         stop.restore()
         bar.close()
     return done
+
+
+def over_budget_note(trials) -> str | None:
+    """Why some trials are PRUNED though nothing was wrong with them, or None: each worker
+    starts a trial as soon as its last one completes and the study still had room; when several
+    do that for the last places of the budget, the trials started after the budget was taken
+    are stopped before scoring (``Objective._admitted``): not counted, no mask lost."""
+    n = sum(1 for t in trials if t.state == TrialState.PRUNED and t.system_attrs.get(OVER_BUDGET_KEY))
+    if not n:
+        return None
+    return (f"{n} trial{'s' if n != 1 else ''} pruned at the budget: started by workers while the last places were being taken, "
+            "stopped before scoring (not counted, no mask lost)")
+
+
+def budget_reached_notice(name: str, budget: int) -> str:
+    """The line a worker says when the study has its budget of complete trials as it starts."""
+    return f"study {name} has its budget of {budget} complete trials; to search on, raise it: mro-search resume --study {name} --trials {budget + 10}"
 
 
 def exhausted_notice(space: MaskSpace, budget: int) -> str:

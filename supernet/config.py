@@ -21,6 +21,7 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ DEVICE_CHOICES = "cpu, cuda, cuda:N or mps, or auto (the default)"
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit integers
 TEXT_MAX = 4096  # characters of any text field (paths, URLs)
 STUDY_NAME_MAX = 100  # characters: the name becomes folder and file names (runs/NAME/...)
+STUDY_NAME_BYTES = 200  # its UTF-8 bytes: a file name holds 255 (ext4, XFS, APFS), NAME.toml and the like must fit
 MODALITY_NAME_MAX = 64
 MODALITIES_MAX = 16  # k modalities make k(k-1) paths
 
@@ -289,15 +291,30 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STUDY_NAME_RULE = (
-    f"1 to {STUDY_NAME_MAX} characters: letters, digits, '.', '_' or '-', starting with a letter or digit, "
-    "without '..'"
+    f"1 to {STUDY_NAME_MAX} characters ({STUDY_NAME_BYTES} bytes in UTF-8): letters and digits of any script, "
+    "'.', '_' or '-', starting with a letter or digit, without '..', written as Unicode's NFKC form"
 )
 MODALITY_NAME_RULE = (
     f"1 to {MODALITY_NAME_MAX} printable characters, no leading or trailing space, without the path "
     "arrow '->'"
 )
+
+
+def _study_name_ok(name: str) -> bool:
+    """A study name is safe as a file name on any file system and means one string: Unicode
+    letters and digits (``str.isalnum``) and their combining marks (a Devanagari vowel sign,
+    say), '.', '_', '-'; the first a letter or digit (never '-': an option; never '.': hidden);
+    no '..'; and the same after NFKC normalisation, so that no two names that look alike (``é``
+    as one character or as ``e`` and an accent, ``ﬁ`` and ``fi``, a full-width ``Ａ``) name two
+    studies, and a file system that normalises (macOS) finds the folder it made. Bounded in
+    characters and in UTF-8 bytes (a file name holds 255 bytes, ``runs/NAME/`` and ``NAME.toml``
+    must fit)."""
+    if not 0 < len(name) <= STUDY_NAME_MAX or len(name.encode("utf-8", "surrogatepass")) > STUDY_NAME_BYTES:
+        return False
+    if not name[0].isalnum() or ".." in name or unicodedata.normalize("NFKC", name) != name:
+        return False
+    return all(c.isalnum() or c in "._-" or unicodedata.category(c).startswith("M") for c in name)
 
 
 def name_problem(name: object, *, kind: str) -> str | None:
@@ -310,12 +327,7 @@ def name_problem(name: object, *, kind: str) -> str | None:
     share a name, so their bits would always be equal.
     """
     if kind == "study":
-        ok = (
-            isinstance(name, str)
-            and len(name) <= STUDY_NAME_MAX
-            and _STUDY_NAME.fullmatch(name) is not None
-            and ".." not in name
-        )
+        ok = isinstance(name, str) and _study_name_ok(name)
         rule = STUDY_NAME_RULE
     elif kind == "modality":
         ok = (

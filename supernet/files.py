@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from supernet.errors import OutputError
+from supernet.errors import ConfigError, OutputError
 
-__all__ = ["PSEUDO_FILE_SYSTEMS", "check_output_directory", "check_output_file", "make_directory", "write_file"]
+__all__ = ["PSEUDO_FILE_SYSTEMS", "check_output_directory", "check_output_file", "expand_home", "make_directory", "write_file"]
 
 # Kernel file systems whose "files" are kernel state or devices, never a place for output.
 PSEUDO_FILE_SYSTEMS = frozenset({
@@ -72,6 +72,16 @@ def write_file(path: str | Path, content: Content, *, what: str = "the file", pa
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # gone already after a successful rename
     return Path(path)
+
+
+def expand_home(path: str | Path, *, what: str = "path") -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a user without a home directory (or
+    none of that name) is one ``ConfigError`` line instead of pathlib's ``RuntimeError``."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as exc:
+        head = str(path).split("/", 1)[0]
+        raise ConfigError(f"{what} {str(path)[:200]}: {head[:100]!r} names no user with a home directory; give the full path") from exc
 
 
 def check_output_file(path: str | Path, *, what: str = "the file", parents: bool = False) -> Path:

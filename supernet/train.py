@@ -427,6 +427,16 @@ class _GraphStep:
         return self.loss
 
 
+def _log_beside(bar: tqdm, log: Callable[[str], None], message: str) -> None:
+    """``log(message)`` with the progress bar cleared first and drawn again after it, so that on a
+    terminal the line does not land on the end of the bar (both write to stderr)."""
+    if bar.disable:
+        log(message)
+        return
+    with tqdm.external_write_mode(file=bar.fp):
+        log(message)
+
+
 def train_supernet(
     data: MultimodalData,
     model_cfg: ModelConfig,
@@ -537,7 +547,8 @@ def train_supernet(
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", rho=f"{record['spearman']:.2f}")
         if log:
-            log(
+            _log_beside(
+                bar, log,
                 f"epoch {epoch + 1}/{train_cfg.epochs} ({record['phase']}): train loss {record['train_loss']:.4f}, "
                 f"valid loss full mask {record['valid_loss_full']:.4f}, rank loss {record['rank_loss']:.4f}, "
                 f"Spearman rho {record['spearman']:.3f}, {record['samples_per_s']:.0f} samples/s"
@@ -780,7 +791,8 @@ def train_subnet(
         }
         history.append(record)
         if log:
-            log(
+            _log_beside(
+                bar, log,
                 f"subnet {''.join(map(str, bits))} ({len(active)} paths) epoch {epoch + 1}/{train_cfg.epochs}: "
                 f"train loss {record['train_loss']:.4f}, valid loss {record['valid_loss']:.4f}"
             )

@@ -236,3 +236,25 @@ def test_host_rules() -> None:
     # bound to all addresses: any IP literal (no DNS name, nothing to rebind), names only when allowed
     assert host_allowed("192.168.1.5:8080", bound="0.0.0.0") and host_allowed("[fe80::1]:80", bound="::")
     assert not host_allowed("evil.example", bound="0.0.0.0")
+
+
+def test_malformed_bodies_are_answered_400_without_a_traceback(tiny_search: Any, study_copy: str, tmp_path: Path) -> None:
+    """optuna-dashboard reads every change's body as a JSON object: `[]`, `null`, no body or a
+    body nested past Python's parser made it answer 500 and log a traceback."""
+    with _serving(tiny_search, study_copy, tmp_path) as (base, study_id):
+        host = f"127.0.0.1:{base.rsplit(':', 1)[1]}"
+        trial_id = _get(f"{base}/api/studies/{study_id}?after=0")["trials"][0]["trial_id"]
+        bodies = [b"[]", b"null", b"5", b'"x"', b"{", b"\xff\xfe", b"[" * 5000 + b"]" * 5000,
+                  b'{"a":' * 100 + b"1" + b"}" * 100, b"{" * 100000]
+        for path in ("/api/studies", f"/api/studies/{study_id}/rename", f"/api/trials/{trial_id}/user-attrs"):
+            for body in bodies:
+                status, text = _request(base, path, host=host, method="POST", body=body)
+                assert status == 400 and "mro-search dashboard" in json.loads(text)["reason"], (path, body[:20], status, text[:200])
+        status, text = _request(base, "/api/studies", host=host, method="POST", body=None)  # no body: {} -> optuna-dashboard's own 400
+        assert status == 400, (status, text)
+        nested = {"study_name": "new", "directions": ["minimize"], "extra": {"a": [1, {"b": [2]}]}}  # a few levels are fine
+        status, text = _request(base, "/api/studies", host=host, method="POST", body=json.dumps(nested).encode())
+        assert status == 201, (status, text)
+        assert sorted(_study_names(study_copy)) == ["new", "tinysearch"]
+    log = (tmp_path / "dashboard0.err").read_text()
+    assert "Traceback" not in log and "File " not in log, log

@@ -133,3 +133,72 @@ def test_two_ranks_with_half_the_batch_follow_one_process_with_the_whole_batch(t
     with torch.no_grad():
         torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=1e-5)
         assert float((per_rank.prior.log_prob(masks) - one.prior.log_prob(masks)).abs().max()) > 1e-3
+
+
+# --- starts that fail fast, in one line (issue 19) --------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_one_line(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("mro-search: error: "), (code, err[-3000:])
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize(("env", "needles"), [
+    ({"RANK": "2", "WORLD_SIZE": "2"}, ["RANK=2 must be from 0 to WORLD_SIZE-1=1"]),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, ["RANK=-1 must be from 0"]),
+    ({"RANK": "-1", "WORLD_SIZE": "1"}, ["RANK=-1 must be from 0"]),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, ["WORLD_SIZE=0 must be at least 1"]),
+    ({"RANK": "0", "WORLD_SIZE": "two"}, ["WORLD_SIZE='two' is not an integer"]),
+    ({"WORLD_SIZE": "2"}, ["RANK is not set"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": None}, ["MASTER_ADDR is not set"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "http"}, ["MASTER_PORT='http' is not an integer"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "70000"}, ["MASTER_PORT=70000 must be a port"]),
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "-3", "MASTER_ADDR": "", "MASTER_PORT": None},
+     ["LOCAL_RANK=-3 must be at least 0", "MASTER_ADDR is not set", "MASTER_PORT is not set"]),  # every problem at once
+])
+def test_an_inconsistent_torchrun_environment_is_one_line_before_any_collective(
+    env: dict, needles: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = tmp_path / "tiny.toml"
+    study.write_text(STUDY.format(run_dir=tmp_path / "runs"))
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400", **env}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    code = main(["train", "--study", str(study), "-q"])
+    _assert_one_line(code, capsys.readouterr().err, "torchrun's environment is inconsistent", *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("rank", "world", "needle"), [
+    (0, 2, "rank 0 of 2: rank 1 did not join the rendezvous"),
+    (1, 2, "rank 1 of 2: rank 0's rendezvous store (rank 0 did not start?)"),
+])
+def test_a_rank_that_never_arrives_is_named_within_the_timeout(rank: int, world: int, needle: str, tmp_path: Path) -> None:
+    """One rank started alone: it used to wait for the others forever (past 150 s); it now
+    waits $MRO_DIST_TIMEOUT seconds and names the missing ranks."""
+    import time
+
+    study = tmp_path / "tiny.toml"
+    study.write_text(STUDY.format(run_dir=tmp_path / "runs"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "MRO_DIST_TIMEOUT": "2"}
+    env.pop("MRO_STORAGE", None)
+    start = time.monotonic()
+    out = subprocess.run([str(BIN / "mro-search"), "train", "--study", str(study), "-q"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    _assert_one_line(out.returncode, out.stderr, needle, "within 2 s", "MRO_DIST_TIMEOUT")
+    assert time.monotonic() - start < 90  # the process start on a busy machine, plus 2 s
+    assert not (tmp_path / "runs" / "checkpoints").exists()

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 import typing
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from search_service.study_file import SearchConfig, load_study, task_of
 from supernet.config import (
@@ -91,15 +96,49 @@ def test_good_values_at_the_edges_pass() -> None:
     assert problems == []
 
 
-@pytest.mark.parametrize("name", ["demo", "mosei_v2", "a.b-c", "X" * 100, "0day"])
+@pytest.mark.parametrize("name", ["demo", "mosei_v2", "a.b-c", "X" * 100, "0day", "émigré", "研究-é", "хз.2", "हिन्दी", "Ωmega_٣", "研" * 66])
 def test_study_names_that_follow_the_rules(name: str) -> None:
     assert name_problem(name, kind="study") is None
 
 
-@pytest.mark.parametrize("name", ["", "x" * 101, "..", "a..b", ".hidden", "-flag", "a/b", "a\\b", "has space", "nul\x00", "tab\t", "émigré", 7, None])
+@pytest.mark.parametrize("name", [
+    "", "x" * 101, "..", "a..b", ".hidden", "-flag", "_x", "a/b", "a\\b", "has space", "nul\x00", "tab\t", 7, None,
+    "研" * 67,  # 201 bytes in UTF-8
+    "e\u0301migre", "\u0301a",  # an accent as a combining mark (NFD): 'émigré' written otherwise
+    "\ufb01le", "\uff21", "x\u00b2",  # NFKC makes them 'file', 'A', 'x2'
+    "a\u200db", "\u202eab", "ab\ufeff", "a:b", "a*b", "~a",
+])
 def test_study_names_that_break_the_rules(name: object) -> None:
     problem = name_problem(name, kind="study")
-    assert problem is not None and "letters, digits, '.', '_' or '-'" in problem and "without '..'" in problem
+    assert problem is not None and "letters and digits of any script, '.', '_' or '-'" in problem and "without '..'" in problem
+    assert "NFKC" in problem
+
+
+_NAME_CHARS = st.one_of(st.characters(codec="utf-8"), st.sampled_from(list("./\\-_ :é研\u0301\u200d\ufb01")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.one_of(st.text(_NAME_CHARS, max_size=110), st.text(st.characters(categories=["L", "Nd"]), min_size=1, max_size=110)))
+def test_an_accepted_study_name_is_one_safe_file_name(name: str) -> None:
+    """Whatever is accepted names exactly one folder and one file on a real file system, reads
+    the same after normalisation and holds nothing that a path, a shell option or a terminal
+    would take as something else."""
+    if name_problem(name, kind="study") is not None:
+        return
+    assert unicodedata.normalize("NFKC", name) == name and len(name.encode("utf-8")) <= 200
+    assert not name.startswith(("-", ".")) and ".." not in name and all(unicodedata.category(c)[0] in "LNM" or c in "._-" for c in name)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / name).mkdir()
+        (Path(folder) / name / f"{name}.toml").write_text("")
+        assert os.listdir(folder) == [name] and os.listdir(Path(folder) / name) == [f"{name}.toml"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(categories=["Lu", "Ll", "Lo", "Nd"]), min_size=1, max_size=60))
+def test_letters_and_digits_of_any_script_are_accepted(text: str) -> None:
+    name = unicodedata.normalize("NFKC", text)
+    assume(all(c.isalnum() for c in name) and len(name.encode("utf-8")) <= 200 and len(name) <= 100)
+    assert name_problem(name, kind="study") is None, name
 
 
 @pytest.mark.parametrize("name", ["b->c", "", " text", "text ", "a\nb", "\x00", "x" * 65, 3])

@@ -8,6 +8,7 @@ from supernet.config import DATA_SOURCES, DataConfig
 from supernet.data.checks import require_file, validate
 from supernet.data.dataset import SPLITS, ModalitySpec, MultimodalData, Split
 from supernet.errors import ConfigError, DataError
+from supernet.files import expand_home
 from supernet.memory import gib, require_memory
 
 __all__ = ["SPLITS", "ModalitySpec", "MultimodalData", "Split", "load_data"]
@@ -20,7 +21,7 @@ _WHAT = {
 
 
 def _resolve(path: str, base_dir: str | Path | None) -> Path:
-    resolved = Path(path).expanduser()
+    resolved = expand_home(path, what="data file")
     if not resolved.is_absolute() and base_dir is not None:
         resolved = Path(base_dir) / resolved
     return resolved

@@ -95,6 +95,23 @@ SPECIAL_TEXT = st.sampled_from([
 TEXT = st.one_of(SPECIAL_TEXT, st.text(max_size=20), st.text(st.characters(codec="utf-8"), max_size=8))
 NAMEISH = st.one_of(st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True), TEXT)
 
+# Study names: letters and digits of any script (accepted), and what must stay refused around
+# them: separators, '..', control and format characters (bidi overrides, zero-width joiners), a
+# leading '-' or '.', forms that normalise differently (NFD accents, ligatures, full-width letters),
+# and names too long for a file name in characters or in UTF-8 bytes.
+_SCRIPT_LETTERS = st.characters(categories=["Lu", "Ll", "Lo", "Nd"])
+_NAME_PIECE = st.one_of(
+    st.text(_SCRIPT_LETTERS, min_size=1, max_size=6),
+    st.sampled_from(["研究", "é", "Ω", "хз", "हिन्दी", "٣", "demo", "v2", "-", "_", ".", "ü"]),
+    st.sampled_from(["/", "\\", "..", "\x00", "\n", "\u202e", "\u200d", "\ufeff", "e\u0301", "\ufb01", "\uff21", " ", ":", "*", "~"]),
+)
+STUDY_NAME = st.one_of(
+    st.lists(_NAME_PIECE, min_size=1, max_size=5).map("".join),
+    st.builds(lambda head, piece, n: head + piece * n, st.sampled_from(["", "-", ".", "a"]), st.sampled_from(["研", "a", "é"]),
+              st.integers(60, 110)),
+    TEXT,
+)
+
 FLOAT_SPECIAL = st.sampled_from([
     float("nan"), float("inf"), float("-inf"), 0.0, -0.0, -1.0, 1.0, 0.5, 0.9, 0.999999, 1.5, 10.0, 11.0,
     1e-300, 5e-324, 1e30, -1e30, 1.7976931348623157e308,
@@ -269,7 +286,7 @@ def study_docs(draw: st.DrawFn, *, values: dict[str, dict[str, st.SearchStrategy
             doc = {section: draw(SCALARS), **doc}  # scalars go before the tables in TOML
             changes.append(f"[{section}] is a scalar")
         elif kind == "name":
-            value = draw(st.one_of(NAMEISH, ANY_VALUE))
+            value = draw(st.one_of(STUDY_NAME, NAMEISH, ANY_VALUE))
             doc = {"name": value, **{k: v for k, v in doc.items() if k != "name"}}
             changes.append(f"name = {value!r}")
     return StudyDoc(render_toml(doc), changes=changes)

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .conftest import check, fuzz_settings, listing
-from .strategies import CHEAP_VALUES, WILD_VALUES, StudyDoc, raw_study_files, study_docs
+from .strategies import (
+    CHEAP_VALUES,
+    STUDY_NAME,
+    TINY_STUDY,
+    WILD_VALUES,
+    StudyDoc,
+    raw_study_files,
+    render_toml,
+    study_docs,
+)
 
 FILE = "fz.toml"
 
@@ -59,3 +68,25 @@ def test_train_or_run_cheap_study(cli, scratch, doc: StudyDoc, command: str, qui
     outcome = cli.invoke(["evaluate", "--study", FILE, "--mask", "1" * paths, "-q"], root)
     check(outcome, root, before)
     assert outcome.code == 0, str(outcome)
+
+
+@fuzz_settings(share=1.0)
+@given(name=STUDY_NAME)
+def test_study_names(cli, scratch, name: str) -> None:
+    """A study name of any script trains into ``runs/NAME/`` (one folder of exactly that name);
+    one that is unsafe as a file name (separators, '..', control characters, a leading '-' or '.',
+    another normal form, too long) is one error line, and nothing is written."""
+    from supernet.config import name_problem
+
+    root = scratch()
+    (root / FILE).write_text(render_toml({**TINY_STUDY, "name": name}), encoding="utf-8", errors="surrogatepass")
+    before = listing(root)
+    outcome = cli.invoke(["train", "--study", FILE, "-q"], root)
+    check(outcome, root, before)
+    accepted = name_problem(name, kind="study") is None
+    assert (outcome.code == 0) == accepted, f"name {name!r}: accepted {accepted}\n{outcome}"
+    if accepted:
+        assert [p.name for p in (root / "runs").iterdir()] == [name]
+        assert list((root / "runs" / name / "checkpoints").glob("*.pt"))
+    else:
+        assert "name" in outcome.error_lines[0], str(outcome)
