@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from search_service.study_file import parse_study
-from supernet.errors import ConfigError
 from supernet.checkpoint import load_checkpoint, save_checkpoint
 from supernet.config import DataConfig, ModelConfig, TrainConfig
 from supernet.data import load_data
+from supernet.errors import ConfigError
 from supernet.model import Supernet
 from supernet.relation_graph import RelationGraphPrior
 from supernet.scoring import batches
