@@ -29,6 +29,7 @@ TASKS = ("classification", "regression")
 POOLINGS = ("mean", "max")
 HEADS = ("linear", "mlp")
 RANK_LOSSES = ("hinge", "l0", "l1", "l2", "linf")
+RANK_DATA = ("holdout", "valid", "batch")  # [train] rank_data: what the prior's rank loss ranks subnets by
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d{1,2})?|mps"  # [train] device and --device (supernet.device resolves it)
 DEVICE_CHOICES = "cpu, cuda, cuda:N or mps, or auto (the default)"
 
@@ -168,6 +169,18 @@ class TrainConfig:
     # The prior's graph network (supernet.relation_graph.RelationGraphPrior): "gatv2" (a GATv2
     # layer and an edge MLP) or "gat" (Eq. 1 as written: GAT's own attention logit per edge).
     prior_gnn: str = field(default="gatv2", metadata=_choices("gatv2", "gat"))
+    # What the prior's rank loss ranks sampled subnets by (supernet.rank_data): "holdout", their
+    # losses on a held-out slice of the train split (rank_holdout of it; the supernet never trains
+    # on it); "valid", on the validation split (the data the search scores masks on; never the
+    # test split); "batch", on the training batch (the only choice before: anything that fits the
+    # training data, a shortcut included, looks good to the prior). Chosen by measurement:
+    # docs/RESULTS.md, "Rank data".
+    rank_data: str = field(default="holdout", metadata=_choices(*RANK_DATA))
+    rank_holdout: float = field(default=0.1, metadata=_between(0.01, 0.5))
+    # Every path trained (issue 17): while the supernet trains, each path is kept with probability
+    # at least keep_floor whatever the prior says (supernet.train.training_masks), so a path the
+    # prior dislikes early still gets that share of the updates. 0: the prior's own probabilities.
+    keep_floor: float = field(default=0.25, metadata=_between(0.0, 0.5))
 
 
 T = TypeVar("T")

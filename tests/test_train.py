@@ -86,7 +86,10 @@ def test_training_logs_its_device_then_a_line_per_epoch(data: MultimodalData) ->
         data, _model_cfg(), _train_cfg(epochs=1, warmup_epochs=1), progress=False, log=lines.append
     )
     assert len(lines) == 2 and all("\n" not in line for line in lines)
-    assert lines[0] == "device: cpu (auto: no CUDA or MPS device); precision fp32"  # no GPU on this machine
+    assert lines[0] == (  # no GPU on this machine
+        "device: cpu (auto: no CUDA or MPS device); precision fp32; "
+        "the prior learns from a held-out 0.1 of the train split (6 samples; rank_data = holdout)"
+    )
     assert "epoch 1/1" in lines[1]
 
 
@@ -159,7 +162,8 @@ def test_warmup_is_uniform_then_masks_come_from_the_prior(
     monkeypatch.setattr(train_module, "uniform_masks", uniform)
     monkeypatch.setattr(train_module, "_evaluate_epoch", evaluate)
     # 64 samples / 16 = 4 steps per epoch; rank_every large: the prior is refined at step 0 only
-    cfg = _train_cfg(epochs=3, warmup_epochs=2, masks_per_step=3, rank_every=1000, rank_masks=6)
+    # keep_floor = 0: the masks come from prior.sample itself (a floor draws with clamped probabilities)
+    cfg = _train_cfg(epochs=3, warmup_epochs=2, masks_per_step=3, rank_every=1000, rank_masks=6, keep_floor=0.0)
     train_supernet(data, _model_cfg(), cfg, progress=False)
     ends = [i for i, e in enumerate(events) if e[0] == "epoch_end"]
     assert len(ends) == 3
@@ -187,7 +191,7 @@ def test_refinement_after_warmup_mixes_prior_and_uniform(
         return original_sample(self, n, generator)
 
     monkeypatch.setattr(RelationGraphPrior, "sample", sample)
-    cfg = _train_cfg(epochs=1, warmup_epochs=0, masks_per_step=2, rank_every=1, rank_masks=6)
+    cfg = _train_cfg(epochs=1, warmup_epochs=0, masks_per_step=2, rank_every=1, rank_masks=6, keep_floor=0.0)
     train_supernet(data, _model_cfg(), cfg, progress=False)
     # every one of the 4 steps: 2 masks for training, then 6 // 2 = 3 for the rank loss
     assert calls == [2, 3] * 4
