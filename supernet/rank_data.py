@@ -5,17 +5,20 @@ Table 1's rank loss makes the prior's ranking of sampled subnets agree with the 
 losses. Ranked by their losses on the *training* batch (``rank_data = "batch"``, the only choice
 before), anything that lowers training loss without generalizing looks good to the prior: on a
 data set whose modality ``d`` carries the label in the train split only (``studies/shortcut.toml``)
-the trained prior ranked the paths touching ``d`` first. So the losses come from elsewhere:
+the trained prior ranked the paths into ``d`` first. So the losses come from elsewhere:
 
+- ``"valid"`` (the default): the validation split, the data the search itself scores masks on
+  (``[search] split``, "valid" by default): the prior learns the ranking the search will see,
+  and the supernet keeps every training sample. Never the test split. The per-epoch ``spearman``
+  of the training history is then measured on the data the prior learned from;
+  ``spearman_train`` is logged beside it.
 - ``"holdout"``: a held-out slice of the train split, ``rank_holdout`` of it, drawn once from the
   train seed (:func:`split_train`). The supernet never trains on it, so a subnet that memorizes
-  the training samples gains nothing there. A shortcut that holds in the *whole* train split (a
-  shift between the splits, as in ``studies/shortcut.toml``) holds in the slice as well: only
-  data from the other side of the shift can reveal it.
-- ``"valid"``: the validation split, the data the search itself scores masks on (``[search]
-  split``, "valid" by default): the prior then learns the ranking the search will see. Never the
-  test split. The per-epoch ``spearman`` of the training history is then no longer held out from
-  the prior (``spearman_train`` and ``spearman_holdout`` are logged beside it).
+  the training samples gains nothing there (``spearman_holdout`` is logged). But a shortcut that
+  holds in the *whole* train split (a shift between the splits, as in ``studies/shortcut.toml``)
+  holds in the slice as well: on that family the prior ranked the shortcut paths first with a
+  holdout as with the training batch (docs/RESULTS.md, "Rank data"). Only data from the other
+  side of the shift can reveal it, hence the default.
 - ``"batch"``: the training batch, as before.
 
 The losses are those of the subnets on a batch of the rank data, from one pass over the paths the

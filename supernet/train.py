@@ -3,15 +3,23 @@
 Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights (or,
 with ``per_sample_masks``, a subnet per sample; with ``distill``, in-place distillation from the
 full supernet): masks are uniform during the warm-up epochs and drawn from the current prior
-afterwards. Every ``rank_every`` steps the prior is refined: the pooled outputs of *all* paths
-are computed once on the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
-output does not depend on the mask), and the rank loss between the prior's scores of those masks
-and their losses updates α, β, γ, the graph-attention layer and the rest of the prior. The same
-step refreshes the relation-graph statistics (cosine similarity of the modalities' pooled
-embeddings, attention-weight variance); the gradient variance is tracked on every step.
+afterwards, each path kept with probability at least ``[train] keep_floor`` (``training_masks``:
+every path gets its share of the updates whatever the prior says). Every ``rank_every`` steps the
+prior is refined: the pooled outputs of *all* paths are computed once on a batch of the **rank
+data** (``[train] rank_data``, ``supernet.rank_data``: the validation split by default, or a
+held-out slice of the train split, never the samples the supernet trains on unless
+``rank_data = "batch"``), the task loss of ``rank_masks`` sampled subnets follows exactly from
+them (a path's output does not depend on the mask), and the rank loss between the prior's scores
+of those masks and their losses updates α, β, γ, the graph-attention layer and the rest of the
+prior. The same step refreshes the relation-graph statistics (cosine similarity of the
+modalities' pooled embeddings, attention-weight variance) on that batch; the gradient variance
+is tracked on every training step (which of them a shortcut can fool: ``supernet.rank_data``).
 
-Spearman ρ between the prior's scores and the observed validation losses of many masks is logged
-after every epoch. Training is seeded: the same configuration and seed give the same weights.
+After every epoch the history records Spearman ρ between the prior's scores and the losses of
+many masks on the validation split (``spearman``), on training samples (``spearman_train``) and
+on the held-out slice (``spearman_holdout``), what the prior learned from (``rank_data``), how many
+trained subnets kept each path (``path_updates``) and each path's single-path validation loss and
+accuracy. Training is seeded: the same configuration and seed give the same weights.
 
 Training never hands on a broken model: a loss or gradient that is NaN or infinite (a learning
 rate far too high, features of 1e30) stops it at once with a :class:`TrainingError` naming the
@@ -110,10 +118,10 @@ def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainC
     return Supernet(model_spec(data), model_cfg).to(device)
 
 
-def _feature_scale(data: MultimodalData) -> float:
-    """The largest |feature| of the train split (read only to explain a divergence)."""
+def _feature_scale(data: MultimodalData, split: str = "train") -> float:
+    """The largest |feature| of a split (read only to explain a divergence)."""
     scale = 0.0
-    for x in data.splits["train"].features.values():
+    for x in data.splits[split].features.values():
         for chunk in x.split(4096):
             finite = chunk[torch.isfinite(chunk)]
             if finite.numel():
@@ -124,9 +132,11 @@ def _feature_scale(data: MultimodalData) -> float:
 def _diverged(what: str, epoch: int, cfg: TrainConfig, data: MultimodalData, *, prior: bool = False) -> TrainingError:
     """The one-line error of a training run that produced NaN or infinity, with its likely cause."""
     causes = []
-    scale = _feature_scale(data)
-    if scale > LARGE_FEATURES:
-        causes.append(f"features too large (|value| up to {scale:.3g} in the train split): normalize them to mean 0, std 1")
+    # the train split, and the validation split where the prior's rank loss reads it
+    for split in ("train", "valid") if prior and cfg.rank_data == "valid" else ("train",):
+        scale = _feature_scale(data, split)
+        if scale > LARGE_FEATURES:
+            causes.append(f"features too large (|value| up to {scale:.3g} in the {split} split): normalize them to mean 0, std 1")
     if prior and cfg.prior_lr > HIGH_LR:
         causes.append(f"[train] prior_lr = {cfg.prior_lr:g} too high: lower it (e.g. 0.02)")
     if cfg.lr > HIGH_LR:

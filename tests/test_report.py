@@ -192,7 +192,7 @@ def test_special_targets_are_refused_and_left_alone(report: Any, tmp_path: Path)
 def test_report_says_what_the_prior_learned_from_and_how_each_path_trained(report: Any, page: str, tiny_search: Any) -> None:
     last = tiny_search.evaluator.checkpoint.history[-1]
     assert report.prior_learned_from == last["rank_data"]
-    assert "held-out" in report.prior_learned_from and "rank_data = holdout" in report.prior_learned_from
+    assert "validation split" in report.prior_learned_from and "rank_data = valid" in report.prior_learned_from
     assert "prior learned from" in page and "Paths in supernet training" in page
     assert [row["path"] for row in report.path_training] == report.path_names
     assert [row["updates"] for row in report.path_training] == last["path_updates"]

@@ -88,7 +88,7 @@ def test_training_logs_its_device_then_a_line_per_epoch(data: MultimodalData) ->
     assert len(lines) == 2 and all("\n" not in line for line in lines)
     assert lines[0] == (  # no GPU on this machine
         "device: cpu (auto: no CUDA or MPS device); precision fp32; "
-        "the prior learns from a held-out 0.1 of the train split (6 samples; rank_data = holdout)"
+        "the prior learns from the validation split (32 samples; rank_data = valid)"
     )
     assert "epoch 1/1" in lines[1]
 
@@ -353,7 +353,11 @@ def test_features_of_1e30_in_the_valid_split_only_stop_training_at_the_validatio
     huge = _scaled(data, 1e30)
     data.splits = {**data.splits, "valid": huge.splits["valid"]}
     with pytest.raises(TrainingError, match=r"epoch 1/2: the validation loss \(nan\) is not finite"):
-        train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+        train_supernet(data, _model_cfg(), _train_cfg(rank_data="holdout"), progress=False)
+    # rank_data = "valid": the prior's rank loss reads the validation split first, and says so
+    with pytest.raises(TrainingError, match=r"epoch 1/2: the prior's rank loss \(nan\) is not finite; likely cause: "
+                                            r"features too large \(\|value\| up to [0-9.]+e\+30 in the valid split\)"):
+        train_supernet(data, _model_cfg(), _train_cfg(rank_data="valid"), progress=False)
 
 
 def test_a_stand_alone_subnet_stops_on_a_non_finite_loss_too() -> None:
