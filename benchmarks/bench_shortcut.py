@@ -3,7 +3,7 @@ prior's rank loss learning from each ``[train] rank_data``.
 
 Usage:
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_shortcut.py [--seeds 10] [--rank-data batch,holdout,valid]
-        [--samples TRAIN,VALID,TEST] [--epochs N] [--out docs/results/shortcut] [--tag NAME]
+        [--samples TRAIN,VALID,TEST] [--epochs N] [--out docs/results] [--tag NAME]
 
 Data: ``studies/shortcut.toml`` (k = 4; planted ``a->b``, ``c->a``; modality ``d`` carries the
 label in the train split only, strength 0.9), its [model] and [train], with ``[data] seed`` =
@@ -18,7 +18,8 @@ one core per supernet. For every seed and every arm
   test accuracy against the full CMT's (all paths), both with the supernet's weights: issue 22's
   second target (the searched subnet beats the full CMT on test accuracy in >= 9 of 10).
 
-Prints the per-seed table and the counts; writes ``OUT/shortcut[_TAG].json`` and ``.md``.
+Prints the per-seed table and the counts; writes ``OUT/bench_shortcut[_TAG].json`` and ``.md``
+(``benchmarks/results_page.py`` puts them in ``docs/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--rank-data", default="batch,holdout,valid")
     parser.add_argument("--samples", default="")
     parser.add_argument("--epochs", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "shortcut")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     check_tag(args.tag)
@@ -105,12 +106,15 @@ def main() -> None:
         print(f"{arm}: prior ranks informative above shortcut in {c['ranked']}/{c['seeds']} seeds; "
               f"searched subnet beats the full CMT on test in {c['beats_full']}/{c['seeds']}")
     info["loadavg_end"] = list(__import__("os").getloadavg())
-    lines = ["| rank_data | seed | ranked | min q informative | max q shortcut | searched | test acc | full CMT test acc |",
+    load = ", ".join(f"{x:.1f}" for x in info["loadavg_start"])
+    lines = [f"Run {info['date']} on {info['cpu_model']} ({info['cpu_count']} CPUs), torch {info['torch']}, "
+             f"one thread, load average at the start {load}.", "",
+             "| rank_data | seed | ranked | min q informative | max q shortcut | searched | test acc | full CMT test acc |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['rank_data']} | {r['seed']} | {'yes' if r['ranked'] else 'no'} | {min(r['keep_informative']):.3f} | "
               f"{max(r['keep_shortcut']):.3f} | `{r['searched_mask']}` | {r['searched_test']:.3f} | {r['full_test']:.3f} |" for r in rows]
     lines += [""] + [f"- {arm}: ranked {c['ranked']}/{c['seeds']}, beats full CMT {c['beats_full']}/{c['seeds']}" for arm, c in counts.items()]
-    stem = "shortcut" + (f"_{args.tag}" if args.tag else "")
+    stem = "bench_shortcut" + (f"_{args.tag}" if args.tag else "")
     write_result(args.out, stem, {"machine": info, "args": vars(args) | {"out": str(args.out)}, "rows": rows, "counts": counts},
                  "\n".join(lines) + "\n")
 
