@@ -191,6 +191,28 @@ SECTIONS = [
         "How fast does each sampler approach the best front when the space cannot be enumerated? mfeat's real k = 6 landscape (30 paths, 10^9 masks) and the planted data at k = 5 and 6, every proposed mask scored exactly from the path cache. Target (issue 12): MROSampler reaches the best hypervolume of the other samplers' 500 trials within 100 trials (median of 5 seeds).",
     ),
     (
+        "Rank data: a shortcut against the prior (validation losses, the default)",
+        "bench_shortcut_valid",
+        "OMP_NUM_THREADS=1 nice python benchmarks/bench_shortcut.py --seeds 10 --rank-data valid --tag valid",
+        "Does a shortcut fool the prior (issue 22)? `studies/shortcut.toml` (k = 4, planted `a->b`, `c->a`; a feature "
+        "of `d` holds the label in 90 % of the train samples only), 10 seeds, the prior's rank loss learning from the "
+        "validation split. Targets: every informative path's keep probability above every shortcut path's (the 6 "
+        "touching `d`) in >= 9 of 10 seeds; the searched subnet (best validation accuracy of all 4,095 masks, scored "
+        "by the supernet) beats the full CMT on test accuracy in >= 9 of 10.",
+    ),
+    (
+        "Rank data: the same with training-batch losses (the code before issue 22)",
+        "bench_shortcut_batch",
+        "OMP_NUM_THREADS=1 nice python benchmarks/bench_shortcut.py --seeds 10 --rank-data batch --tag batch",
+        "The same seeds, `[train] rank_data = \"batch\"`: the rank loss ranks subnets by their training-batch losses.",
+    ),
+    (
+        "Rank data: the same with a held-out slice of the train split",
+        "bench_shortcut_holdout",
+        "OMP_NUM_THREADS=1 nice python benchmarks/bench_shortcut.py --seeds 10 --rank-data holdout --tag holdout",
+        "The same seeds, `[train] rank_data = \"holdout\"` (`rank_holdout = 0.1`, never trained on).",
+    ),
+    (
         "GPU: training and cached scoring throughput",
         "bench_gpu",
         "python benchmarks/bench_gpu.py --device cuda --batch-sizes 32,256",

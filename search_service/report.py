@@ -19,7 +19,10 @@
    and the trial's metric; beside it the per-epoch rho logged while the supernet trained
    (prior score against validation loss of many masks, ``checkpoint.history``);
 
-and a table of the front. plotly.js is embedded once, inline, for all figures (no CDN).
+and a table of the front; the facts say what the prior's rank loss learned from (``rank_data`` of
+the training history), and a table shows each path's share of supernet training and its
+single-path validation score (``path_updates``, ``single_path_valid_*`` of the last epoch;
+checkpoints trained before these were recorded say so). plotly.js is embedded once, inline, for all figures (no CDN).
 The storage URL is shown with its password masked.
 """
 
@@ -99,6 +102,8 @@ class Report:
     spearman_trials: list[tuple[int, int, float]]  # (trial number, n, rho over the first n)
     spearman_epochs: list[tuple[int, float]]  # (epoch, rho) from training
     exact_front: str | None = None  # set when the study holds the exact front (run --exhaustive)
+    prior_learned_from: str = ""  # rank_data of the training history (supernet.rank_data)
+    path_training: list[dict[str, Any]] = field(default_factory=list)  # per path: updates, single-path scores
     generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def summary(self) -> dict[str, Any]:
@@ -112,6 +117,8 @@ class Report:
             "reference_point": list(self.reference_point),
             "spearman": self.spearman_trials[-1][2] if self.spearman_trials else None,
             "exact_front": self.exact_front,
+            "prior_learned_from": self.prior_learned_from,
+            "path_training": self.path_training,
         }
 
     def figures(self) -> dict[str, go.Figure]:
@@ -210,7 +217,30 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         spearman_trials=rho_trials,
         spearman_epochs=rho_epochs,
         exact_front=exact_front_note(search),
+        prior_learned_from=prior_learned_from(evaluator.checkpoint.history),
+        path_training=path_training(evaluator.checkpoint.history, paths),
     )
+
+
+OLD_RANK_DATA = "training batches (trained before rank_data was recorded)"
+
+
+def prior_learned_from(history: list[dict[str, Any]]) -> str:
+    """Which losses the prior's rank loss learned from, from a checkpoint's training history."""
+    return str(history[-1].get("rank_data") or OLD_RANK_DATA) if history else "-"
+
+
+def path_training(history: list[dict[str, Any]], paths: list[str]) -> list[dict[str, Any]]:
+    """Per path: subnets trained that kept it and its single-path validation loss and accuracy at
+    the last epoch ([] for checkpoints trained before they were recorded)."""
+    last = history[-1] if history else {}
+    if "path_updates" not in last:
+        return []
+    accuracy = last.get("single_path_valid_accuracy") or [None] * len(paths)
+    return [
+        {"path": p, "updates": u, "valid_loss": loss, "valid_accuracy": acc}
+        for p, u, loss, acc in zip(paths, last["path_updates"], last["single_path_valid_loss"], accuracy)
+    ]
 
 
 def _point(t, paths: list[str], modalities: list[str]) -> TrialPoint:
@@ -422,6 +452,7 @@ def _render(r: Report) -> str:
         ("hypervolume", f"{r.hypervolume[-1][1]:.5g}" if r.hypervolume else "-"),
         ("Pareto front", r.exact_front or "as found by the search's trials"),
         ("supernet checkpoint", r.checkpoint or "-"),
+        ("prior learned from", r.prior_learned_from),
         ("generated", r.generated),
     ]
     rows = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts)
@@ -462,6 +493,8 @@ def _render(r: Report) -> str:
 {''.join(body)}
 <h2>Pareto front</h2>
 {_front_table(r)}
+<h2>Paths in supernet training</h2>
+{_path_table(r)}
 <script type="application/json" id="mro-summary">{summary}</script>
 </body>
 </html>
@@ -487,6 +520,23 @@ def _front_table(r: Report) -> str:
         cells.append(f"<td>{e(', '.join(row.get('active_paths') or []))}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _path_table(r: Report) -> str:
+    e = html.escape
+    if not r.path_training:
+        return "<p class='note'>Not recorded: the checkpoint was trained before per-path updates were.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("path", "subnets trained with it", "single-path valid loss", "single-path valid accuracy"))
+    lines = [
+        f"<tr><td>{e(row['path'])}</td><td class='num'>{row['updates']}</td><td class='num'>{_fmt(row['valid_loss'])}</td>"
+        f"<td class='num'>{_fmt(row['valid_accuracy'])}</td></tr>"
+        for row in r.path_training
+    ]
+    return (
+        "<p class='note'>How many of the subnets trained in the supernet kept each path, and each path alone scored "
+        "by the supernet on the validation split after the last epoch: a path near chance was not learnt.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+    )
 
 
 def _fmt(value: Any) -> str:

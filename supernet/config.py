@@ -30,6 +30,7 @@ TASKS = ("classification", "regression")
 POOLINGS = ("mean", "max")
 HEADS = ("linear", "mlp")
 RANK_LOSSES = ("hinge", "l0", "l1", "l2", "linf")
+RANK_DATA = ("holdout", "valid", "batch")  # [train] rank_data: what the prior's rank loss ranks subnets by
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d{1,2})?|mps"  # [train] device and --device (supernet.device resolves it)
 DEVICE_CHOICES = "cpu, cuda, cuda:N or mps, or auto (the default)"
 
@@ -93,6 +94,20 @@ class DataConfig:
     )
     task: str = field(default="classification", metadata=_choices(*TASKS))
     noise: float = field(default=0.1, metadata=_between(0.0, 1000.0))
+    # Weight of each planted path's signal in the label, in planted_paths' order; empty: all 1.
+    path_strengths: list[float] = field(
+        default_factory=list, metadata=_items(0.0, 100.0, max_items=MODALITIES_MAX * (MODALITIES_MAX - 1))
+    )
+    # Two paths whose signals enter the label only as their product (neither alone says
+    # anything): a "multiplicative pair", which a [model] head = "mlp" can represent, a linear
+    # head on the averaged path outputs cannot. Empty: none.
+    interaction_paths: list[str] = field(default_factory=list, metadata={"max_items": 2})
+    interaction_strength: float = field(default=1.0, metadata=_between(0.0, 100.0))
+    # A modality whose extra feature carries the label in the train split only (random in valid
+    # and test): every path touching it can learn the shortcut. Empty: no shortcut.
+    shortcut_modality: str = ""
+    # Share of train samples whose shortcut feature is their label (the others: another sample's).
+    shortcut_strength: float = field(default=0.9, metadata=_between(0.0, 1.0))
     # --- splits for sources that come without one (mfeat, meld's validation split) --------
     valid_fraction: float = field(default=0.15, metadata=_fraction())
     test_fraction: float = field(default=0.15, metadata=_fraction())
@@ -161,6 +176,19 @@ class TrainConfig:
     # global size) or "per_source" (the older x**tau / (1 + x**tau) of Eq. 1's per-source softmax,
     # in which a source's paths share a budget; what checkpoints written before it use).
     prior_keep: str = field(default="independent", metadata=_choices("independent", "per_source"))
+    # What the prior's rank loss ranks sampled subnets by (supernet.rank_data): "valid", their
+    # losses on the validation split (the data the search scores masks on; never the test split);
+    # "holdout", on a held-out slice of the train split, rank_holdout of it, which the supernet
+    # never trains on; "batch", on the training batch (the only choice before: anything that fits
+    # the training data, a shortcut included, looks good to the prior). "valid" by measurement:
+    # on the shortcut family only it ranked the informative paths above the shortcut's
+    # (docs/RESULTS.md, "Rank data").
+    rank_data: str = field(default="valid", metadata=_choices(*RANK_DATA))
+    rank_holdout: float = field(default=0.1, metadata=_between(0.01, 0.5))
+    # Every path trained (issue 17): while the supernet trains, each path is kept with probability
+    # at least keep_floor whatever the prior says (supernet.train.training_masks), so a path the
+    # prior dislikes early still gets that share of the updates. 0: the prior's own probabilities.
+    keep_floor: float = field(default=0.25, metadata=_between(0.0, 0.5))
 
 
 T = TypeVar("T")

@@ -3,15 +3,23 @@
 Each step takes one batch and trains ``masks_per_step`` subnets on it, sharing the weights (or,
 with ``per_sample_masks``, a subnet per sample; with ``distill``, in-place distillation from the
 full supernet): masks are uniform during the warm-up epochs and drawn from the current prior
-afterwards. Every ``rank_every`` steps the prior is refined: the pooled outputs of *all* paths
-are computed once on the batch, the task loss of ``rank_masks`` sampled subnets follows exactly from them (a path's
-output does not depend on the mask), and the rank loss between the prior's scores of those masks
-and their losses updates α, β, γ, the graph-attention layer and the rest of the prior. The same
-step refreshes the relation-graph statistics (cosine similarity of the modalities' pooled
-embeddings, attention-weight variance); the gradient variance is tracked on every step.
+afterwards, each path kept with probability at least ``[train] keep_floor`` (``training_masks``:
+every path gets its share of the updates whatever the prior says). Every ``rank_every`` steps the
+prior is refined: the pooled outputs of *all* paths are computed once on a batch of the **rank
+data** (``[train] rank_data``, ``supernet.rank_data``: the validation split by default, or a
+held-out slice of the train split, never the samples the supernet trains on unless
+``rank_data = "batch"``), the task loss of ``rank_masks`` sampled subnets follows exactly from
+them (a path's output does not depend on the mask), and the rank loss between the prior's scores
+of those masks and their losses updates α, β, γ, the graph-attention layer and the rest of the
+prior. The same step refreshes the relation-graph statistics (cosine similarity of the
+modalities' pooled embeddings, attention-weight variance) on that batch; the gradient variance
+is tracked on every training step (which of them a shortcut can fool: ``supernet.rank_data``).
 
-Spearman ρ between the prior's scores and the observed validation losses of many masks is logged
-after every epoch. Training is seeded: the same configuration and seed give the same weights.
+After every epoch the history records Spearman ρ between the prior's scores and the losses of
+many masks on the validation split (``spearman``), on training samples (``spearman_train``) and
+on the held-out slice (``spearman_holdout``), what the prior learned from (``rank_data``), how many
+trained subnets kept each path (``path_updates``) and each path's single-path validation loss and
+accuracy. Training is seeded: the same configuration and seed give the same weights.
 
 Training never hands on a broken model: a loss or gradient that is NaN or infinite (a learning
 rate far too high, features of 1e30) stops it at once with a :class:`TrainingError` naming the
@@ -49,6 +57,8 @@ from supernet.errors import TrainingError
 from supernet.memory import gib, require_memory, training_bytes
 from supernet.model import Supernet, SupernetSpec
 from supernet.paths import all_masks, num_paths, path_pairs
+from supernet.rank_data import RankBatches, split_train
+from supernet.rank_data import describe as describe_rank_data
 from supernet.rank_loss import rank_loss, spearman
 from supernet.relation_graph import RelationGraphPrior
 from supernet.scoring import batches
@@ -108,10 +118,10 @@ def _build_model(data: MultimodalData, model_cfg: ModelConfig, train_cfg: TrainC
     return Supernet(model_spec(data), model_cfg).to(device)
 
 
-def _feature_scale(data: MultimodalData) -> float:
-    """The largest |feature| of the train split (read only to explain a divergence)."""
+def _feature_scale(data: MultimodalData, split: str = "train") -> float:
+    """The largest |feature| of a split (read only to explain a divergence)."""
     scale = 0.0
-    for x in data.splits["train"].features.values():
+    for x in data.splits[split].features.values():
         for chunk in x.split(4096):
             finite = chunk[torch.isfinite(chunk)]
             if finite.numel():
@@ -122,9 +132,11 @@ def _feature_scale(data: MultimodalData) -> float:
 def _diverged(what: str, epoch: int, cfg: TrainConfig, data: MultimodalData, *, prior: bool = False) -> TrainingError:
     """The one-line error of a training run that produced NaN or infinity, with its likely cause."""
     causes = []
-    scale = _feature_scale(data)
-    if scale > LARGE_FEATURES:
-        causes.append(f"features too large (|value| up to {scale:.3g} in the train split): normalize them to mean 0, std 1")
+    # the train split, and the validation split where the prior's rank loss reads it
+    for split in ("train", "valid") if prior and cfg.rank_data == "valid" else ("train",):
+        scale = _feature_scale(data, split)
+        if scale > LARGE_FEATURES:
+            causes.append(f"features too large (|value| up to {scale:.3g} in the {split} split): normalize them to mean 0, std 1")
     if prior and cfg.prior_lr > HIGH_LR:
         causes.append(f"[train] prior_lr = {cfg.prior_lr:g} too high: lower it (e.g. 0.02)")
     if cfg.lr > HIGH_LR:
@@ -259,8 +271,10 @@ class TrainStep:
 
     def __init__(self, model: Supernet, optimizer: torch.optim.Optimizer, stats: _Statistics, cfg: TrainConfig,
                  task: str, device: torch.device, *, dist: Distributed | None = None, log: Callable[[str], None] | None = None,
-                 prior: RelationGraphPrior | None = None, prior_optimizer: torch.optim.Optimizer | None = None) -> None:
+                 prior: RelationGraphPrior | None = None, prior_optimizer: torch.optim.Optimizer | None = None,
+                 rank_batches: RankBatches | None = None) -> None:
         self.model, self.optimizer, self.stats, self.cfg, self.task = model, optimizer, stats, cfg, task
+        self.rank_batches = rank_batches  # joint_rank: the prior's R ranks losses on these (supernet.rank_data)
         # [train] joint_rank: the step's loss includes rank_weight * R, which also trains the prior
         self.prior, self.prior_optimizer = prior, prior_optimizer
         self.joint = bool(cfg.joint_rank and prior is not None and prior_optimizer is not None)
@@ -280,11 +294,11 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=cache)
 
-    def backward(self, features, lengths, labels, masks) -> torch.Tensor:
+    def backward(self, features, lengths, labels, masks, heldout: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward of one batch share; returns the detached mean task loss (0-d)."""
         with self.autocast():
             if self.joint:
-                loss, rank = _joint_step(self.model, self.prior, features, lengths, labels, masks, self.task, self.cfg)
+                loss, rank = _joint_step(self.model, self.prior, features, lengths, labels, masks, self.task, self.cfg, heldout)
                 self.rank_value = rank
                 return loss
             return _subnet_step(self.model, features, lengths, labels, masks, self.task, self.cfg,
@@ -304,11 +318,13 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=False)
         else:
             self.optimizer.zero_grad(set_to_none=True)
+        heldout = None
         if self.joint:
             self.prior_optimizer.zero_grad(set_to_none=True)
             self.rank_value = 0.0
+            heldout = self._heldout_losses(masks)
         if n:
-            loss = self.backward(features, lengths, labels, masks).float()
+            loss = self.backward(features, lengths, labels, masks, heldout).float()
         else:  # an empty share of a last, short batch
             loss = torch.zeros((), device=self.device)
         if self.dist.active:
@@ -326,6 +342,19 @@ class TrainStep:
             self.prior_optimizer.step()
         return value
 
+
+    def _heldout_losses(self, masks: torch.Tensor) -> torch.Tensor | None:
+        """The step's subnets' losses on the next rank-data batch, averaged over the ranks (every
+        rank calls this: it holds a collective), or None without rank data."""
+        if self.rank_batches is None:
+            return None
+        features, lengths, labels, total = _rank_batch(self.rank_batches, None, self.dist, self.device)
+        if len(labels):
+            with self.autocast():
+                losses = subnet_losses(self.model, features, lengths, labels, masks.to(self.device), self.task)
+        else:  # an empty share of a last, short batch
+            losses = torch.zeros(len(masks), device=self.device)
+        return self.dist.weighted_mean(losses, len(labels), total).cpu() if self.dist.active else losses.cpu()
 
     def _checked(self, loss: torch.Tensor, active: torch.Tensor) -> float:
         """The step's loss as a float once it and every gradient are finite; feeds the per-path
@@ -454,9 +483,13 @@ def train_supernet(
     device, why = resolve_device(train_cfg.device, local_rank=dist.local_rank if dist.active else None)
     if not dist.is_main:
         log, progress = None, False
+    # the prior's rank loss learns from rank_split, never from the samples the supernet trains on
+    # (rank_data = "batch": from the training batch, as before; supernet.rank_data)
+    train, rank_split = split_train(data, train_cfg)
+    rank_data = describe_rank_data(train_cfg, rank_split)
     if log:
         ranks = f", {dist.world_size} ranks (torchrun), batch {train_cfg.batch_size} split across them" if dist.active else ""
-        log(describe(device, why) + f"; precision {_precision_name(train_cfg, device)}{ranks}")
+        log(describe(device, why) + f"; precision {_precision_name(train_cfg, device)}{ranks}; the prior learns from {rank_data}")
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     model = _build_model(data, model_cfg, train_cfg, device)
@@ -469,14 +502,18 @@ def train_supernet(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                   **({"capturable": True} if capturable else {}))
     prior_optimizer = torch.optim.Adam(prior.parameters(), lr=train_cfg.prior_lr)
-    step_fn = TrainStep(model, optimizer, stats, train_cfg, data.task, device, dist=dist, log=log,
-                        prior=prior, prior_optimizer=prior_optimizer)
     names = data.modality_names
-    train, valid = data.splits["train"], data.splits["valid"]
+    valid = data.splits["valid"]
+    rank_batches = None if rank_split is None else RankBatches(rank_split, names, train_cfg.batch_size, train_cfg.seed)
+    step_fn = TrainStep(model, optimizer, stats, train_cfg, data.task, device, dist=dist, log=log,
+                        prior=prior, prior_optimizer=prior_optimizer, rank_batches=rank_batches)
     P = num_paths(model.k)
     eval_index = torch.randperm(len(valid), generator=g)[:RANK_EVAL_SAMPLES]
     eval_masks = all_masks(P) if 2**P - 1 <= RANK_EVAL_MASKS else uniform_masks(RANK_EVAL_MASKS, P, g)
     eval_masks[-1] = 1.0  # the full mask, whose loss is logged as valid_loss_full (all_masks ends with it)
+    evaluation = _Evaluation(model, prior, names, data.task, device, valid, eval_index, eval_masks, train,
+                             rank_split if train_cfg.rank_data == "holdout" else None, seed=train_cfg.seed)
+    updates = torch.zeros(P, dtype=torch.long)  # subnets trained that kept each path (issue 17: every path trained)
 
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
     bar = tqdm(
@@ -502,8 +539,8 @@ def train_supernet(
             if warmup:
                 masks = uniform_masks(n, P, g)
             else:
-                with torch.no_grad():
-                    masks = prior.sample(n, g)
+                masks = training_masks(prior, n, g, train_cfg.keep_floor)
+            updates += masks.sum(dim=0).long()
             active = _active_paths(masks)  # of the whole batch: the same statistics on every rank
             if dist.active:
                 share = dist.shard(total)
@@ -522,24 +559,28 @@ def train_supernet(
                 rank_sum, rank_n = rank_sum + step_fn.rank_value, rank_n + 1
             # 2. every rank_every steps: refine the prior with the rank loss on this batch (joint:
             #    measure the statistics only)
+            if step % train_cfg.rank_every == 0:
+                rf, rl, ry, rtotal = _rank_batch(rank_batches, (features, lengths, labels, total), dist, device)
             if step % train_cfg.rank_every == 0 and step_fn.joint:
-                _measure_statistics(model, stats, features, lengths, dist=dist, n=len(labels), total=total)
+                _measure_statistics(model, stats, rf, rl, dist=dist, n=len(ry), total=rtotal)
             elif step % train_cfg.rank_every == 0:
-                value = _refine_prior(model, prior, prior_optimizer, stats, features, lengths, labels, data.task, train_cfg, g, warmup,
-                                      dist=dist, total=total)
+                value = _refine_prior(model, prior, prior_optimizer, stats, rf, rl, ry, data.task, train_cfg, g, warmup,
+                                      dist=dist, total=rtotal)
                 if not math.isfinite(value):
                     raise _diverged(f"the prior's rank loss ({value})", epoch + 1, train_cfg, data, prior=True)
                 rank_sum, rank_n = rank_sum + value, rank_n + 1
             step += 1
             bar.update(1)
         elapsed = time.perf_counter() - started
-        record = _evaluate_epoch(model, prior, valid, eval_index, eval_masks, names, data.task, device)
+        record = _evaluate_epoch(evaluation, updates)
+        record["rank_data"] = rank_data
         if not (math.isfinite(record["valid_loss_best"]) and math.isfinite(record["valid_loss_full"])):
             raise _diverged(f"the validation loss ({record['valid_loss_full']})", epoch + 1, train_cfg, data)
         record.update(
             epoch=epoch + 1,
             phase="warmup" if warmup else "prior",
             train_loss=loss_sum / max(seen, 1),
+            train_samples=seen,  # the samples the supernet trained on (a rank_holdout slice is not among them)
             rank_loss=rank_sum / max(rank_n, 1),
             samples_per_s=seen / elapsed if elapsed > 0 else float("nan"),
             seconds=elapsed,
@@ -621,12 +662,18 @@ def _distilled(loss, outputs, full, labels, task, cfg: TrainConfig) -> torch.Ten
     return (1 - cfg.distill) * loss + cfg.distill * soft + task_loss(full, labels, task)
 
 
-def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
+def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: TrainConfig,
+                heldout: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """``[train] joint_rank``: backpropagate ``task loss + rank_weight * R`` of the subnets
     ``masks`` selects on one batch (Table 1 of the paper), R ranking the prior's scores of those
     masks against their task losses with gradient into both (``rank_loss(loss_gradient=True)``).
     The subnets run together (their activations held at once). Returns the detached mean task
-    loss (0-d) and R."""
+    loss (0-d) and R.
+
+    ``heldout`` (the same subnets' losses on the rank data, ``supernet.rank_data``): R is then two
+    terms, so that the prior learns from held-out losses only: R(prior scores, held-out losses)
+    trains the prior, R(detached prior scores, training losses) shapes the supernet (it trains on
+    those samples anyway). The R returned is the prior's."""
     outputs = torch.stack([model(features, mask, lengths) for mask in masks])  # (M, B, out)
     losses = task_loss(outputs, labels, task).float()  # (M,)
     loss = losses.mean()
@@ -634,9 +681,67 @@ def _joint_step(model, prior, features, lengths, labels, masks, task, cfg: Train
     if cfg.distill > 0:  # in-place distillation as in _subnet_step
         full = model(features, torch.ones(masks.shape[1], device=masks.device), lengths)
         loss = _distilled(loss, outputs, full, labels, task, cfg)
-    rank = rank_loss(prior.log_prob(masks), losses, cfg.rank_loss, loss_gradient=True)
-    (loss + cfg.rank_weight * rank.to(loss.device)).backward()
+    scores = prior.log_prob(masks)
+    if heldout is None:
+        rank = rank_loss(scores, losses, cfg.rank_loss, loss_gradient=True)
+        (loss + cfg.rank_weight * rank.to(loss.device)).backward()
+        return subnet_loss, float(rank.detach())
+    rank = rank_loss(scores, heldout.to(scores.device), cfg.rank_loss)
+    shaping = rank_loss(scores.detach(), losses, cfg.rank_loss, loss_gradient=True)
+    (loss + cfg.rank_weight * (rank.to(loss.device) + shaping.to(loss.device))).backward()
     return subnet_loss, float(rank.detach())
+
+
+@torch.no_grad()
+def training_masks(prior: RelationGraphPrior, n: int, generator: torch.Generator, floor: float) -> torch.Tensor:
+    """``n`` masks for supernet training after the warm-up: from the prior, each path kept with
+    probability ``max(q, floor)`` (``[train] keep_floor``), all-zero rows redrawn.
+
+    Every path trained (issue 17): a prior that dislikes a path early would otherwise starve it of
+    updates, the path stays untrained, its subnets score badly and the prior's dislike confirms
+    itself (a planted path's single-path supernet score stayed at chance that way). The floor
+    guarantees each path at least ``floor`` of the subnets trained (half its warm-up share at
+    0.25) and leaves the prior's guidance above it. Strictly fair sampling (FairNAS: every path
+    equally often) or a sandwich rule would guarantee more but switch prior guidance off or
+    train the full model on every step; the floor keeps both parts of Table 1's training.
+    ``floor = 0`` draws exactly ``prior.sample``."""
+    if floor <= 0:
+        return prior.sample(n, generator)
+    q = prior.path_probs().detach().clamp(min=floor)
+    masks = torch.empty(n, len(q))
+    todo = torch.arange(n)
+    while todo.numel():
+        draw = torch.rand(todo.numel(), len(q), generator=generator) < q
+        masks[todo] = draw.float()
+        todo = todo[draw.sum(dim=1) == 0]
+    return masks
+
+
+def _rank_batch(rank_batches: RankBatches | None, training, dist: Distributed, device: torch.device):
+    """``(features, lengths, labels, total)`` the prior's rank loss scores subnets on: this rank's
+    share of the next rank-data batch, or ``training`` (the training batch's share) without one."""
+    if rank_batches is None:
+        return training
+    features, lengths, labels = rank_batches.next()
+    total = len(labels)
+    if dist.active:
+        share = dist.shard(total)
+        features, labels = [f[share] for f in features], labels[share]
+        lengths = [None if x is None else x[share] for x in lengths]
+    return (*_to(device, features, lengths, labels), total)
+
+
+@torch.no_grad()
+def subnet_losses(model: Supernet, features, lengths, labels, masks: torch.Tensor, task: str) -> torch.Tensor:
+    """Task losses ``(M,)`` of the subnets ``masks`` selects on one batch, in eval mode and without
+    gradient, from one pass over the paths they use."""
+    was_training = model.training
+    model.eval()
+    used = masks.amax(dim=0).nonzero().flatten().tolist()
+    pooled = model.pooled_paths(features, lengths, used)  # (B, U, C)
+    losses = task_loss(model.forward_from_pooled(pooled, masks[:, used].to(pooled.device)), labels, task).float()
+    model.train(was_training)
+    return losses
 
 
 @torch.no_grad()
@@ -682,28 +787,65 @@ def _refine_prior(model, prior, optimizer, stats, features, lengths, labels, tas
     return float(loss.detach())
 
 
-@torch.no_grad()
-def _evaluate_epoch(model, prior, valid: Split, index, masks, names, task, device) -> dict[str, Any]:
-    """Validation losses of many masks from one pass over all paths; Spearman ρ against the prior."""
-    model.eval()
-    losses = []
-    weights = []
-    for features, lengths, labels in batches(valid, names, 256, index):
-        features, lengths, labels = _to(device, features, lengths, labels)
-        pooled = model.pooled_paths(features, lengths)
-        losses.append(task_loss(model.forward_from_pooled(pooled, masks.to(device)), labels, task).cpu())
-        weights.append(len(labels))
-    w = torch.tensor(weights, dtype=torch.float32)
-    mask_losses = (torch.stack(losses, dim=1) * w).sum(dim=1) / w.sum()  # (M,)
-    scores = prior.log_prob(masks)
-    full = masks.sum(dim=1) == masks.shape[1]
-    return {
-        "spearman": spearman(scores.numpy(), (-mask_losses).numpy()),
-        "valid_loss_full": float(mask_losses[full][0]) if full.any() else float("nan"),
-        "valid_loss_best": float(mask_losses.min()),
-        "edge_probs": [round(float(p), 4) for p in prior.edge_probs()],
-        "keep_probs": [round(float(q), 4) for q in prior.path_probs()],  # q: what the prior proposes
-    }
+class _Evaluation:
+    """The end-of-epoch record of ``train_supernet``: Spearman ρ between the prior's scores and
+    the losses of many masks on the validation split (``spearman``, as always), on samples the
+    supernet trains on (``spearman_train``) and on the held-out slice (``spearman_holdout``,
+    ``rank_data = "holdout"`` only); the validation loss and accuracy of every single-path
+    subnet; and how many trained subnets kept each path so far (``path_updates``)."""
+
+    def __init__(self, model, prior, names, task, device, valid: Split, index, masks, train: Split, holdout: Split | None,
+                 *, seed: int) -> None:
+        self.model, self.prior, self.names, self.task, self.device = model, prior, names, task, device
+        self.masks = masks
+        P = masks.shape[1]
+        self.single = torch.eye(P)  # (P, P): one single-path subnet per path
+        g = torch.Generator().manual_seed(seed + 1)  # its own stream: training's draws stay as they were
+        self.valid = (valid, index)
+        self.train = (train, torch.randperm(len(train), generator=g)[:RANK_EVAL_SAMPLES])
+        self.holdout = None if holdout is None else (holdout, torch.randperm(len(holdout), generator=g)[:RANK_EVAL_SAMPLES])
+
+    @torch.no_grad()
+    def _losses(self, split: Split, index, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss ``(M,)`` and accuracy ``(M,)`` (classification; NaN otherwise) of each mask."""
+        losses, correct, weights = [], [], []
+        for features, lengths, labels in batches(split, self.names, 256, index):
+            features, lengths, labels = _to(self.device, features, lengths, labels)
+            outputs = self.model.forward_from_pooled(self.model.pooled_paths(features, lengths), masks.to(self.device))
+            losses.append(task_loss(outputs, labels, self.task).float().cpu())
+            if self.task == "classification":
+                correct.append((outputs.argmax(dim=-1) == labels).float().mean(dim=-1).cpu())
+            weights.append(len(labels))
+        w = torch.tensor(weights, dtype=torch.float32)
+        mean = lambda xs: (torch.stack(xs, dim=1) * w).sum(dim=1) / w.sum()  # noqa: E731
+        return mean(losses), mean(correct) if correct else torch.full((len(masks),), float("nan"))
+
+    @torch.no_grad()
+    def __call__(self, updates: torch.Tensor) -> dict[str, Any]:
+        self.model.eval()
+        n = len(self.masks)
+        losses, accuracy = self._losses(*self.valid, torch.cat([self.masks, self.single]))
+        mask_losses, single_losses, single_accuracy = losses[:n], losses[n:], accuracy[n:]
+        scores = self.prior.log_prob(self.masks).detach().numpy()
+        full = self.masks.sum(dim=1) == self.masks.shape[1]
+        rho = lambda losses: spearman(scores, (-losses).numpy())  # noqa: E731
+        return {
+            "spearman": rho(mask_losses),
+            "spearman_train": rho(self._losses(*self.train, self.masks)[0]),
+            "spearman_holdout": rho(self._losses(*self.holdout, self.masks)[0]) if self.holdout else float("nan"),
+            "valid_loss_full": float(mask_losses[full][0]) if full.any() else float("nan"),
+            "valid_loss_best": float(mask_losses.min()),
+            "edge_probs": [round(float(p), 4) for p in self.prior.edge_probs()],
+            "keep_probs": [round(float(q), 4) for q in self.prior.path_probs()],
+            "path_updates": [int(u) for u in updates],
+            "single_path_valid_loss": [round(float(x), 5) for x in single_losses],
+            "single_path_valid_accuracy": [None if math.isnan(float(x)) else round(float(x), 5) for x in single_accuracy],
+        }
+
+
+def _evaluate_epoch(evaluation: _Evaluation, updates: torch.Tensor) -> dict[str, Any]:
+    """The end-of-epoch record (``_Evaluation``); a function of its own so tests can watch it."""
+    return evaluation(updates)
 
 
 @dataclass

@@ -120,8 +120,14 @@ def test_two_ranks_with_half_the_batch_follow_one_process_with_the_whole_batch(t
 
     keys = ("train_loss", "valid_loss_full", "rank_loss")
     curve = lambda history: torch.tensor([[r[k] for k in keys] for r in history], dtype=torch.float64)  # noqa: E731
-    torch.testing.assert_close(curve(ranks.history), curve(one.history), rtol=1e-6, atol=0)
+    torch.testing.assert_close(curve(ranks.history)[:, :2], curve(one.history)[:, :2], rtol=1e-6, atol=0)
+    # the prior's rank loss ranks 6 masks by their losses on a validation batch (rank_data =
+    # "valid"), which an untrained tiny model puts within ~1e-6 of each other: the two runs'
+    # float rounding reorders near-ties, and R's soft ranks follow by a few 1e-5 (measured
+    # 2.5e-5 relative; with rank_data = "batch" it agrees to 1e-6 as before)
+    torch.testing.assert_close(curve(ranks.history)[:, 2], curve(one.history)[:, 2], rtol=2e-4, atol=0)
     assert not torch.allclose(curve(per_rank.history), curve(one.history), rtol=1e-6, atol=0)
+    assert ranks.history[-1]["rank_data"] == one.history[-1]["rank_data"] == "the validation split (32 samples; rank_data = valid)"
 
     a, b = one.model.state_dict(), ranks.model.state_dict()
     for key in a:
@@ -131,7 +137,10 @@ def test_two_ranks_with_half_the_batch_follow_one_process_with_the_whole_batch(t
         torch.testing.assert_close(y, x, rtol=0, atol=3e-6, msg=key)
     masks = all_masks(6)
     with torch.no_grad():
-        torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=1e-5)
+        # the prior learns from validation batches (rank_data = "valid") whose 6 mask losses lie
+        # near-tied on this untrained model: Adam amplifies the rounding of its near-zero
+        # gradients, as with one mask per batch (docstring): measured 2.3e-4
+        torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=1e-3)
         assert float((per_rank.prior.log_prob(masks) - one.prior.log_prob(masks)).abs().max()) > 1e-3
 
 
@@ -202,3 +211,32 @@ def test_a_rank_that_never_arrives_is_named_within_the_timeout(rank: int, world:
     _assert_one_line(out.returncode, out.stderr, needle, "within 2 s", "MRO_DIST_TIMEOUT")
     assert time.monotonic() - start < 90  # the process start on a busy machine, plus 2 s
     assert not (tmp_path / "runs" / "checkpoints").exists()
+
+@pytest.mark.slow
+def test_joint_rank_with_validation_losses_under_two_ranks(tmp_path: Path) -> None:
+    """``joint_rank`` under torchrun: the prior's R ranks the step's subnets by their losses on
+    a validation batch that each rank scores its share of (``supernet.rank_data``); two ranks
+    follow one process with the whole batch closely, not exactly: the supernet's R term ranks
+    each rank's own share of the training losses (as before rank_data), a nonlinear function of
+    the share, so the runs differ by more than rounding."""
+    text = STUDY.format(run_dir=tmp_path / "runs").replace(
+        "per_sample_masks = true", "joint_rank = true\nmasks_per_step = 2").replace("epochs = 4", "epochs = 2")
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MRO_STORAGE", None)
+    out = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node=2", "--no-python", str(BIN / "mro-search"), "train", "--study", str(study_file), "--json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = load_checkpoint(latest_checkpoint(tmp_path / "runs"))
+    study = load_study(str(study_file))
+    one = train_supernet(load_study_data(study), study.model, study.train, progress=False)
+    for key in ("train_loss", "valid_loss_full", "rank_loss"):
+        torch.testing.assert_close(torch.tensor([r[key] for r in ranks.history]), torch.tensor([r[key] for r in one.history]),
+                                   rtol=1e-2, atol=0)
+    assert ranks.history[-1]["rank_data"] == "the validation split (32 samples; rank_data = valid)"
+    with torch.no_grad():
+        masks = all_masks(6)
+        torch.testing.assert_close(ranks.prior.log_prob(masks), one.prior.log_prob(masks), rtol=0, atol=2e-2)

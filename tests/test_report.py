@@ -187,3 +187,22 @@ def test_special_targets_are_refused_and_left_alone(report: Any, tmp_path: Path)
         with pytest.raises(OutputError, match="cannot write the report to"):
             report.write(target)
     assert stat.S_ISFIFO(fifo.stat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_report_says_what_the_prior_learned_from_and_how_each_path_trained(report: Any, page: str, tiny_search: Any) -> None:
+    last = tiny_search.evaluator.checkpoint.history[-1]
+    assert report.prior_learned_from == last["rank_data"]
+    assert "validation split" in report.prior_learned_from and "rank_data = valid" in report.prior_learned_from
+    assert "prior learned from" in page and "Paths in supernet training" in page
+    assert [row["path"] for row in report.path_training] == report.path_names
+    assert [row["updates"] for row in report.path_training] == last["path_updates"]
+    assert sum(row["updates"] for row in report.path_training) > 0
+    assert report.summary()["prior_learned_from"] == report.prior_learned_from
+
+
+def test_report_of_a_checkpoint_from_before_rank_data() -> None:
+    from search_service.report import OLD_RANK_DATA, path_training, prior_learned_from
+
+    old = [{"epoch": 1, "spearman": 0.1, "valid_loss_full": 0.7}]  # a history as written before
+    assert prior_learned_from(old) == OLD_RANK_DATA
+    assert path_training(old, ["a->b", "b->a"]) == []

@@ -87,7 +87,10 @@ def test_training_logs_its_device_then_a_line_per_epoch(data: MultimodalData) ->
         data, _model_cfg(), _train_cfg(epochs=1, warmup_epochs=1), progress=False, log=lines.append
     )
     assert len(lines) == 2 and all("\n" not in line for line in lines)
-    assert lines[0] == "device: cpu (auto: no CUDA or MPS device); precision fp32"  # no GPU on this machine
+    assert lines[0] == (  # no GPU on this machine
+        "device: cpu (auto: no CUDA or MPS device); precision fp32; "
+        "the prior learns from the validation split (32 samples; rank_data = valid)"
+    )
     assert "epoch 1/1" in lines[1]
 
 
@@ -160,7 +163,8 @@ def test_warmup_is_uniform_then_masks_come_from_the_prior(
     monkeypatch.setattr(train_module, "uniform_masks", uniform)
     monkeypatch.setattr(train_module, "_evaluate_epoch", evaluate)
     # 64 samples / 16 = 4 steps per epoch; rank_every large: the prior is refined at step 0 only
-    cfg = _train_cfg(epochs=3, warmup_epochs=2, masks_per_step=3, rank_every=1000, rank_masks=6)
+    # keep_floor = 0: the masks come from prior.sample itself (a floor draws with clamped probabilities)
+    cfg = _train_cfg(epochs=3, warmup_epochs=2, masks_per_step=3, rank_every=1000, rank_masks=6, keep_floor=0.0)
     train_supernet(data, _model_cfg(), cfg, progress=False)
     ends = [i for i, e in enumerate(events) if e[0] == "epoch_end"]
     assert len(ends) == 3
@@ -188,7 +192,7 @@ def test_refinement_after_warmup_mixes_prior_and_uniform(
         return original_sample(self, n, generator)
 
     monkeypatch.setattr(RelationGraphPrior, "sample", sample)
-    cfg = _train_cfg(epochs=1, warmup_epochs=0, masks_per_step=2, rank_every=1, rank_masks=6)
+    cfg = _train_cfg(epochs=1, warmup_epochs=0, masks_per_step=2, rank_every=1, rank_masks=6, keep_floor=0.0)
     train_supernet(data, _model_cfg(), cfg, progress=False)
     # every one of the 4 steps: 2 masks for training, then 6 // 2 = 3 for the rank loss
     assert calls == [2, 3] * 4
@@ -350,7 +354,11 @@ def test_features_of_1e30_in_the_valid_split_only_stop_training_at_the_validatio
     huge = _scaled(data, 1e30)
     data.splits = {**data.splits, "valid": huge.splits["valid"]}
     with pytest.raises(TrainingError, match=r"epoch 1/2: the validation loss \(nan\) is not finite"):
-        train_supernet(data, _model_cfg(), _train_cfg(), progress=False)
+        train_supernet(data, _model_cfg(), _train_cfg(rank_data="holdout"), progress=False)
+    # rank_data = "valid": the prior's rank loss reads the validation split first, and says so
+    with pytest.raises(TrainingError, match=r"epoch 1/2: the prior's rank loss \(nan\) is not finite; likely cause: "
+                                            r"features too large \(\|value\| up to [0-9.]+e\+30 in the valid split\)"):
+        train_supernet(data, _model_cfg(), _train_cfg(rank_data="valid"), progress=False)
 
 
 def test_a_stand_alone_subnet_stops_on_a_non_finite_loss_too() -> None:
