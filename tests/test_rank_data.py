@@ -71,6 +71,9 @@ class _FixedPrior(RelationGraphPrior):
         super().__init__(3)
         self.q = torch.tensor(q)
 
+    def keep_logits(self) -> torch.Tensor:  # what sample, log_prob and path_probs read
+        return torch.logit(self.q.double()).float()
+
     def path_probs(self) -> torch.Tensor:
         return self.q
 
