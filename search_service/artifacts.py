@@ -116,6 +116,14 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)  # gone already after the rename
 
+    def remove(self, artifact_id: str) -> None:
+        """Remove the artifact, and a temporary file of it that a killed writer left behind."""
+        target = self._get_filepath(artifact_id)
+        for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        super().remove(artifact_id)
+
 
 def _s3_store(location: str, bucket: str, prefix: str) -> Any:
     """Optuna's ``Boto3ArtifactStore`` for ``bucket`` with its objects under ``prefix/`` (a bucket

@@ -163,6 +163,8 @@ def exists(storage: Any, study_id: int) -> bool:
 def _remove_artifact(store: Any, location: str | None, artifact_id: str) -> int:
     try:
         return int(artifacts.remove(store, artifact_id))
+    except (FileNotFoundError, NotADirectoryError):  # no store there: nothing to remove
+        return 0
     except Exception as exc:
         log.warning(f"mro-search: artifact {artifact_id} in {location} was not removed ({' '.join(str(exc).split())[:200]})")
         return 0
