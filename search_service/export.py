@@ -298,7 +298,10 @@ def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any
         except OSError as exc:
             raise OutputError(f"cannot write the export in {parent}: {exc.strerror or exc}; give -o a writable folder") from exc
         for name in FILES:
-            write_file(stage / name, contents[name], what=f"the export's {name}")
+            try:
+                write_file(stage / name, contents[name], what=f"the export's {name}")
+            except OutputError as exc:  # named as the user named it, not by the temporary folder
+                raise OutputError(str(exc).replace(str(stage), str(directory))) from exc
         if not directory.exists():
             os.rename(stage, directory)
             stage = None
