@@ -21,6 +21,7 @@ decay, the study's batch size and seed, the task loss of pretraining.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -294,7 +295,8 @@ def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any
     stage: Path | None = None
     try:
         try:
-            stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name[:200]}.", suffix=".tmp"))
+            _sweep_stages(parent, directory.name)
+            stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name[:200]}.{os.getpid()}.", suffix=".tmp"))
         except OSError as exc:
             raise OutputError(f"cannot write the export in {parent}: {exc.strerror or exc}; give -o a writable folder") from exc
         for name in FILES:
@@ -317,6 +319,25 @@ def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any
             for folder in made:  # innermost first; only if empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _sweep_stages(parent: Path, name: str) -> None:
+    """Remove the temporary folders of exports to ``name`` whose process is gone (a killed export
+    leaves its ``.NAME.PID.*.tmp`` folder; a running one's stays)."""
+    for stage in parent.glob(f".{glob.escape(name[:200])}.*.tmp"):
+        pid = stage.name[len(name[:200]) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)) and stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_directory(directory: Path, force: bool) -> None:
