@@ -922,10 +922,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
     _configure_logging(args)
-    _guard_secrets(args)
     from search_service.redaction import scrub
 
     try:
+        _guard_secrets(args)  # in the try: Ctrl-C while it loads the study file's modules is one line too
         if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export, cmd_report):
             _default_threads()
         return int(args.handler(args) or 0)

@@ -18,8 +18,8 @@ half-made study whose creator is gone: ``run``; a deletion cut off: ``delete``):
   ``out``) was created, changed or removed. (A killed export's temporary folder ``.out.PID.*.tmp``
   beside ``out`` stays until the next export there sweeps it: it is left out of the comparison.)
 
-``MRO_FUZZ_EXAMPLES`` sets the examples (a quarter of it: 6 by default, about a minute here;
-``MRO_FUZZ_EXAMPLES=1200`` is the long run of 300).
+``MRO_FUZZ_EXAMPLES`` sets the examples (an eighth of it: 3 by default, 10 to 30 s each on this
+2-core machine under load; ``MRO_FUZZ_EXAMPLES=2500`` is the long run of 300).
 """
 
 from __future__ import annotations
@@ -90,10 +90,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 moments = st.one_of(st.just("upload"), st.integers(1, 4).map(lambda k: f"trial={k}"),
-                    st.floats(0.0, 4.0).map(lambda s: f"delay={s:.2f}"))
+                    st.floats(0.5, 4.0).map(lambda s: f"delay={s:.2f}"))  # from 0.5 s: a signal in the interpreter's own start-up is Python's
 
 
-@fuzz_settings(share=0.25)
+@fuzz_settings(share=0.12)
 @given(pair=st.tuples(st.sampled_from(sorted(COMMANDS)), st.sampled_from(sorted(COMMANDS))), existing=st.booleans(),
        target=st.sampled_from([0, 1]), sig=st.sampled_from(sorted(SIGNALS)), moment=moments)
 def test_commands_in_pairs_cut_off_by_signals(cli, scratch, template: Path, pair, existing: bool, target: int, sig: str, moment: str) -> None:
