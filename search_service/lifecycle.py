@@ -1,15 +1,16 @@
 """A study's life: created once, joined from anywhere, deleted on request.
 
-**Create** (``create_search``, by ``mro-search run``). The study is created with its checkpoint
-uploaded to its artifact store (``artifacts.py``) and everything a worker needs recorded as
-study system attributes: the path names, the pretrained prior, the budget, the metric, the
-study configuration (storage password removed), the artifact store, which artifact is the
-checkpoint (identity and file SHA-256), and last the mark ``mro:format`` that says mro-search
-made it. A failure on the way deletes the half-made study and its uploaded checkpoint.
+**Create** (``creation.create_search``, by ``mro-search run``). The study is created with its
+checkpoint uploaded to its artifact store (``artifacts.py``) and everything a worker needs
+recorded as study system attributes: the path names, the pretrained prior, the budget, the
+metric, the study configuration (storage password removed), the artifact store, which artifact
+is the checkpoint (identity and file SHA-256), its own files (``mro:files``), and last the mark
+``mro:format`` that says it is whole. Until then it is half-made (``ownership``).
 
 **Own what is yours.** Every command refuses, in one line and before writing anything, a study
 of that name that mro-search did not make (no mark), or whose directions, metric, paths or
-scoring configuration differ from the study file it was given. Commands that only read
+scoring configuration differ from the study file it was given; and one that is half-made or
+being deleted, saying which command finishes it. Commands that only read
 (``pareto``, ``report``, ``export``, ``dashboard``, ``resume``, ``worker``, ``delete``) open
 the storage without creating a database file, a table or a study (``open_storage``).
 
@@ -21,8 +22,12 @@ must describe the same study.
 **Checkpoints** stay immutable (``supernet.checkpoint``): training again writes a new file and
 never invalidates the one a study was made with; a study always scores with its own.
 
-**Delete** (``delete_search``): the study, its artifacts, its default database file when no
-other study is left in it, and its local report.
+**Delete** (``deletion.delete_search``): marked first, then the study, its artifacts (the
+checkpoint last), its default database file when no other study is left in it, its local report
+and the folders its creation made.
+
+**Own files** (``own_dir``): ``runs/NAME`` for the study in its default database, else
+``runs/NAME/BACKEND-HASH`` (keyed by the storage URL without its password).
 """
 
 from __future__ import annotations
