@@ -375,7 +375,9 @@ def _deletion_notice_after(search: SearchStudy, exc: BaseException) -> str | Non
     error came from that, e.g. SQLite's ``KeyError: 'Record does not exist.'``), else None."""
     try:
         return deletion_notice_now(search)
-    except Exception:
+    except Exception as again:
+        if "no such table" in str(again):  # the SQLite file was removed with the study's last trial
+            return deletion_notice(search.name, None)
         log.debug("study state unreadable after %r", exc, exc_info=True)
         return None
 
