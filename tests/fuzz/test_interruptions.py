@@ -37,7 +37,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from .conftest import fuzz_settings, listing, prepare
+from .conftest import EXAMPLES, fuzz_settings, listing, prepare
 from .strategies import TINY_STUDY, render_toml
 
 FILE = "fz.toml"
@@ -88,6 +88,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepare(root, ["train", "--study", FILE, "-q"])
     return root
 
+
+EXAMPLES_HERE = max(2, round(EXAMPLES * 0.12))
+pytestmark = pytest.mark.timeout(max(600, 90 * EXAMPLES_HERE))  # up to about a minute per example on a loaded machine
 
 moments = st.one_of(st.just("upload"), st.integers(1, 4).map(lambda k: f"trial={k}"),
                     st.floats(0.5, 4.0).map(lambda s: f"delay={s:.2f}"))  # from 0.5 s: a signal in the interpreter's own start-up is Python's
