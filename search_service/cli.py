@@ -948,8 +948,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
+        from search_service.ownership import gone_meanwhile
         from search_service.storage import is_storage_outage
 
+        gone = gone_meanwhile(exc, getattr(args, "study", None))
+        if gone and not args.debug:  # `delete` removed the study while this command was using it
+            print(f"mro-search: error: {gone}", file=sys.stderr)
+            return EXIT_USAGE
         if args.debug or not is_storage_outage(exc):
             return _print_traceback(exc)
         print(f"mro-search: error: {_outage_message(exc, args)}", file=sys.stderr)

@@ -178,3 +178,12 @@ def deletion_notice(name: str, attrs: dict[str, Any] | None) -> str | None:
     if DELETING_KEY in attrs:
         return f"mro-search: stopping: study {name} is being deleted (mro-search delete, by {who(attrs[DELETING_KEY])})"
     return None
+
+
+def gone_meanwhile(exc: BaseException, study: Any) -> str | None:
+    """The one line for Optuna's ``KeyError: 'Record does not exist.'`` (the study, or a trial of
+    it, was removed by ``delete`` while a command was using it), else None."""
+    if not (isinstance(exc, KeyError) and "Record does not exist" in str(exc)):
+        return None
+    name = f" {study}" if isinstance(study, str) else ""
+    return f"study{name} was deleted while this command was using it (mro-search delete); nothing more to do"
