@@ -226,8 +226,8 @@ def run_benchmark(workers: int, trials: int, url: str, workdir: Path, log) -> di
     import optuna
     from optuna.trial import TrialState
 
+    from search_service.creation import create_search
     from search_service.evaluator import Evaluator
-    from search_service.lifecycle import create_search
     from search_service.storage import mask_password, open_storage
     from search_service.study_file import load_study
 

@@ -48,8 +48,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from search_service import search as search_mod  # noqa: E402
+from search_service.creation import create_search  # noqa: E402
 from search_service.evaluator import Evaluator  # noqa: E402
-from search_service.lifecycle import create_search  # noqa: E402
 from search_service.sampler import MROSampler  # noqa: E402
 from search_service.storage import mask_password, optuna_quiet  # noqa: E402
 from search_service.study_file import SearchConfig, Study  # noqa: E402

@@ -109,8 +109,8 @@ import bench_search  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from search_service.creation import create_search  # noqa: E402
 from search_service.evaluator import Evaluator  # noqa: E402
-from search_service.lifecycle import create_search  # noqa: E402
 from search_service.search import pareto_front, run_worker  # noqa: E402
 from search_service.storage import optuna_quiet  # noqa: E402
 from search_service.study_file import SearchConfig, Study  # noqa: E402

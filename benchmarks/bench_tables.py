@@ -98,8 +98,8 @@ import torch  # noqa: E402
 from _common import check_tag, parse_overrides  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from search_service.creation import create_search  # noqa: E402
 from search_service.evaluator import Evaluator, load_study_data, objective_metric  # noqa: E402
-from search_service.lifecycle import create_search  # noqa: E402
 from search_service.sampler import MROSampler  # noqa: E402
 from search_service.search import FULL_MASK_KEY, Objective, pareto_front  # noqa: E402
 from search_service.study_file import Study, load_study  # noqa: E402

@@ -23,9 +23,16 @@ same store elsewhere (another mount point) override it there, without changing t
 
 from __future__ import annotations
 
+import contextlib
+import json
+import mimetypes
 import os
 import re
+import shutil
+import tempfile
+import uuid
 from contextlib import closing
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -49,12 +56,13 @@ class ArtifactError(MROError):
     """The artifact store cannot be reached, or lacks what the study says it holds."""
 
 
-def resolve_location(study: Study, cli_value: str | None = None) -> str:
+def resolve_location(study: Study, cli_value: str | None = None, *, default: Path | None = None) -> str:
     """Where a new study keeps its artifacts: ``--artifacts``, ``$MRO_ARTIFACTS``, the study
-    file, ``RUN_DIR/artifacts``; a directory is made absolute."""
+    file, else ``default`` (the study's own folder's ``artifacts``: ``lifecycle.own_dir``), else
+    ``RUN_DIR/artifacts``; a directory is made absolute."""
     value = cli_value or os.environ.get(ENV_VAR) or study.search.artifacts
     if not value:
-        value = str(study.run_dir / "artifacts")
+        value = str(default if default is not None else study.run_dir / "artifacts")
     return normalize(value)
 
 
@@ -87,7 +95,35 @@ def open_store(location: str, *, create: bool = False) -> Any:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create artifact store {path}: {exc.strerror or exc}; give a writable directory with --artifacts") from exc
-    return FileSystemArtifactStore(path)
+    return AtomicFileSystemArtifactStore(path)
+
+
+class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+    """Optuna's directory store, writing each artifact whole or not at all: to a temporary file
+    beside it (``.ID.*.tmp``), flushed, renamed to its name at the end; the temporary file is
+    removed on any failure (a full disk, a signal's exception), so no partial object is ever
+    stored under an artifact's name."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        target = self._get_filepath(artifact_id)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # gone already after the rename
+
+    def remove(self, artifact_id: str) -> None:
+        """Remove the artifact, and a temporary file of it that a killed writer left behind."""
+        target = self._get_filepath(artifact_id)
+        for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        super().remove(artifact_id)
 
 
 def _s3_store(location: str, bucket: str, prefix: str) -> Any:
@@ -129,17 +165,49 @@ def _s3_store(location: str, bucket: str, prefix: str) -> Any:
     return S3Store(bucket, client=client, avoid_buf_copy=True)
 
 
-def upload(store: Any, location: str, study: optuna.Study, file_path: str | Path, *, mimetype: str | None = None) -> str:
-    """Upload a file as an artifact of ``study`` (Optuna records its metadata in the study, so
-    optuna-dashboard lists it); returns the artifact id."""
-    from optuna.artifacts import upload_artifact
+def new_artifact_id() -> str:
+    return str(uuid.uuid4())  # as Optuna's upload_artifact names them
 
+
+def upload(store: Any, location: str, study: optuna.Study, file_path: str | Path, *, mimetype: str | None = None,
+           artifact_id: str | None = None) -> str:
+    """Upload a file as an artifact of ``study``; returns the artifact id.
+
+    What Optuna's ``upload_artifact`` does, in the other order: the artifact's metadata is
+    recorded in the study first (``artifacts:ID``, Optuna's format, so optuna-dashboard lists it),
+    then the object is written whole (``AtomicFileSystemArtifactStore``; an S3 object is whole
+    or absent anyway). So an upload cut off at any point leaves no object that the study does not
+    name, and ``delete`` finds everything the study put in the store. A failed write removes the
+    metadata again."""
+    from optuna.artifacts import ArtifactMeta
+
+    artifact_id = artifact_id or new_artifact_id()
+    filename = os.path.basename(str(file_path))
+    guess_type, guess_encoding = mimetypes.guess_type(filename)
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype=mimetype or guess_type or "application/octet-stream",
+                        encoding=guess_encoding)
+    storage, key = study._storage, ARTIFACTS_ATTR_PREFIX + artifact_id
+    storage.set_study_system_attr(study._study_id, key, json.dumps(asdict(meta)))
     try:
-        return upload_artifact(artifact_store=store, file_path=str(file_path), study_or_trial=study, mimetype=mimetype)
-    except MROError:
-        raise
-    except Exception as exc:
+        with open(file_path, "rb") as f:
+            store.write(artifact_id, f)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            forget(storage, study._study_id, key)
+        if isinstance(exc, MROError) or not isinstance(exc, Exception):
+            raise
         raise ArtifactError(f"cannot write to artifact store {location}: {_reason(exc)}; check the location and its credentials") from exc
+    return artifact_id
+
+
+def forget(storage: Any, study_id: int, key: str) -> None:
+    """Remove one study system attribute (an artifact's metadata), on an RDB storage."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    backend = getattr(storage, "_backend", storage)
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        session.query(models.StudySystemAttributeModel).filter_by(study_id=study_id, key=key).delete()
 
 
 def read(store: Any, location: str, artifact_id: str) -> bytes:

@@ -628,12 +628,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)  # first: a bad study file is refused before torch's modules load
 
+    from search_service.creation import create_search
     from search_service.evaluator import Evaluator, train_study
     from search_service.lifecycle import (
         check_matches,
-        create_search,
         existing_search,
         local_checkpoint,
+        report_path,
         study_checkpoint,
     )
     from search_service.search import check_checkpoint
@@ -681,9 +682,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _warn_mask_space(evaluator, search)
     _run_workers(study, url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet, artifacts=args.artifacts,
                  device=args.device)
+    if _deleted_meanwhile(search):
+        return 0
     extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
     if not args.no_report:
-        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
+        extra["report"] = str(_write_run_report(search, evaluator, report_path(study, url), args.artifacts))
     _print_front(search, args.json, extra)
     return 0
 
@@ -730,9 +733,19 @@ def _run_exhaustive(args: argparse.Namespace, study, search, evaluator, plan, wh
     extra: dict[str, Any] = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity,
                              "exhaustive": {k: entry[k] for k in ("masks", "added", "seconds", "masks_per_s", "method", "device")}}
     if not args.no_report:
-        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
+        from search_service.lifecycle import report_path
+
+        extra["report"] = str(_write_run_report(search, evaluator, report_path(study, search.url), args.artifacts))
     _print_front(search, args.json, extra)
     return 0
+
+
+def _deleted_meanwhile(search) -> bool:
+    """Whether the study was deleted (or is being deleted) while this command searched it: its
+    workers said so in one line and stopped; nothing more to report."""
+    from search_service.search import deletion_notice_now
+
+    return deletion_notice_now(search) is not None
 
 
 def _warn_mask_space(evaluator, search) -> None:
@@ -804,9 +817,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _warn_mask_space(evaluator, search)
     _run_workers(study, search.url, search, evaluator, workers=args.workers, seed=args.seed, quiet=args.quiet,
                  from_file=joined.from_file, artifacts=args.artifacts)
+    if _deleted_meanwhile(search):
+        return 0
     extra = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity}
     if not args.no_report:
-        extra["report"] = str(_write_run_report(search, evaluator, study.run_dir / "report.html", args.artifacts))
+        from search_service.lifecycle import report_path
+
+        extra["report"] = str(_write_run_report(search, evaluator, report_path(study, search.url), args.artifacts))
     _print_front(search, args.json, extra)
     return 0
 
@@ -821,14 +838,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search_service.lifecycle import join_search
+    from search_service.lifecycle import join_search, report_path
     from search_service.report import build_report
 
     joined = join_search(args.study, args.storage)
     evaluator = _joined_evaluator(joined, args.artifacts)
     where = _say_where(joined.search, evaluator.checkpoint, args.artifacts, log_it=False)
     report = build_report(joined.search, evaluator)
-    path = report.write(Path(args.output) if args.output else joined.study.run_dir / "report.html")
+    path = report.write(Path(args.output) if args.output else report_path(joined.study, joined.search.url))
     summary = {**report.summary(), "report": str(path), "storage": where["storage"], "checkpoint": where["checkpoint"], "artifacts": where["artifacts"]}
     if args.json:
         _print_json(summary)
@@ -883,10 +900,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from search_service.lifecycle import delete_search, join_search
+    from search_service.deletion import delete_search
+    from search_service.lifecycle import join_search
+    from search_service.ownership import CREATING, DELETING
     from search_service.storage import mask_password
 
-    joined = join_search(args.study, args.storage)
+    joined = join_search(args.study, args.storage, allow=(CREATING, DELETING))  # a half-made study, a deletion cut off
     search = joined.search
     n = len(search.optuna_study.get_trials(deepcopy=False))
     what = f"study {search.name!r} ({n} trials) in {mask_password(search.url)} with its artifacts"
@@ -956,10 +975,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
     _configure_logging(args)
-    _guard_secrets(args)
     from search_service.redaction import scrub
 
     try:
+        _guard_secrets(args)  # in the try: Ctrl-C while it loads the study file's modules is one line too
         if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export, cmd_report):
             _default_threads()
         return int(args.handler(args) or 0)
@@ -987,8 +1006,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         # the database went away between two steps (a restart, the network): one line, not
         # Optuna's and SQLAlchemy's tracebacks; the study is safe and the command can be rerun
+        from search_service.ownership import gone_meanwhile
         from search_service.storage import is_storage_outage
 
+        gone = gone_meanwhile(exc, getattr(args, "study", None))
+        if gone and not args.debug:  # `delete` removed the study while this command was using it
+            print(f"mro-search: error: {gone}", file=sys.stderr)
+            return EXIT_USAGE
         if args.debug or not is_storage_outage(exc):
             return _print_traceback(exc)
         print(f"mro-search: error: {_outage_message(exc, args)}", file=sys.stderr)

@@ -20,10 +20,15 @@ decay, the study's batch size and seed, the task loss of pretraining.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +41,7 @@ from search_service._subnet_template import MODEL_PY
 from search_service.sampler import MASK_KEY
 from search_service.storage import mask_password
 from supernet.device import describe, device_problem, resolve_device
-from supernet.errors import ConfigError, MROError
+from supernet.errors import ConfigError, MROError, OutputError
 from supernet.files import check_output_directory, check_output_file, make_directory, write_file
 from supernet.metrics import compute_metrics
 from supernet.paths import active_paths, format_mask, parse_mask, path_pairs
@@ -272,8 +277,14 @@ def export_trial(
 
 
 def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    """The export's files (``FILES``), each written whole (``supernet.files.write_file``)."""
-    make_directory(directory, what="the export")
+    """The export's files (``FILES``), all or none: each written whole (``supernet.files.write_file``)
+    into a temporary folder beside ``directory``, then moved into place (renames need no space:
+    a new folder appears whole at once); on any failure (a full disk, an exception) the temporary
+    folder goes, and ``directory`` is as it was, so a retry needs no ``--force``."""
+    directory = Path(directory)
+    parent = Path(os.path.abspath(directory)).parent
+    made = [p for p in (parent, *parent.parents) if not p.exists()]
+    make_directory(parent, what="the export")
     contents: dict[str, Any] = {
         "model.py": MODEL_PY,
         "weights.pt": lambda f: torch.save(state, f),
@@ -281,8 +292,52 @@ def write_export(directory: Path, config: dict[str, Any], metrics: dict[str, Any
         "metrics.json": json.dumps(metrics, indent=2, default=_json_default) + "\n",
         "README.md": _readme(config, metrics, directory),
     }
-    for name in FILES:
-        write_file(directory / name, contents[name], what=f"the export's {name}")
+    stage: Path | None = None
+    try:
+        try:
+            _sweep_stages(parent, directory.name)
+            stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name[:200]}.{os.getpid()}.", suffix=".tmp"))
+        except OSError as exc:
+            raise OutputError(f"cannot write the export in {parent}: {exc.strerror or exc}; give -o a writable folder") from exc
+        for name in FILES:
+            try:
+                write_file(stage / name, contents[name], what=f"the export's {name}")
+            except OutputError as exc:  # named as the user named it, not by the temporary folder
+                raise OutputError(str(exc).replace(str(stage), str(directory))) from exc
+        if not directory.exists():
+            os.rename(stage, directory)
+            stage = None
+        else:  # an empty folder, or an earlier export with --force: file by file
+            for name in FILES:
+                os.replace(stage / name, directory / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write the export to {directory}: {exc.strerror or exc}; check the folder") from exc
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not directory.exists():
+            for folder in made:  # innermost first; only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _sweep_stages(parent: Path, name: str) -> None:
+    """Remove the temporary folders of exports to ``name`` whose process is gone (a killed export
+    leaves its ``.NAME.PID.*.tmp`` folder; a running one's stays)."""
+    for stage in parent.glob(f".{glob.escape(name[:200])}.*.tmp"):
+        pid = stage.name[len(name[:200]) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)) and stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_directory(directory: Path, force: bool) -> None:

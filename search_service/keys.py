@@ -9,7 +9,7 @@ leaf module keeps the import graph of ``search_service`` free of cycles
 
 from __future__ import annotations
 
-# Study system attributes, written once when the study is created (``lifecycle.create_search``;
+# Study system attributes, written once when the study is created (``creation.create_search``;
 # only the budget may change later, on a resume).
 PATHS_KEY = "mro:paths"  # path names in mask order
 PRIOR_KEY = "mro:prior_keep_probs"  # each path's keep probability under the pretrained prior
@@ -24,3 +24,11 @@ STALE_KEY = "mro:stale"  # failed by the heartbeat (set just before): its retry 
 # a PRUNED trial that has it was pruned because its metric is undefined for the mask, which is
 # therefore scored as surely as by a COMPLETE trial.
 SCORES_ATTR = "metrics"
+
+# A study's life (``ownership``): written with the study in its first transaction, before anything
+# else, so that a study whose creation was cut off (a signal, a crash) is known as mro-search's own
+# and half-made until ``mro:format`` says it is whole; and written first by ``delete``, so that
+# workers stop and nothing joins a study that is going away.
+CREATING_KEY = "mro:creating"  # {"host", "pid", "since"}: who creates the study
+DELETING_KEY = "mro:deleting"  # {"host", "pid", "since"}: who deletes it
+FILES_KEY = "mro:files"  # {"dir": the study's own folder, "made": folders its creation made}

@@ -53,6 +53,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from search_service.evaluator import Evaluator
+from search_service.ownership import deletion_notice
 from search_service.sampler import (
     BUDGET_KEY,
     MASK_KEY,
@@ -287,6 +288,10 @@ def run_worker(
         while max_trials is None or done < max_trials:
             stop.check()
             try:
+                notice = deletion_notice_now(search)  # ``mro-search delete`` marks the study first
+                if notice is not None:
+                    log.warning(notice)
+                    break
                 if not room:
                     # (after a completed trial with room to spare this read is skipped: Optuna
                     # fails stale trials as it starts the next one, and the budget check of
@@ -336,7 +341,11 @@ def run_worker(
                 # this way stays RUNNING without heartbeats; it is failed and retried after the
                 # grace period (storage.RetryStaleTrialCallback), so no mask is lost
                 if not is_storage_outage(exc):
-                    raise
+                    notice = _deletion_notice_after(search, exc)
+                    if notice is None:
+                        raise
+                    log.warning(notice)  # the study went while this trial ran: not a failure of the worker
+                    break
                 outages += 1
                 reason = outage_reason(exc, search.url)
                 if outages > OUTAGE_RETRIES:
@@ -368,6 +377,28 @@ def over_budget_note(trials) -> str | None:
 def budget_reached_notice(name: str, budget: int) -> str:
     """The line a worker says when the study has its budget of complete trials as it starts."""
     return f"study {name} has its budget of {budget} complete trials; to search on, raise it: mro-search resume --study {name} --trials {budget + 10}"
+
+
+def deletion_notice_now(search: SearchStudy) -> str | None:
+    """The line a worker says when its study is being deleted or is gone, else None."""
+    study = search.optuna_study
+    try:
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+    except KeyError:  # the study's row is gone
+        attrs = None
+    return deletion_notice(study.study_name, attrs)
+
+
+def _deletion_notice_after(search: SearchStudy, exc: BaseException) -> str | None:
+    """After an error in a trial: the deletion notice if the study is being deleted or gone (the
+    error came from that, e.g. SQLite's ``KeyError: 'Record does not exist.'``), else None."""
+    try:
+        return deletion_notice_now(search)
+    except Exception as again:
+        if "no such table" in str(again):  # the SQLite file was removed with the study's last trial
+            return deletion_notice(search.name, None)
+        log.debug("study state unreadable after %r", exc, exc_info=True)
+        return None
 
 
 def exhausted_notice(space: MaskSpace, budget: int) -> str:

@@ -105,7 +105,8 @@ def _check_optuna_database(url: str, parsed, engine_kwargs: dict[str, Any]) -> b
             return False
         if not Path(database).is_file():
             raise NoDatabase(f"no study database at {database}")
-        url = f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true"
+        immutable = "&immutable=1" if not _writable(Path(database)) else ""  # no -shm beside a read-only file
+        url = f"sqlite:///file:{Path(database).resolve()}?mode=ro{immutable}&uri=true"
         engine_kwargs = {}
     engine = create_engine(url, **engine_kwargs)
     try:
@@ -153,6 +154,10 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     new_sqlite_file = file is not None and not file.exists()
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}
+        if file is not None and file.is_file() and not _writable(file):
+            # a read-only database is read as such: SQLite would otherwise make -wal and -shm
+            # files beside it (a WAL database needs them to be read), and leave them there
+            url = f"sqlite:///file:{file.resolve()}?mode=ro&immutable=1&uri=true"
         if create and parsed.database and parsed.database != ":memory:":
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +180,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
                 f"storage {mask_password(url)} is not an Optuna database (no Optuna tables); "
                 "point --storage at the database that holds the study"
             )
-        storage = FaultTolerantRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+        storage = _open_rdb(url, parsed, engine_kwargs, create, kwargs)
     except MROError:
         raise
     except Exception as exc:  # sqlalchemy/psycopg raise many types for unreachable servers
@@ -183,6 +188,31 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
         raise ConfigError(f"cannot open storage {mask_password(url)}: {reason[:200]}; check the URL, the server and the credentials") from exc
     _fast_commits(storage, parsed.get_backend_name(), parsed.database, wal=create and new_sqlite_file)
     return storage
+
+
+def _open_rdb(url: str, parsed, engine_kwargs: dict[str, Any], create: bool, kwargs: dict[str, Any]) -> RDBStorage:
+    """The storage; two processes making Optuna's tables in one new database at once (two ``run``s
+    of a new study) collide ("table ... already exists", a duplicate alembic version): the one
+    that lost opens the tables the other made."""
+    for attempt in range(5):
+        try:
+            return FaultTolerantRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
+        except Exception:
+            if not create or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+            if _check_optuna_database(url, parsed, engine_kwargs):
+                create = False
+    raise AssertionError("unreachable")
+
+
+def _writable(file: Path) -> bool:
+    """Whether this process may write ``file`` (also for root: an immutable file, a read-only mount)."""
+    try:
+        with open(file, "r+b"):
+            return True
+    except OSError:
+        return False
 
 
 def _fast_commits(storage: RDBStorage, backend: str, database: str | None, *, wal: bool = True) -> None:

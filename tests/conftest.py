@@ -197,8 +197,8 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ``evaluator``, ``search``."""
     from types import SimpleNamespace
 
+    from search_service.creation import create_search
     from search_service.evaluator import Evaluator, train_study
-    from search_service.lifecycle import create_search
     from search_service.search import run_worker
     from search_service.study_file import load_study
 

@@ -406,8 +406,8 @@ def trial_mask(trial, paths: Sequence[str] = PATHS_K3) -> str:
 
 def create_tiny_search(file: Path, url: str, *, trials: int):
     """Create the study in storage as ``mro-search run`` does, without running trials."""
+    from search_service.creation import create_search
     from search_service.evaluator import Evaluator
-    from search_service.lifecycle import create_search
     from search_service.study_file import load_study
 
     study = load_study(str(file))
