@@ -1,0 +1,454 @@
+"""Benchmark: does the method earn its place? Training x proposal arms over >= 10 data seeds.
+
+Usage: python benchmarks/bench_method.py [--seeds 0-9] [--trials 50] [--family NAME]
+                                         [--workers 1] [--quick] [--out DIR] [--json]
+
+Issue 17, item 4. For each data seed (the data, every training and every sampler take it):
+
+1. **Supernet trainings** (``train_supernet``, encoded as ``bench_tables.training_overrides``):
+   ``uniform`` (uniform masks throughout), ``prior`` (the service's training: prior-guided masks
+   after the warm-up) and ``no_rank`` (lambda = 0: ``prior_lr = 0``, the prior never moves).
+2. **Proposals**, through each training's supernet, on the landscape of ``bench_efficiency``
+   (``Landscape``: cached exact validation accuracy and MFLOPs of any mask):
+   ``size`` (size-uniform random: a number of paths uniform in 1..P, then the paths uniform; no
+   start-up, no refinement, no local moves), ``flat`` (``MROSampler`` with keep probabilities
+   0.5), ``single`` (``MROSampler`` whose keep probabilities come from each path's cached
+   single-path score ``s``: ``q = 0.1 + 0.8 (s - min s) / (max s - min s)``) and ``mrg``
+   (``MROSampler`` with the trained prior's ``path_probs()``, as the service runs it). The three
+   ``MROSampler`` arms use its defaults otherwise (10 uniform start-up trials, refinement, local
+   moves), the study's budget and the seed.
+3. **Parts** (the prior-guided supernet only), to attribute ``mrg``'s lead: ``draws`` (flat prior,
+   ``refine_steps = 0, local = 0``: only the start-up and the size draws), ``mrg-norefine``
+   (``refine_steps = 0``), ``mrg-nolocal`` (``local = 0``).
+4. **What a user would reach for instead** (the prior-guided supernet; params one
+   ``suggest_categorical(path, [0, 1])`` per path): Optuna's ``random``, ``tpe``, ``nsga2``
+   (defaults), and ``tpe-strat`` / ``nsga2-strat`` (NSGA-II with population 10): the first 10
+   trials enqueued with sizes spread evenly over 1..P (``stratified``), the fair encoding of a
+   search whose objective grows with the number of paths. ``GPSampler`` is left out for its cost
+   (bench_efficiency: 356 s per 50-trial study at 30 paths); HEBO is not installed (its wheel pins
+   numpy 1.24 and scipy 1.12, which would downgrade the shared environment).
+
+**Hypervolume**: ``bench_efficiency.reference`` and ``curve`` per training landscape (the union of
+every study's trials of that landscape, the corners, and every mask of at most ``--small`` paths);
+the fraction of the reference hypervolume after 20 and 50 trials. Only fractions on one landscape
+are compared: paired over seeds, Wilcoxon signed-rank (``scipy.stats.wilcoxon``, two-sided; ties
+dropped, ``zero_method="wilcox"``) of ``mrg`` against each other arm.
+
+**Selected subnet**: for each training, the ``mrg`` search's Pareto front after all trials; its
+member with the best validation accuracy (fewest MFLOPs among ties, ``bench_tables.select``) is
+trained stand-alone (``train_subnet``, the study's [train] settings and the seed) and scored on
+the test split, beside the full mask (the CMT) trained the same way. Paired Wilcoxon prior vs
+no_rank; the count of seeds where the prior-guided selection beats the CMT.
+
+Each seed's result is appended to ``runs/bench_method/seeds.jsonl`` keyed by the family, the
+configuration's SHA-256 and the seed (checkpoints beside it), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import bench_efficiency  # noqa: E402
+import bench_planted  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from bench_tables import select, training_overrides  # noqa: E402
+from optuna.distributions import CategoricalDistribution  # noqa: E402
+from optuna.study._multi_objective import _is_pareto_front  # noqa: E402
+
+from search_service.sampler import MROSampler  # noqa: E402
+from supernet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from supernet.config import config_sha256  # noqa: E402
+from supernet.data import load_data  # noqa: E402
+from supernet.scoring import build_cache, score_masks  # noqa: E402
+from supernet.train import train_subnet, train_supernet  # noqa: E402
+
+CACHE_DIR = ROOT / "runs" / "bench_method"
+FAMILY = "planted6"  # the default data family
+TRAININGS = ("uniform", "prior", "no_rank")
+PROPOSALS = ("size", "flat", "single", "mrg")
+PARTS = ("draws", "mrg-norefine", "mrg-nolocal")
+OPTUNA = ("random", "tpe", "tpe-strat", "nsga2", "nsga2-strat")
+POINTS = (20, 50)
+STRATA = 10  # trials enqueued with stratified sizes (and NSGA-II's population)
+QUICK = {"seeds": "0", "trials": 12, "epochs": 2, "warmup_epochs": 1, "samples": [600, 400, 400], "small": 2}
+
+
+# --- the problem ------------------------------------------------------------------------------
+
+
+def problem(seed: int, family: str, quick: bool = False):
+    """(DataConfig, ModelConfig, TrainConfig) of one data seed: the planted k = 6 problem of
+    bench_planted (two planted paths) with validation and test sets of 5,000 samples."""
+    if family != "planted6":
+        raise ValueError(f"unknown family {family!r}")
+    data, model, train = bench_planted.problem(6, seed)
+    data.samples = list(QUICK["samples"]) if quick else [4000, 5000, 5000]
+    if quick:
+        train = replace(train, epochs=QUICK["epochs"], warmup_epochs=QUICK["warmup_epochs"])
+    return data, model, train
+
+
+def trained(seed: int, family: str, training: str, quick: bool, data):
+    """The supernet of one training (cached in runs/bench_method/ by its configuration)."""
+    data_cfg, model_cfg, train_cfg = problem(seed, family, quick)
+    train_cfg = replace(train_cfg, **training_overrides("full" if training == "prior" else training, train_cfg.epochs))
+    config = {"bench": "bench_method", "family": family, "data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(train_cfg)}
+    sha = config_sha256(config)
+    path = CACHE_DIR / f"{family}-seed{seed}-{training}-{sha[:12]}.pt"
+    started = time.perf_counter()
+    if not path.is_file():
+        result = train_supernet(data, model_cfg, train_cfg, progress=False)
+        save_checkpoint(path, result.model, result.prior, config, result.history)
+    return load_checkpoint(path, expected_sha256=sha), time.perf_counter() - started
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+
+class SizeUniformSampler(optuna.samplers.BaseSampler):
+    """A number of paths uniform in 1..P, then that many paths uniformly (a repeat redrawn)."""
+
+    def __init__(self, paths: list[str], seed: int) -> None:
+        self._paths, self._seed = list(paths), seed
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return {p: CategoricalDistribution([0, 1]) for p in self._paths}
+
+    def sample_relative(self, study, trial, search_space):
+        if not search_space:
+            return {}
+        rng = np.random.default_rng([self._seed, trial.number])
+        seen = {tuple(t.params.get(p) for p in self._paths) for t in study.get_trials(deepcopy=False)}
+        P = len(self._paths)
+        for _ in range(100):
+            on = set(rng.choice(P, int(rng.integers(1, P + 1)), replace=False).tolist())
+            mask = tuple(int(i in on) for i in range(P))
+            if mask not in seen:
+                break
+        return dict(zip(self._paths, mask))
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+
+def stratified(P: int, n: int, seed: int) -> list[tuple[int, ...]]:
+    """``n`` masks whose sizes are spread evenly over 1..P (paths uniform within a size)."""
+    rng = np.random.default_rng([seed, 7919])
+    sizes = np.unique(np.round(np.linspace(1, P, n)).astype(int)) if n <= P else np.arange(1, P + 1)
+    masks = []
+    for size in sizes.tolist():
+        on = set(rng.choice(P, size, replace=False).tolist())
+        masks.append(tuple(int(i in on) for i in range(P)))
+    return masks
+
+
+def single_path_probs(scores: list[float]) -> list[float]:
+    """Keep probabilities from single-path scores: min-max scaled into [0.1, 0.9] (flat 0.5 when
+    every path scores the same)."""
+    s = np.asarray(scores, dtype=float)
+    spread = s.max() - s.min()
+    if spread <= 0:
+        return [0.5] * len(s)
+    return (0.1 + 0.8 * (s - s.min()) / spread).tolist()
+
+
+def make_sampler(arm: str, seed: int, paths: list[str], probs: dict[str, list[float]], trials: int):
+    """The sampler of one arm (see the module docstring)."""
+    P = len(paths)
+    mro = {"paths": paths, "budget": trials, "seed": seed}
+    if arm == "size":
+        return SizeUniformSampler(paths, seed)
+    if arm == "flat":
+        return MROSampler(prior_keep_probs=[0.5] * P, **mro)
+    if arm == "single":
+        return MROSampler(prior_keep_probs=probs["single"], **mro)
+    if arm == "mrg":
+        return MROSampler(prior_keep_probs=probs["mrg"], **mro)
+    if arm == "draws":
+        return MROSampler(prior_keep_probs=[0.5] * P, refine_steps=0, local=0.0, **mro)
+    if arm == "mrg-norefine":
+        return MROSampler(prior_keep_probs=probs["mrg"], refine_steps=0, **mro)
+    if arm == "mrg-nolocal":
+        return MROSampler(prior_keep_probs=probs["mrg"], local=0.0, **mro)
+    if arm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if arm.startswith("tpe"):
+        return optuna.samplers.TPESampler(seed=seed)
+    if arm.startswith("nsga2"):
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=STRATA if arm.endswith("strat") else 50)
+    raise ValueError(arm)
+
+
+def run_search(land, arm: str, seed: int, probs: dict, trials: int) -> dict:
+    """One study on ``land`` (bench_efficiency's objective: cached accuracy, MFLOPs)."""
+    paths = land.paths
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        return land.score(tuple(int(trial.suggest_categorical(p, [0, 1])) for p in paths))
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(arm, seed, paths, probs, trials))
+    if arm.endswith("-strat"):
+        for mask in stratified(len(paths), STRATA, seed):
+            study.enqueue_trial(dict(zip(paths, mask)))
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    return {"arm": arm, "masks": ["".join(str(int(t.params[p])) for p in paths) for t in study.trials],
+            "values": [list(t.values) for t in study.trials], "seconds": time.perf_counter() - started}
+
+
+# --- one seed ---------------------------------------------------------------------------------
+
+
+def standalone_test(data, model_cfg, train_cfg, mask: tuple[int, ...]) -> dict:
+    """Train ``mask`` stand-alone (``train_subnet``) and score it on the test split."""
+    started = time.perf_counter()
+    result = train_subnet(data, model_cfg, train_cfg, mask)
+    cache = build_cache(result.model, data.splits["test"])
+    with torch.no_grad():
+        acc = float(score_masks(result.model, cache, torch.tensor([mask], dtype=torch.float32), "accuracy")[0])
+    return {"mask": "".join(map(str, mask)), "paths": sum(mask), "test": acc, "seconds": time.perf_counter() - started}
+
+
+def front_selection(row: dict) -> tuple[int, ...]:
+    """``bench_tables.select`` on the Pareto front of one search's trials."""
+    values = np.array(row["values"], dtype=float)
+    loss = np.stack([-values[:, 0], values[:, 1]], axis=1)
+    on = np.flatnonzero(_is_pareto_front(loss, assume_unique_lexsorted=False))
+    front = [{"values": row["values"][i], "mflops": row["values"][i][1], "trial": int(i), "mask": row["masks"][i]} for i in on]
+    return tuple(int(c) for c in select(front, None)["mask"])
+
+
+def run_training(seed: int, family: str, training: str, quick: bool, trials: int, small: int, data) -> dict:
+    """One training's supernet, its searches and their hypervolume curves."""
+    ckpt, train_s = trained(seed, family, training, quick, data)
+    cache = build_cache(ckpt.model.eval(), data.splits["valid"])
+    mrg = [float(q) for q in ckpt.prior.path_probs().detach()]
+    land = bench_efficiency.Landscape(f"{family}-{training}", ckpt.model, cache, mrg, ckpt.path.stem, "")
+    single = [land.score(m)[0] for m in land.corners()[1:]]
+    probs = {"mrg": mrg, "single": single_path_probs(single)}
+    arms = list(PROPOSALS) + (list(PARTS) + list(OPTUNA) if training == "prior" else [])
+    rows = [run_search(land, arm, seed, probs, trials) for arm in arms]
+    ref = bench_efficiency.reference(land, rows, exact=False, small=small)
+    for r in rows:
+        r["curve"] = bench_efficiency.curve(r["values"], ref["ref"], ref["hv"])
+    informative = list(data.informative_paths)
+    return {
+        "training": training, "train_s": train_s, "paths": land.paths, "informative": informative,
+        "single_path_valid": dict(zip(land.paths, single)), "mrg_probs": dict(zip(land.paths, mrg)),
+        "full_mask_valid": land.score(land.corners()[0])[0],
+        "reference": {"hv": ref["hv"], "front_size": len(ref["front"]), "kind": ref["kind"]},
+        "arms": {r["arm"]: {"at": {str(n): r["curve"][n - 1] for n in (*POINTS, trials) if n <= len(r["curve"])},
+                            "distinct": len(set(r["masks"])), "median_paths": statistics.median(m.count("1") for m in r["masks"]),
+                            "seconds": r["seconds"]} for r in rows},
+        "selected": front_selection(next(r for r in rows if r["arm"] == "mrg")),
+    }
+
+
+def run_seed(job: tuple) -> dict:
+    """Every arm of one data seed (the worker's job)."""
+    seed, family, quick, trials, small = job
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    data_cfg, model_cfg, train_cfg = problem(seed, family, quick)
+    data = load_data(data_cfg)
+    out = {"seed": seed, "family": family, "trainings": {}}
+    for training in TRAININGS:
+        out["trainings"][training] = run_training(seed, family, training, quick, trials, small, data)
+    P = len(out["trainings"]["prior"]["paths"])
+    done: dict[tuple[int, ...], dict] = {}  # one stand-alone training per distinct mask
+
+    def test(mask: tuple[int, ...]) -> dict:
+        if mask not in done:
+            done[mask] = standalone_test(data, model_cfg, train_cfg, mask)
+        return done[mask]
+
+    out["cmt"] = test(tuple([1] * P))
+    for t in out["trainings"].values():
+        t["selected_test"] = test(t.pop("selected"))
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def wilcoxon(a: list[float], b: list[float]) -> dict:
+    """Paired two-sided Wilcoxon signed-rank test of ``a`` against ``b``: wins, losses, ties,
+    median difference and p (None when every pair ties)."""
+    from scipy.stats import wilcoxon as _wilcoxon
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    p = float(_wilcoxon(a, b, zero_method="wilcox").pvalue) if wins + losses else None
+    return {"wins": wins, "losses": losses, "ties": len(d) - wins - losses, "median_diff": float(np.median(d)), "p": p}
+
+
+def summarise(seeds: list[dict], points: list[int]) -> dict:
+    """Per training and arm: the hypervolume fractions over seeds; ``mrg`` against every other
+    arm of its landscape; the selected subnets' test accuracy."""
+    out: dict = {"hv": {}, "vs_mrg": {}, "selected": {}}
+    for training in TRAININGS:
+        arms = list(seeds[0]["trainings"][training]["arms"])
+        for n in map(str, points):
+            cells = {a: [s["trainings"][training]["arms"][a]["at"].get(n, math.nan) for s in seeds] for a in arms}
+            out["hv"].setdefault(training, {})[n] = {a: {"mean": float(np.mean(v)), "median": float(np.median(v)), "min": min(v), "max": max(v)}
+                                                     for a, v in cells.items()}
+            out["vs_mrg"].setdefault(training, {})[n] = {a: wilcoxon(cells["mrg"], v) for a, v in cells.items() if a != "mrg"}
+    test = {t: [s["trainings"][t]["selected_test"]["test"] for s in seeds] for t in TRAININGS}
+    cmt = [s["cmt"]["test"] for s in seeds]
+    out["selected"] = {
+        "test": {t: {"mean": float(np.mean(v)), "values": v} for t, v in test.items()},
+        "cmt": {"mean": float(np.mean(cmt)), "values": cmt},
+        "prior_vs_no_rank": wilcoxon(test["prior"], test["no_rank"]),
+        "prior_vs_uniform": wilcoxon(test["prior"], test["uniform"]),
+        "vs_cmt": {t: wilcoxon(v, cmt) for t, v in test.items()},
+    }
+    return out
+
+
+def targets(summary: dict, n_seeds: int, points: list[int]) -> list[dict]:
+    """Issue 17's targets, each met or not."""
+    rows = []
+    for n in map(str, points):
+        for arm in ("size", "flat", "single"):
+            c = summary["vs_mrg"]["prior"][n][arm]
+            met = c["wins"] >= math.ceil(0.8 * n_seeds) and c["p"] is not None and c["p"] < 0.05
+            rows.append({"target": f"mrg beats {arm} at {n} trials (>= 8/10 seeds, p < 0.05)", "met": met,
+                         "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+    c = summary["selected"]["prior_vs_no_rank"]
+    rows.append({"target": "prior-guided beats lambda = 0 on the selected subnet's test accuracy (p < 0.05)",
+                 "met": c["p"] is not None and c["p"] < 0.05 and c["wins"] > c["losses"],
+                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+    c = summary["selected"]["vs_cmt"]["prior"]
+    rows.append({"target": "the selected subnet beats the full CMT on test accuracy in >= 8 of 10 seeds",
+                 "met": c["wins"] >= math.ceil(0.8 * n_seeds),
+                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+    return rows
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
+def markdown(report: dict) -> str:
+    m, st, sm = report["machine"], report["settings"], report["summary"]
+    lines = [f"**bench_method** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
+             f"{m['loadavg_end'][0]:.1f}; family {st['family']}, seeds {st['seeds']}, {st['trials']} trials; "
+             f"{report['seed_s'] / 60:.0f} min of seed jobs, {report['wall_s']:.0f} s run by this invocation)", ""]
+    points = st["points"]
+    for training in TRAININGS:
+        arms = list(sm["hv"][training][str(points[0])])
+        lines += [f"Training `{training}`: fraction of the reference hypervolume, mean (min–max) over seeds; "
+                  "`mrg` against the arm: wins/losses/ties, Wilcoxon p", "",
+                  "| arm | " + " | ".join(f"{n} trials | mrg vs arm at {n}" for n in points) + " |",
+                  "|---|" + "---|---|" * len(points)]
+        for a in arms:
+            cells = []
+            for n in map(str, points):
+                h = sm["hv"][training][n][a]
+                cells.append(f"{100 * h['mean']:.1f} % ({100 * h['min']:.1f}–{100 * h['max']:.1f})")
+                c = sm["vs_mrg"][training][n].get(a)
+                cells.append("–" if c is None else f"{c['wins']}/{c['losses']}/{c['ties']}, p {_p(c['p'])}")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append("")
+    sel = sm["selected"]
+    lines += ["Selected subnet (mrg search, best validation accuracy on its front, trained stand-alone), test accuracy per seed:", "",
+              "| seed | " + " | ".join(TRAININGS) + " | full CMT | selected paths (prior) |", "|---|" + "---|" * (len(TRAININGS) + 2)]
+    for s in report["seeds"]:
+        lines.append(f"| {s['seed']} | " + " | ".join(f"{s['trainings'][t]['selected_test']['test']:.4f}" for t in TRAININGS)
+                     + f" | {s['cmt']['test']:.4f} | {s['trainings']['prior']['selected_test']['paths']} |")
+    lines.append("| **mean** | " + " | ".join(f"{sel['test'][t]['mean']:.4f}" for t in TRAININGS) + f" | {sel['cmt']['mean']:.4f} | |")
+    lines += ["", "Targets:", ""] + [f"- {t['target']}: {t['figures']} -> **{'MET' if t['met'] else 'NOT MET'}**" for t in report["targets"]]
+    lines += ["", "Planted paths' single-path validation accuracy (prior-guided supernet) and MRG keep probabilities:", ""]
+    for s in report["seeds"]:
+        t = s["trainings"]["prior"]
+        lines.append(f"- seed {s['seed']}: " + ", ".join(f"{p} {t['single_path_valid'][p]:.3f} (q {t['mrg_probs'][p]:.2f})" for p in t["informative"])
+                     + f"; max q elsewhere {max(q for p, q in t['mrg_probs'].items() if p not in t['informative']):.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0-9", help="data seeds, e.g. 0-9 or 0,3,5")
+    parser.add_argument("--trials", type=int, default=max(POINTS))
+    parser.add_argument("--family", default=FAMILY)
+    parser.add_argument("--small", type=int, default=3, help="every mask of at most this many paths joins the reference front")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, 2 epochs, 12 trials); writes *_quick files")
+    parser.add_argument("--out", default="", help="write DIR/bench_method.json and .md")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        seeds = parse_seeds(QUICK["seeds"] if args.quick else args.seeds)
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: use e.g. 0-9 or 0,3,5")
+    trials = QUICK["trials"] if args.quick else args.trials
+    small = QUICK["small"] if args.quick else args.small
+    try:
+        problem(0, args.family)
+    except ValueError as exc:
+        parser.error(str(exc))
+    torch.set_num_threads(1)
+    info = _common.machine_info(optuna=optuna.__version__)
+    print(f"# bench_method  {info['date']}  load {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}", flush=True)
+    sha = config_sha256({"family": args.family, "quick": args.quick, "trials": trials, "small": small,
+                         "problem": [asdict(c) for c in problem(0, args.family, args.quick)]})[:12]
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    jobs_file = CACHE_DIR / ("seeds_quick.jsonl" if args.quick else "seeds.jsonl")
+    done = _common.load_jsonl(jobs_file, "key")
+    key = lambda seed: f"{args.family}|{sha}|{seed}"  # noqa: E731
+    jobs = [(seed, args.family, args.quick, trials, small) for seed in seeds if key(seed) not in done]
+    started = time.perf_counter()
+
+    def record(row: dict) -> None:
+        row["key"] = key(row["seed"])
+        done[row["key"]] = row
+        with jobs_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"  seed {row['seed']}: {row['seconds']:.0f} s ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    _common.run_jobs(jobs, run_seed, record, workers=args.workers, initializer=bench_efficiency._init_worker)
+    rows = [done[key(s)] for s in seeds]
+    points = [n for n in POINTS if n <= trials] or [trials]
+    summary = summarise(rows, points)
+    info["loadavg_end"] = list(os.getloadavg())
+    report = {"machine": info, "settings": {"family": args.family, "seeds": f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
+                                            "trials": trials, "points": points, "small": small, "quick": args.quick},
+              "wall_s": time.perf_counter() - started, "seed_s": sum(r["seconds"] for r in rows),
+              "summary": summary, "targets": targets(summary, len(seeds), points), "seeds": rows}
+    md = markdown(report)
+    print(md)
+    if args.out:
+        _common.write_result(Path(args.out), "bench_method_quick" if args.quick else "bench_method", report, md)
+    if args.json:
+        print(json.dumps(report, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
