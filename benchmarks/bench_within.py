@@ -92,7 +92,8 @@ def corrected(t: float, r_half: float) -> float:
 
 
 def group(sup: list[float], additive: list[float], first: list[float], second: list[float], higher_better: bool) -> dict:
-    """One size group's figures (``higher_better``: False for a loss, whose order is reversed)."""
+    """One size group's figures. ``sup``, ``first`` and ``second`` are raw scores (``higher_better``
+    False for a loss, whose order is reversed); ``additive`` is oriented already, higher = better."""
     sign = 1.0 if higher_better else -1.0
     mean = [sign * (a + b) / 2 for a, b in zip(first, second)]
     r = tau(first, second)
