@@ -25,7 +25,7 @@ from supernet.config import (
     parse_section,
     scoring_config,
 )
-from supernet.data.synthetic import required_dims
+from supernet.data.synthetic import required_dims, synthetic_problems
 from supernet.errors import ConfigError
 from supernet.metrics import METRICS
 from supernet.paths import path_names
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = ("name", "data", "model", "train", "search")
 TASK_OF_SOURCE = {"mmsa": "regression", "meld": "classification", "mfeat": "classification"}
+# [data] keys of the harder synthetic families (supernet.data.synthetic), newer than the rest
+SYNTHETIC_FAMILY_KEYS = ("path_strengths", "interaction_paths", "interaction_strength", "shortcut_modality", "shortcut_strength")
+_DATA_DEFAULTS = asdict(DataConfig())
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Study:
         data = asdict(self.data)
         if not data["classes"]:  # 0 (infer): left out, so studies written before the key keep their SHA-256
             del data["classes"]
+        for key in SYNTHETIC_FAMILY_KEYS:  # likewise, at their defaults (the data are then the same)
+            if data[key] == _DATA_DEFAULTS[key]:
+                del data[key]
         return {"name": self.name, "data": data, "model": asdict(self.model), "train": asdict(self.train)}
 
     def as_dict(self) -> dict[str, Any]:
@@ -208,8 +214,13 @@ def _check_semantics(study: Study, raw: dict[str, Any], problems: list[str]) -> 
         else:
             known = path_names(d.modalities)
             bad = [p for p in d.planted_paths if p not in known]
+            bad_pair = [p for p in d.interaction_paths if p not in known]
             if bad:
                 problems.append(f"[data] planted_paths {bad} are not paths of {d.modalities}; paths are {known}")
+            elif bad_pair:
+                problems.append(f"[data] interaction_paths {bad_pair} are not paths of {d.modalities}; paths are {known}")
+            elif synthetic_problems(d):
+                problems.extend(synthetic_problems(d))
             else:
                 for i, (have, need) in enumerate(zip(d.dims, required_dims(d))):
                     if have < need:
@@ -227,7 +238,7 @@ def _check_semantics(study: Study, raw: dict[str, Any], problems: list[str]) -> 
                 study.notes.append(f"[data] path {target} does not exist yet: put the data there before training")
             elif d.source == "npz":
                 layout = _check_npz(study, target, problems)
-        synthetic_only = ("modalities", "dims", "length", "samples", "planted_paths", "task", "noise")
+        synthetic_only = ("modalities", "dims", "length", "samples", "planted_paths", "task", "noise", *SYNTHETIC_FAMILY_KEYS)
         given = [k for k in synthetic_only if k in (raw.get("data") or {})]
         if given:
             problems.append(f"[data] {', '.join(given)} only apply to source = 'synthetic'")

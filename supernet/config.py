@@ -91,6 +91,20 @@ class DataConfig:
     )
     task: str = field(default="classification", metadata=_choices(*TASKS))
     noise: float = field(default=0.1, metadata=_between(0.0, 1000.0))
+    # Weight of each planted path's signal in the label, in planted_paths' order; empty: all 1.
+    path_strengths: list[float] = field(
+        default_factory=list, metadata=_items(0.0, 100.0, max_items=MODALITIES_MAX * (MODALITIES_MAX - 1))
+    )
+    # Two paths whose signals enter the label only as their product (neither alone says
+    # anything): a "multiplicative pair", which a [model] head = "mlp" can represent, a linear
+    # head on the averaged path outputs cannot. Empty: none.
+    interaction_paths: list[str] = field(default_factory=list, metadata={"max_items": 2})
+    interaction_strength: float = field(default=1.0, metadata=_between(0.0, 100.0))
+    # A modality whose extra feature carries the label in the train split only (random in valid
+    # and test): every path touching it can learn the shortcut. Empty: no shortcut.
+    shortcut_modality: str = ""
+    # Share of train samples whose shortcut feature is their label (the others: another sample's).
+    shortcut_strength: float = field(default=0.9, metadata=_between(0.0, 1.0))
     # --- splits for sources that come without one (mfeat, meld's validation split) --------
     valid_fraction: float = field(default=0.15, metadata=_fraction())
     test_fraction: float = field(default=0.15, metadata=_fraction())

@@ -50,7 +50,8 @@ class MultimodalData:
     """A whole data set: modalities in study order, the task and the three splits.
 
     ``informative_paths`` is set by the synthetic generator only: the paths whose cross-modal
-    attention carries the planted signal (see ``supernet.data.synthetic``).
+    attention carries the planted signal, and ``shortcut_paths`` the paths that can read a
+    feature that carries the label in the train split only (see ``supernet.data.synthetic``).
     """
 
     modalities: list[ModalitySpec]
@@ -58,6 +59,7 @@ class MultimodalData:
     splits: dict[str, Split]
     num_classes: int | None = None  # classification only
     informative_paths: list[str] | None = None
+    shortcut_paths: list[str] | None = None
     description: str = ""
 
     @property
