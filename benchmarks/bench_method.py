@@ -71,6 +71,7 @@ from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.study._multi_objective import _is_pareto_front  # noqa: E402
 
 from search_service.sampler import MROSampler  # noqa: E402
+from search_service.study_file import load_study  # noqa: E402
 from supernet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from supernet.config import config_sha256  # noqa: E402
 from supernet.data import load_data  # noqa: E402
@@ -78,7 +79,7 @@ from supernet.scoring import build_cache, score_masks  # noqa: E402
 from supernet.train import train_subnet, train_supernet  # noqa: E402
 
 CACHE_DIR = ROOT / "runs" / "bench_method"
-FAMILY = "planted6"  # the default data family
+FAMILY = "family"  # the default data family
 TRAININGS = ("uniform", "prior", "no_rank")
 PROPOSALS = ("size", "flat", "single", "mrg")
 PARTS = ("draws", "mrg-norefine", "mrg-nolocal")
@@ -91,30 +92,43 @@ QUICK = {"seeds": "0", "trials": 12, "epochs": 2, "warmup_epochs": 1, "samples":
 # --- the problem ------------------------------------------------------------------------------
 
 
-def problem(seed: int, family: str, quick: bool = False):
-    """(DataConfig, ModelConfig, TrainConfig) of one data seed: the planted k = 6 problem of
-    bench_planted (two planted paths) with validation and test sets of 5,000 samples."""
-    if family != "planted6":
-        raise ValueError(f"unknown family {family!r}")
-    data, model, train = bench_planted.problem(6, seed)
-    data.samples = list(QUICK["samples"]) if quick else [4000, 5000, 5000]
+def problem(seed: int, family: str, quick: bool = False, cut: tuple[int, int] | None = None):
+    """(DataConfig, ModelConfig, TrainConfig) of one data seed: ``family`` is the study
+    ``studies/family.toml`` (issue 17's family: graded planted paths, a same-source pair, a
+    multiplicative pair, a shortcut modality), ``planted6`` bench_planted's k = 6 problem with
+    5,000 validation and test samples; the data and training seeds are ``seed``. ``cut``:
+    (epochs, training samples) instead of the family's, to fit a CPU budget (0: unchanged)."""
+    if family == "family":
+        study = load_study("family")
+        data, model, train = replace(study.data, seed=seed), study.model, replace(study.train, seed=seed)
+    elif family == "planted6":
+        data, model, train = bench_planted.problem(6, seed)
+        data.samples = [4000, 5000, 5000]
+    else:
+        raise ValueError(f"unknown family {family!r}; one of family, planted6")
+    train = replace(train, device="cpu")
+    if cut and cut[0]:
+        train = replace(train, epochs=cut[0], warmup_epochs=min(train.warmup_epochs, max(1, cut[0] * 3 // 8)))
+    if cut and cut[1]:
+        data = replace(data, samples=[cut[1], *data.samples[1:]])
     if quick:
+        data = replace(data, samples=list(QUICK["samples"]))
         train = replace(train, epochs=QUICK["epochs"], warmup_epochs=QUICK["warmup_epochs"])
     return data, model, train
 
 
-def trained(seed: int, family: str, training: str, quick: bool, data):
+def trained(seed: int, family: str, training: str, quick: bool, cut, data):
     """The supernet of one training (cached in runs/bench_method/ by its configuration)."""
-    data_cfg, model_cfg, train_cfg = problem(seed, family, quick)
+    data_cfg, model_cfg, train_cfg = problem(seed, family, quick, cut)
     train_cfg = replace(train_cfg, **training_overrides("full" if training == "prior" else training, train_cfg.epochs))
     config = {"bench": "bench_method", "family": family, "data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(train_cfg)}
     sha = config_sha256(config)
     path = CACHE_DIR / f"{family}-seed{seed}-{training}-{sha[:12]}.pt"
-    started = time.perf_counter()
+    started = time.process_time()
     if not path.is_file():
         result = train_supernet(data, model_cfg, train_cfg, progress=False)
         save_checkpoint(path, result.model, result.prior, config, result.history)
-    return load_checkpoint(path, expected_sha256=sha), time.perf_counter() - started
+    return load_checkpoint(path, expected_sha256=sha), time.process_time() - started
 
 
 # --- samplers ---------------------------------------------------------------------------------
@@ -206,10 +220,10 @@ def run_search(land, arm: str, seed: int, probs: dict, trials: int) -> dict:
     if arm.endswith("-strat"):
         for mask in stratified(len(paths), STRATA, seed):
             study.enqueue_trial(dict(zip(paths, mask)))
-    started = time.perf_counter()
+    started = time.process_time()
     study.optimize(objective, n_trials=trials)
     return {"arm": arm, "masks": ["".join(str(int(t.params[p])) for p in paths) for t in study.trials],
-            "values": [list(t.values) for t in study.trials], "seconds": time.perf_counter() - started}
+            "values": [list(t.values) for t in study.trials], "cpu_s": time.process_time() - started}
 
 
 # --- one seed ---------------------------------------------------------------------------------
@@ -217,12 +231,12 @@ def run_search(land, arm: str, seed: int, probs: dict, trials: int) -> dict:
 
 def standalone_test(data, model_cfg, train_cfg, mask: tuple[int, ...]) -> dict:
     """Train ``mask`` stand-alone (``train_subnet``) and score it on the test split."""
-    started = time.perf_counter()
+    started = time.process_time()
     result = train_subnet(data, model_cfg, train_cfg, mask)
     cache = build_cache(result.model, data.splits["test"])
     with torch.no_grad():
         acc = float(score_masks(result.model, cache, torch.tensor([mask], dtype=torch.float32), "accuracy")[0])
-    return {"mask": "".join(map(str, mask)), "paths": sum(mask), "test": acc, "seconds": time.perf_counter() - started}
+    return {"mask": "".join(map(str, mask)), "paths": sum(mask), "test": acc, "cpu_s": time.process_time() - started}
 
 
 def front_selection(row: dict) -> tuple[int, ...]:
@@ -234,9 +248,9 @@ def front_selection(row: dict) -> tuple[int, ...]:
     return tuple(int(c) for c in select(front, None)["mask"])
 
 
-def run_training(seed: int, family: str, training: str, quick: bool, trials: int, small: int, data) -> dict:
+def run_training(seed: int, family: str, training: str, quick: bool, cut, trials: int, small: int, data) -> dict:
     """One training's supernet, its searches and their hypervolume curves."""
-    ckpt, train_s = trained(seed, family, training, quick, data)
+    ckpt, train_s = trained(seed, family, training, quick, cut, data)
     cache = build_cache(ckpt.model.eval(), data.splits["valid"])
     mrg = [float(q) for q in ckpt.prior.path_probs().detach()]
     land = bench_efficiency.Landscape(f"{family}-{training}", ckpt.model, cache, mrg, ckpt.path.stem, "")
@@ -255,22 +269,22 @@ def run_training(seed: int, family: str, training: str, quick: bool, trials: int
         "reference": {"hv": ref["hv"], "front_size": len(ref["front"]), "kind": ref["kind"]},
         "arms": {r["arm"]: {"at": {str(n): r["curve"][n - 1] for n in (*POINTS, trials) if n <= len(r["curve"])},
                             "distinct": len(set(r["masks"])), "median_paths": statistics.median(m.count("1") for m in r["masks"]),
-                            "seconds": r["seconds"]} for r in rows},
+                            "cpu_s": r["cpu_s"]} for r in rows},
         "selected": front_selection(next(r for r in rows if r["arm"] == "mrg")),
     }
 
 
 def run_seed(job: tuple) -> dict:
     """Every arm of one data seed (the worker's job)."""
-    seed, family, quick, trials, small = job
+    seed, family, quick, cut, trials, small = job
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    data_cfg, model_cfg, train_cfg = problem(seed, family, quick)
+    started, cpu = time.perf_counter(), time.process_time()
+    data_cfg, model_cfg, train_cfg = problem(seed, family, quick, cut)
     data = load_data(data_cfg)
     out = {"seed": seed, "family": family, "trainings": {}}
     for training in TRAININGS:
-        out["trainings"][training] = run_training(seed, family, training, quick, trials, small, data)
+        out["trainings"][training] = run_training(seed, family, training, quick, cut, trials, small, data)
     P = len(out["trainings"]["prior"]["paths"])
     done: dict[tuple[int, ...], dict] = {}  # one stand-alone training per distinct mask
 
@@ -282,7 +296,7 @@ def run_seed(job: tuple) -> dict:
     out["cmt"] = test(tuple([1] * P))
     for t in out["trainings"].values():
         t["selected_test"] = test(t.pop("selected"))
-    out["seconds"] = time.perf_counter() - started
+    out["seconds"], out["cpu_s"] = time.perf_counter() - started, time.process_time() - cpu
     return out
 
 
@@ -350,8 +364,9 @@ def _p(p: float | None) -> str:
 def markdown(report: dict) -> str:
     m, st, sm = report["machine"], report["settings"], report["summary"]
     lines = [f"**bench_method** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
-             f"{m['loadavg_end'][0]:.1f}; family {st['family']}, seeds {st['seeds']}, {st['trials']} trials; "
-             f"{report['seed_s'] / 60:.0f} min of seed jobs, {report['wall_s']:.0f} s run by this invocation)", ""]
+             f"{m['loadavg_end'][0]:.1f}; family {st['family']}, seeds {st['seeds']}, {st['trials']} trials, "
+             f"{st['epochs']} epochs on {st['train_samples']} training samples; "
+             f"{report['seed_s'] / 60:.0f} min of seed jobs ({report['seed_cpu_s'] / 60:.0f} CPU-min), {report['wall_s']:.0f} s run by this invocation)", ""]
     points = st["points"]
     for training in TRAININGS:
         arms = list(sm["hv"][training][str(points[0])])
@@ -398,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=max(POINTS))
     parser.add_argument("--family", default=FAMILY)
     parser.add_argument("--small", type=int, default=3, help="every mask of at most this many paths joins the reference front")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of every training instead of the family's (0: the family's)")
+    parser.add_argument("--train-samples", type=int, default=0, help="training samples instead of the family's (0: the family's)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, 2 epochs, 12 trials); writes *_quick files")
     parser.add_argument("--out", default="", help="write DIR/bench_method.json and .md")
@@ -413,16 +430,17 @@ def main(argv: list[str] | None = None) -> int:
         problem(0, args.family)
     except ValueError as exc:
         parser.error(str(exc))
+    cut = (args.epochs, args.train_samples)
     torch.set_num_threads(1)
     info = _common.machine_info(optuna=optuna.__version__)
     print(f"# bench_method  {info['date']}  load {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}", flush=True)
     sha = config_sha256({"family": args.family, "quick": args.quick, "trials": trials, "small": small,
-                         "problem": [asdict(c) for c in problem(0, args.family, args.quick)]})[:12]
+                         "problem": [asdict(c) for c in problem(0, args.family, args.quick, cut)]})[:12]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     jobs_file = CACHE_DIR / ("seeds_quick.jsonl" if args.quick else "seeds.jsonl")
     done = _common.load_jsonl(jobs_file, "key")
     key = lambda seed: f"{args.family}|{sha}|{seed}"  # noqa: E731
-    jobs = [(seed, args.family, args.quick, trials, small) for seed in seeds if key(seed) not in done]
+    jobs = [(seed, args.family, args.quick, cut, trials, small) for seed in seeds if key(seed) not in done]
     started = time.perf_counter()
 
     def record(row: dict) -> None:
@@ -430,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         done[row["key"]] = row
         with jobs_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"  seed {row['seed']}: {row['seconds']:.0f} s ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"  seed {row['seed']}: {row['seconds']:.0f} s, {row['cpu_s']:.0f} CPU-s ({time.perf_counter() - started:.0f} s)", flush=True)
 
     _common.run_jobs(jobs, run_seed, record, workers=args.workers, initializer=bench_efficiency._init_worker)
     rows = [done[key(s)] for s in seeds]
@@ -438,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows, points)
     info["loadavg_end"] = list(os.getloadavg())
     report = {"machine": info, "settings": {"family": args.family, "seeds": f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
-                                            "trials": trials, "points": points, "small": small, "quick": args.quick},
+                                            "trials": trials, "points": points, "epochs": problem(0, args.family, args.quick, cut)[2].epochs,
+                                            "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick},
               "wall_s": time.perf_counter() - started, "seed_s": sum(r["seconds"] for r in rows),
-              "summary": summary, "targets": targets(summary, len(seeds), points), "seeds": rows}
+              "seed_cpu_s": sum(r["cpu_s"] for r in rows), "summary": summary, "targets": targets(summary, len(seeds), points), "seeds": rows}
     md = markdown(report)
     print(md)
     if args.out:

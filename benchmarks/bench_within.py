@@ -26,8 +26,8 @@ noise-free since they are exact; the correction is derived for Pearson correlati
 to tau as an approximation, and undefined when ``r <= 0``). Accuracy and loss are both reported:
 on mfeat's 300 validation samples accuracy ties often.
 
-Datasets: ``family`` is bench_method's synthetic problem for the seed (``bench_method.problem``,
-prior-guided training) and ``mfeat`` the study ``studies/mfeat.toml``; ``--epochs`` sets the epochs
+Datasets: ``family`` is the study ``studies/family.toml`` (issue 17's synthetic family, data seed 0)
+and ``mfeat`` the study ``studies/mfeat.toml``, each trained as the service trains it; ``--epochs`` sets the epochs
 of the supernet and of every stand-alone training (cost: the output says what was cut). Stand-alone
 results are cached as bench_fidelity caches them (``runs/bench_fidelity/...standalone.jsonl``).
 Target (issue 17): corrected tau >= 0.6 and at least 0.1 above the additive predictor's.
@@ -42,7 +42,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,7 @@ import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from search_service.evaluator import objective_metric  # noqa: E402
-from search_service.study_file import SearchConfig, Study  # noqa: E402
+from search_service.study_file import Study  # noqa: E402
 from supernet.paths import format_mask  # noqa: E402
 
 TARGET_TAU, TARGET_MARGIN = 0.6, 0.1
@@ -105,19 +104,9 @@ def group(sup: list[float], additive: list[float], first: list[float], second: l
 
 
 def study_for(dataset: str, seed: int, epochs: int | None, quick: bool) -> Study:
-    """The study of ``dataset`` with the seed (and epochs), cached under runs/bench_fidelity/."""
-    if dataset == "mfeat":
-        return bench_fidelity.prepare_study("mfeat", seed, epochs, quick)
-    import bench_method
-
-    data, model, train = bench_method.problem(seed, bench_method.FAMILY, quick)
-    if epochs is not None:
-        train = replace(train, epochs=epochs, warmup_epochs=min(train.warmup_epochs, epochs))
-    train = replace(train, device="cpu")
-    study = Study(name=f"within-{bench_method.FAMILY}", path=ROOT / "benchmarks" / "bench_method.py", data=data, model=model,
-                  train=train, search=SearchConfig(metric="accuracy"))
-    study.search.run_dir = str(bench_fidelity.CACHE_DIR / f"{study.name}-seed{seed}-{study.sha256[:12]}")
-    return study
+    """The study ``studies/DATASET.toml`` with the training seed (and epochs), cached under
+    runs/bench_fidelity/ (``bench_fidelity.prepare_study``)."""
+    return bench_fidelity.prepare_study(dataset, seed, epochs, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
