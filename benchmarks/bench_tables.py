@@ -26,24 +26,15 @@ part, as in the paper; per seed up to three supernets, all trained by ``train_su
   (``supernet.train.train_subnet``);
 - four searches, each ``create_search`` + the service's ``Objective`` (cached exact scoring on
   the validation split, objectives accuracy and MFLOPs) through the supernet its row trains
-  (``TRAININGS``/``VARIANT_TRAINING``), driven by an ``MROSampler`` configured as
-    - *MRO w/o prior guidance* ("removes guided sampling and uses random exploration"): the
-      supernet trained with uniform masks throughout (``warmup_epochs = epochs``; the prior is
-      still trained by the rank loss, but never used to sample), and a search in which every
-      trial is a uniformly random untried mask (``MROSampler(prior_keep_probs=[0.5]*P,
-      n_startup_trials=trials)``: no prior, no refinement);
-    - *MRO w/o MRG prior* ("disables the semantic modal graph while retaining rank alignment"):
-      the same uniform-throughout supernet (no graph prior ever guides its training), and a
-      search from a flat prior ``[0.5]*P`` with the study's rank loss and the default
-      refinement (rank-regularised refinement on the completed trials, local moves along the
-      front);
-    - *MRO w/o rank regularization* ("omits the alignment between prior and performance
-      rankings"): the supernet trained with λ = 0, i.e. ``prior_lr = 0`` (the rank loss is
-      the prior's only training signal, so the prior keeps its initial GAT and edge weights over
-      the measured statistics) and masks drawn from that prior after warm-up; the search uses
-      that prior with ``refine_steps=0, local=0`` (never refit to the completed trials);
-    - *Full MRO*: the supernet as the service trains it, and ``MROSampler(n_startup_trials=...,
-      seed=...)`` exactly as ``run_worker`` builds it (learned prior, refinement, local moves);
+  (``TRAININGS``/``VARIANT_TRAINING``, ``training_overrides``), driven by an ``MROSampler`` built
+  from ``sampler_options``; one line per arm (what it changes against *Full MRO*):
+    - *MRO w/o prior guidance*: supernet masks uniform throughout (``warmup_epochs = epochs``); every trial a uniform untried mask (flat prior, no refinement).
+    - *MRO w/o MRG prior*: the same uniform-throughout supernet; the full sampler (refinement, local moves) from a flat prior ``[0.5] * P``.
+    - *MRO w/o rank regularization*: λ = 0 only: ``prior_lr = 0``, ``rank_weight = 0`` in training (the prior keeps its seed's initial weights) and ``refine_steps = 0`` in the search; local moves stay.
+    - *Full MRO*: the supernet as the service trains it; ``MROSampler(n_startup_trials, seed)`` as ``run_worker`` builds it.
+  Every supernet's prior is initialised from its [train] seed, so each row's seeds are distinct
+  draws (before 2026-12-07 the prior's initialisation was the same in every seed, and the λ = 0
+  row also switched local moves off);
   then the selected mask (rule below) is trained stand-alone like the CMT. The four samplers get
   the same seed, so their uniform start-up trials are the same masks (common random numbers).
 
@@ -200,7 +191,7 @@ def standalone_key(study: Study, what: str, mask: str) -> str:
     """What a stand-alone result depends on: data, model, the training recipe and seed, the model."""
     train = asdict(study.train)
     for unused in ("rank_loss", "rank_every", "rank_masks", "prior_lr", "warmup_epochs", "masks_per_step",
-                   "joint_rank", "rank_weight", "prior_gnn"):
+                   "joint_rank", "rank_weight", "prior_gnn", "prior_keep"):
         train.pop(unused)
     return config_sha256({"data": asdict(study.data), "model": asdict(study.model), "train": train,
                           "what": what, "mask": mask})
@@ -263,19 +254,25 @@ def job_supernet(study: Study, fresh: bool, training: str = "full") -> dict:
     }
 
 
-def make_sampler(variant: str, study: Study, n_paths: int, seed: int) -> MROSampler:
-    """The sampler of one Table 5 search row (see the module docstring)."""
+def sampler_options(variant: str, study: Study, n_paths: int) -> dict:
+    """The ``MROSampler`` options of one Table 5 search row (see the module docstring): each
+    ablation differs from the full row only in what it removes."""
     n0 = study.search.n_startup_trials
     flat = [0.5] * n_paths
     if variant == "no_guidance":
-        return MROSampler(prior_keep_probs=flat, n_startup_trials=study.search.trials, seed=seed)
+        return {"prior_keep_probs": flat, "n_startup_trials": study.search.trials}
     if variant == "no_mrg":
-        return MROSampler(prior_keep_probs=flat, n_startup_trials=n0, seed=seed)
-    if variant == "no_rank":
-        return MROSampler(n_startup_trials=n0, refine_steps=0, local=0.0, seed=seed)
+        return {"prior_keep_probs": flat, "n_startup_trials": n0}
+    if variant == "no_rank":  # λ = 0: the prior is never refit to the trials; local moves stay
+        return {"n_startup_trials": n0, "refine_steps": 0}
     if variant == "full":
-        return MROSampler(n_startup_trials=n0, seed=seed)  # as search.run_worker builds it
+        return {"n_startup_trials": n0}  # as search.run_worker builds it
     raise ValueError(variant)
+
+
+def make_sampler(variant: str, study: Study, n_paths: int, seed: int) -> MROSampler:
+    """The sampler of one Table 5 search row (``sampler_options``)."""
+    return MROSampler(**sampler_options(variant, study, n_paths), seed=seed)
 
 
 def select(front: list[dict], within: float | None) -> dict:

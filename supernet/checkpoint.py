@@ -16,6 +16,11 @@ scores masks for its study as well as one trained with the study's own epochs.
 Checkpoints are immutable: ``write_checkpoint`` names the file after the identity
 (``RUN_DIR/checkpoints/<identity[:16]>.pt``) and never replaces an existing file; the newest
 training is recorded in ``RUN_DIR/checkpoints/latest``.
+
+The prior's keep mapping (``supernet.relation_graph.KEEP_MAPPINGS``) is recorded as
+``prior_keep``; a checkpoint without it was written before the mapping was a choice and loads with
+the mapping it was trained with, ``"per_source"``. One that names a mapping this version does not
+know is refused in one line.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from supernet.data.dataset import ModalitySpec
 from supernet.errors import CheckpointError
 from supernet.files import write_file
 from supernet.model import Supernet, SupernetSpec
-from supernet.relation_graph import PRIOR_GNNS, RelationGraphPrior
+from supernet.relation_graph import KEEP_MAPPINGS, PRIOR_GNNS, RelationGraphPrior
 
 FORMAT = "mro-search-supernet/2"
 FORMATS = ("mro-search-supernet/1", FORMAT)  # /1: no stored identity (it is computed on load)
+OLD_KEEP = "per_source"  # the prior keep mapping of checkpoints that do not record one
 CHECKPOINT_DIR = "checkpoints"  # under a study's run directory
 LATEST = "latest"  # file in CHECKPOINT_DIR naming the newest training's checkpoint file
 SHORT_ID = 16  # hex digits of the identity in file names and messages
@@ -119,6 +125,7 @@ def save_checkpoint(
         "model_config": {k: getattr(model.cfg, k) for k in model.cfg.__dataclass_fields__},
         "model": model_state,
         "prior": prior_state,
+        "prior_keep": prior.keep,
         "history": history or [],
     }
     write_file(path, lambda f: torch.save(payload, f), what="the checkpoint")
@@ -183,6 +190,12 @@ def load_checkpoint(
             f"{where}: trained for another study configuration (SHA-256 {sha[:12]}…, this study is "
             f"{expected_sha256[:12]}…); train again with `mro-search train` or point to the right checkpoint"
         )
+    keep = payload.get("prior_keep", OLD_KEEP)
+    if keep not in KEEP_MAPPINGS:
+        raise CheckpointError(
+            f"{where}: its prior uses the keep mapping {str(keep)[:40]!r}, unknown to this version "
+            f"(one of {', '.join(KEEP_MAPPINGS)}); upgrade mro-search or train again with `mro-search train`"
+        )
     problems: list[str] = []
     model_cfg = parse_section(ModelConfig, payload["model_config"], "model", problems)
     if problems:
@@ -191,7 +204,7 @@ def load_checkpoint(
         model = Supernet(_spec_from_dict(payload["spec"]), model_cfg)
         model.load_state_dict(payload["model"])
         gnn = (config.get("train") or {}).get("prior_gnn", "gatv2")  # earlier checkpoints: the only one then
-        prior = RelationGraphPrior(model.k, gnn=gnn if gnn in PRIOR_GNNS else "gatv2")
+        prior = RelationGraphPrior(model.k, gnn=gnn if gnn in PRIOR_GNNS else "gatv2", keep=keep)
         prior.load_state_dict(payload["prior"])
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{where}: weights do not fit the model they describe ({str(exc).splitlines()[0][:160]})") from exc

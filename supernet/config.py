@@ -168,6 +168,11 @@ class TrainConfig:
     # The prior's graph network (supernet.relation_graph.RelationGraphPrior): "gatv2" (a GATv2
     # layer and an edge MLP) or "gat" (Eq. 1 as written: GAT's own attention logit per edge).
     prior_gnn: str = field(default="gatv2", metadata=_choices("gatv2", "gat"))
+    # How the prior's edge scores become keep probabilities (supernet.relation_graph):
+    # "independent" (any path's keep probability reachable whatever its siblings', and a learned
+    # global size) or "per_source" (the older x**tau / (1 + x**tau) of Eq. 1's per-source softmax,
+    # in which a source's paths share a budget; what checkpoints written before it use).
+    prior_keep: str = field(default="independent", metadata=_choices("independent", "per_source"))
 
 
 T = TypeVar("T")

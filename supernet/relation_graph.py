@@ -4,6 +4,32 @@ masks that the prior defines.
 
 Paths follow ``supernet.paths``: ``P = k(k-1)`` directed edges ``i->j`` in row-major order over
 ``(i, j)``, ``i != j``; a mask is a 0/1 vector in that order and the all-zero mask is excluded.
+
+**From edge scores to keep probabilities** (``KEEP_MAPPINGS``; ``RelationGraphPrior(keep=...)``,
+``[train] prior_keep``). Eq. 1 scores every edge, ``s_ij = GAT(e_ij)``, and normalises the scores
+over each source's outgoing edges, ``p(i->j) = softmax_j s_ij``. A distribution over masks needs a
+keep probability ``q_ij`` per path; two mappings are implemented:
+
+- ``"independent"`` (the default): ``q_ij = sigmoid(b + tau * (s_ij - mean(s)))``, the mean over
+  all ``P`` edges, with a trainable global ``b`` (``size_bias``, init 0) and temperature ``tau``.
+  Why this one: the per-source softmax is what made siblings compete (their ``p`` sum to 1), so
+  the keep logit takes the edge score *before* that normalisation, centred over all edges rather
+  than per source. Then (a) every path's keep logit can take any value whatever its siblings'
+  (given target logits ``t``, ``b = mean(t)`` and ``s = t / tau`` reproduce them exactly), so two
+  useful paths leaving one modality can both be kept with probability near 1, and a source can
+  say "all my paths help" or "none does"; (b) ``b`` alone is the mean keep logit, i.e. how many
+  paths the prior keeps (about ``sum(q)``), separated from which paths; (c) Eq. 1 still orders
+  siblings exactly as before: two paths of one source differ in keep logit by
+  ``tau * (log p_ij - log p_ij')``, so ``edge_probs`` remains the within-source preference it was.
+  With ``b = 0`` and equal scores every ``q`` is 1/2 (the uniform distribution over masks), the
+  same start as the old mapping; and for ``k = 2`` the prior can now learn (its two scores differ).
+- ``"per_source"`` (checkpoints written before it, and the ablation): ``q = x**tau / (1 + x**tau)``,
+  ``x = (k - 1) * p_ij`` (``path_keep_logits``). One source's ``x`` sum to ``k - 1``, so its
+  paths share a budget: at ``tau = 1`` no ``q`` exceeds ``(k - 1) / k``, two siblings cannot both
+  exceed 1/2 when ``k = 3``, and ``k = 2`` is uniform whatever the parameters.
+
+With either, masks are drawn by independent keeps conditioned on a non-empty mask
+(``mask_log_prob``), a proper distribution over the ``2**P - 1`` architectures.
 """
 
 from __future__ import annotations
@@ -17,10 +43,21 @@ from torch import Tensor, nn
 
 from supernet.paths import num_paths, path_pairs
 
-__all__ = ["PRIOR_GNNS", "PathStatistics", "RelationGraphPrior", "mask_log_prob", "path_keep_logits"]
+__all__ = [
+    "KEEP_MAPPINGS",
+    "PRIOR_GNNS",
+    "PathStatistics",
+    "RelationGraphPrior",
+    "independent_keep_logits",
+    "mask_log_prob",
+    "path_keep_logits",
+]
 
 STATISTICS = ("cosine", "grad_var", "attention_var")  # the columns of PathStatistics.features()
 PRIOR_GNNS = ("gatv2", "gat")  # RelationGraphPrior(gnn=...): see its docstring
+# RelationGraphPrior(keep=...): how edge scores become keep probabilities (module docstring).
+# "per_source" is the mapping of every checkpoint written before "independent" existed.
+KEEP_MAPPINGS = ("independent", "per_source")
 
 
 # 1. Statistics ------------------------------------------------------------------------------
@@ -138,11 +175,27 @@ class PathStatistics(nn.Module):
 
 
 def path_keep_logits(log_edge_probs: Tensor, k: int, tau: Tensor | float) -> Tensor:
-    """Logits of ``q = x**tau / (1 + x**tau)``, ``x = (k - 1) * p``: ``tau * log x``, shape (P,).
+    """``keep="per_source"``: logits of ``q = x**tau / (1 + x**tau)``, ``x = (k - 1) * p``:
+    ``tau * log x``, shape (P,).
 
     ``x = 1`` for a uniform ``p``, so every path is then kept with probability 1/2.
     """
     return tau * (log_edge_probs + math.log(k - 1))
+
+
+def independent_keep_logits(edge_logits: Tensor, size_bias: Tensor | float, tau: Tensor | float) -> Tensor:
+    """``keep="independent"``: ``b + tau * (s - mean(s))`` from the edge scores ``s`` of Eq. 1
+    before its per-source softmax, shape (P,). ``b`` is the mean keep logit (how many paths)."""
+    return size_bias + tau * (edge_logits - edge_logits.mean())
+
+
+def _log_nonempty(log_keep: Tensor, log_drop: Tensor) -> Tensor:
+    """``log(1 - prod(1 - q))``, finite (with finite gradients) even when every ``q`` is so small
+    that ``prod(1 - q)`` rounds to 1: there it is ``log(sum q)``, exact to a factor ``1 + O(sum q)``."""
+    log_empty = log_drop.sum()  # log prod(1 - q)
+    tiny = log_empty > -1e-6  # sum q below about 1e-6
+    exact = torch.log(-torch.expm1(torch.clamp(log_empty, max=-1e-6)))  # clamp: no NaN gradient
+    return torch.where(tiny, torch.logsumexp(log_keep, dim=0), exact)
 
 
 def mask_log_prob(masks: Tensor, keep_logits: Tensor) -> Tensor:
@@ -152,9 +205,7 @@ def mask_log_prob(masks: Tensor, keep_logits: Tensor) -> Tensor:
     """
     log_keep = F.logsigmoid(keep_logits)  # (P,)  log q
     log_drop = F.logsigmoid(-keep_logits)  # (P,)  log (1 - q)
-    log_empty = log_drop.sum()  # log prod(1 - q)
-    log_nonempty = torch.log(-torch.expm1(log_empty))  # log(1 - prod(1 - q))
-    return masks @ log_keep + (1.0 - masks) @ log_drop - log_nonempty  # (M,)
+    return masks @ log_keep + (1.0 - masks) @ log_drop - _log_nonempty(log_keep, log_drop)  # (M,)
 
 
 # 3. The prior ---------------------------------------------------------------------------------
@@ -183,19 +234,24 @@ class RelationGraphPrior(nn.Module):
       the target's incoming ones. No other layer: the composite score enters only through GAT.
 
     **Masks.** ``p`` sums to 1 per source, which is not yet a distribution over masks. Each path
-    is kept independently with ``q_ij = x**tau / (1 + x**tau)``, ``x = (k - 1) * p_ij``, with a
-    trainable temperature ``tau = softplus(raw) > 0`` (init 1). ``x`` is 1 where ``p`` is
-    uniform, so a uniform ``p`` gives ``q = 1/2`` for every path, i.e. the uniform distribution
-    over all ``2**P`` bit vectors; paths the graph prefers (``x > 1``) get ``q > 1/2``, and
-    ``tau`` sharpens or flattens the preference. Conditioning on a non-empty mask,
-    ``P(b) = prod q**b (1 - q)**(1 - b) / (1 - prod(1 - q))``, gives every one of the
-    ``2**P - 1`` architectures a positive probability, and they sum to 1: it is proper.
-    Each source has at least one edge with ``x >= 1``, so ``prod(1 - q) <= 2**-k`` and the
-    normaliser never vanishes. ``log_prob`` is the prior score used by the rank loss; ``sample``
-    draws from exactly this distribution by rejecting empty masks.
+    is kept independently with probability ``q_ij``, by ``keep`` (the module docstring says why):
 
-    For ``k = 2`` each source has a single outgoing edge, so Eq. 1 makes ``p = 1``, ``q = 1/2``
-    and the prior is uniform over the three masks whatever its parameters: nothing to learn.
+    - ``"independent"`` (default): ``q = sigmoid(b + tau * (s_ij - mean(s)))`` from the edge
+      scores ``s = edge_logits()`` before the per-source softmax, with a trainable global
+      ``b = size_bias`` (init 0: how many paths to keep) and ``tau = softplus(raw) > 0`` (init 1).
+      Every ``q`` can take any value in (0, 1) whatever its siblings'.
+    - ``"per_source"`` (older checkpoints): ``q = x**tau / (1 + x**tau)``, ``x = (k - 1) * p_ij``;
+      a source's paths share a budget (their ``x`` sum to ``k - 1``).
+
+    Both give ``q = 1/2`` for every path when all edge scores are equal (and ``b = 0``), i.e. the
+    uniform distribution over all ``2**P`` bit vectors. Conditioning on a non-empty mask,
+    ``P(b) = prod q**b (1 - q)**(1 - b) / (1 - prod(1 - q))``, gives every one of the
+    ``2**P - 1`` architectures a positive probability, and they sum to 1: it is proper (the
+    normaliser is computed so that it stays finite when every ``q`` is tiny). ``log_prob`` is the
+    prior score used by the rank loss; ``sample`` draws from exactly this distribution.
+
+    For ``k = 2`` and ``keep="per_source"`` each source has a single outgoing edge, so Eq. 1 makes
+    ``p = 1``, ``q = 1/2`` and the prior is uniform over the three masks whatever its parameters.
 
     All state is tensors (parameters and the statistics' buffers); ``state_dict`` loads with
     ``torch.load(weights_only=True)``.
@@ -210,13 +266,17 @@ class RelationGraphPrior(nn.Module):
         momentum: float = 0.9,
         seed: int | None = 0,
         gnn: str = "gatv2",
+        keep: str = "independent",
     ) -> None:
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of modalities) must be >= 2, got {k}")
         if gnn not in PRIOR_GNNS:
             raise ValueError(f"gnn must be one of {PRIOR_GNNS}, got {gnn!r}")
+        if keep not in KEEP_MAPPINGS:
+            raise ValueError(f"keep must be one of {KEEP_MAPPINGS}, got {keep!r}")
         self.gnn = gnn
+        self.keep = keep
         if hidden < 1 or node_dim < 1:
             raise ValueError(f"hidden and node_dim must be >= 1, got {hidden} and {node_dim}")
         self.k = k
@@ -236,6 +296,8 @@ class RelationGraphPrior(nn.Module):
             self.gamma = nn.Parameter(torch.tensor(1.0))
             # softplus(log(e - 1)) = 1: the mask distribution starts at tau = 1.
             self.raw_tau = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
+            # keep="independent" only (a "per_source" state dict has none): the mean keep logit
+            self.size_bias = nn.Parameter(torch.tensor(0.0)) if keep == "independent" else None
             self.node_embeddings = nn.Parameter(torch.randn(k, node_dim) * 0.5)  # (k, node_dim)
             # imported here: a second of start-up that commands which build no prior skip
             from torch_geometric.nn import GATConv, GATv2Conv
@@ -295,7 +357,9 @@ class RelationGraphPrior(nn.Module):
         return self.log_edge_probs().exp()
 
     def keep_logits(self) -> Tensor:
-        """``logit(q)`` per path, shape (P,)."""
+        """``logit(q)`` per path, shape (P,), by the prior's ``keep`` mapping."""
+        if self.size_bias is not None:
+            return independent_keep_logits(self.edge_logits(), self.size_bias, self.tau)
         return path_keep_logits(self.log_edge_probs(), self.k, self.tau)
 
     def path_probs(self) -> Tensor:
@@ -321,19 +385,36 @@ class RelationGraphPrior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` masks drawn from the prior, float 0/1 of shape (n, P), none all zero.
 
-        Paths are kept independently with probability ``q`` and all-zero rows are redrawn
-        (rejection sampling), which is exactly the distribution of ``log_prob``. Random numbers
-        come from ``generator`` only (on the generator's device).
+        Exactly the distribution of ``log_prob``. Where an empty draw is unlikely
+        (``prod(1 - q) <= 1/2``, always so for ``keep="per_source"``), paths are kept
+        independently with probability ``q`` and all-zero rows are redrawn (rejection sampling);
+        otherwise the first kept path ``f`` is drawn from ``P(f) = q_f prod_{r<f}(1 - q_r) /
+        (1 - prod(1 - q))`` and the paths after it independently, which needs no redraws however
+        small ``q`` is. Random numbers come from ``generator`` only (on the generator's device).
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        q = self.path_probs().detach()
-        device = generator.device if generator is not None else q.device
-        q = q.to(device)
+        logits = self.keep_logits().detach()
+        device = generator.device if generator is not None else logits.device
+        logits = logits.to(device)
+        q = torch.sigmoid(logits)
+        log_drop = F.logsigmoid(-logits)  # (P,)
+        if float(log_drop.sum()) > -math.log(2.0):  # P(empty) > 1/2
+            return self._sample_first_kept(n, q, logits, log_drop, generator).to(self.alpha.device)
         masks = torch.empty(n, self.n_paths, dtype=q.dtype, device=device)
         todo = torch.arange(n, device=device)
         while todo.numel():
             draw = torch.rand(todo.numel(), self.n_paths, generator=generator, device=device) < q
             masks[todo] = draw.to(q.dtype)
-            todo = todo[draw.sum(dim=1) == 0]  # P(empty) <= 2**-k: a few rounds at most
+            todo = todo[draw.sum(dim=1) == 0]  # P(empty) <= 1/2: a few rounds at most
         return masks.to(self.alpha.device)
+
+    def _sample_first_kept(self, n: int, q: Tensor, logits: Tensor, log_drop: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Non-empty masks without rejection: the first kept path, then the rest independently."""
+        before = torch.cumsum(log_drop, dim=0) - log_drop  # (P,)  log prod_{r<f} (1 - q_r)
+        log_first = F.logsigmoid(logits) + before  # (P,)  log P(f), unnormalised
+        first = torch.multinomial((log_first - log_first.max()).exp(), n, replacement=True, generator=generator)  # (n,)
+        index = torch.arange(self.n_paths, device=q.device)  # (P,)
+        draw = torch.rand(n, self.n_paths, generator=generator, device=q.device) < q  # (n, P)
+        after = index.unsqueeze(0) > first.unsqueeze(1)  # (n, P)
+        return ((draw & after) | (index.unsqueeze(0) == first.unsqueeze(1))).to(q.dtype)

@@ -450,7 +450,7 @@ def train_supernet(
     torch.manual_seed(train_cfg.seed)
     g = torch.Generator().manual_seed(train_cfg.seed)
     model = _build_model(data, model_cfg, train_cfg, device)
-    prior = RelationGraphPrior(model.k, gnn=train_cfg.prior_gnn)
+    prior = RelationGraphPrior(model.k, gnn=train_cfg.prior_gnn, keep=train_cfg.prior_keep, seed=train_cfg.seed)
     if dist.active:
         dist.broadcast_parameters(model)
         torch.manual_seed(train_cfg.seed + dist.rank)  # dropout: each rank its own draws

@@ -15,7 +15,7 @@ from supernet.config import config_sha256
 from supernet.data.dataset import ModalitySpec
 from supernet.errors import CheckpointError, OutputError
 from supernet.model import Supernet
-from supernet.relation_graph import RelationGraphPrior
+from supernet.relation_graph import RelationGraphPrior, path_keep_logits
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -216,3 +216,45 @@ def test_a_failed_save_leaves_no_temp_file_and_keeps_the_old_one(
         save_checkpoint(path, model, prior, CONFIG)
     assert sorted(p.name for p in path.parent.iterdir()) == ["supernet.pt"]
     assert file_sha256(path) == before
+
+
+def test_the_prior_keep_mapping_is_recorded_and_restored(
+    saved: tuple[Path, Supernet, RelationGraphPrior],
+) -> None:
+    path, _, prior = saved
+    assert prior.keep == "independent"
+    assert torch.load(path, weights_only=True)["prior_keep"] == "independent"
+    ckpt = load_checkpoint(path)
+    assert ckpt.prior.keep == "independent"
+    torch.testing.assert_close(ckpt.prior.path_probs(), prior.path_probs(), rtol=0, atol=0)
+
+
+def test_a_checkpoint_without_a_keep_mapping_loads_with_the_per_source_one(
+    tmp_path: Path, make_model: MakeModel, modality_sets: ModalitySets
+) -> None:
+    """Checkpoints written before the mapping was a choice hold no ``prior_keep`` and a prior
+    without ``size_bias``: they load with the per-source mapping they were trained with."""
+    model = make_model(modality_sets[3], task="regression")
+    old = RelationGraphPrior(3, seed=3, keep="per_source")
+    path = save_checkpoint(tmp_path / "old.pt", model, old, CONFIG)
+    payload = torch.load(path, weights_only=True)
+    del payload["prior_keep"]  # exactly what the earlier code wrote
+    assert "size_bias" not in payload["prior"]
+    torch.save(payload, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.prior.keep == "per_source"
+    with torch.no_grad():
+        expected = torch.sigmoid(path_keep_logits(old.log_edge_probs(), 3, old.tau))
+    torch.testing.assert_close(ckpt.prior.path_probs(), expected, rtol=0, atol=0)
+
+
+def test_an_unknown_keep_mapping_is_refused_in_one_line(
+    saved: tuple[Path, Supernet, RelationGraphPrior],
+) -> None:
+    path, _, _ = saved
+    payload = torch.load(path, weights_only=True)
+    payload["prior_keep"] = "from_the_future"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="keep mapping 'from_the_future'.*train again") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)

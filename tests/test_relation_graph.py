@@ -6,12 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import stats
 from torch_geometric.nn import GATv2Conv
 
 from supernet.paths import all_masks, num_masks, num_paths
 from supernet.rank_loss import rank_loss
 from supernet.relation_graph import (
+    KEEP_MAPPINGS,
+    PRIOR_GNNS,
     PathStatistics,
     RelationGraphPrior,
     mask_log_prob,
@@ -100,15 +103,16 @@ def test_prior_with_equal_logits_is_uniform_over_masks() -> None:
     torch.testing.assert_close(log_probs, torch.full((63,), -math.log(63)))
 
 
-def test_k2_prior_is_uniform_whatever_its_parameters() -> None:
-    prior = RelationGraphPrior(2, seed=3)
+def test_k2_per_source_prior_is_uniform_whatever_its_parameters() -> None:
+    prior = RelationGraphPrior(2, seed=3, keep="per_source")
     _feed_statistics(prior)
     torch.testing.assert_close(prior.log_prob(all_masks(2)), torch.full((3,), -math.log(3)))
 
 
-@pytest.mark.parametrize("k", [3, 4])
-def test_mask_probabilities_sum_to_one_over_all_nonempty_masks(k: int) -> None:
-    prior = RelationGraphPrior(k, seed=7)
+@pytest.mark.parametrize("keep", KEEP_MAPPINGS)
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_mask_probabilities_sum_to_one_over_all_nonempty_masks(k: int, keep: str) -> None:
+    prior = RelationGraphPrior(k, seed=7, keep=keep)
     _feed_statistics(prior)
     with torch.no_grad():
         prior.raw_tau.fill_(2.5)  # a sharp, far from uniform prior
@@ -117,8 +121,9 @@ def test_mask_probabilities_sum_to_one_over_all_nonempty_masks(k: int) -> None:
     assert total.item() == pytest.approx(1.0, abs=1e-10)
 
 
-def test_sample_frequencies_match_log_prob() -> None:
-    prior = RelationGraphPrior(3, seed=11)
+@pytest.mark.parametrize("keep", KEEP_MAPPINGS)
+def test_sample_frequencies_match_log_prob(keep: str) -> None:
+    prior = RelationGraphPrior(3, seed=11, keep=keep)
     _feed_statistics(prior)
     with torch.no_grad():  # sharpen the near-uniform initial prior
         prior.scorer[-1].weight.mul_(4.0)
@@ -310,3 +315,105 @@ def test_gat_prior_state_round_trips_and_refuses_the_other_gnn() -> None:
         RelationGraphPrior(4, gnn="gatv2").load_state_dict(prior.state_dict())
     with pytest.raises(ValueError, match="gnn must be one of"):
         RelationGraphPrior(3, gnn="gcn")
+
+
+# What the keep mapping can express (issue 17, item 1) ------------------------------------------
+
+
+def _fit_keep_probs(prior: RelationGraphPrior, target: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """Fit the prior's keep probabilities to ``target`` by Adam on the cross-entropy of its keep
+    logits (minimised at ``q = target`` where the mapping can reach it); returns ``q``."""
+    optimizer = torch.optim.Adam(prior.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(prior.keep_logits(), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return prior.path_probs().detach()
+
+
+@pytest.mark.parametrize("gnn", PRIOR_GNNS)
+@pytest.mark.parametrize("level", [0.97, 0.03])
+def test_two_sibling_paths_can_both_be_kept_or_both_dropped(gnn: str, level: float) -> None:
+    """Paths 0 and 1 (text->audio, text->vision) leave the same source; the independent mapping
+    learns to keep both (or drop both), the others at 1/2."""
+    prior = RelationGraphPrior(3, seed=0, gnn=gnn)
+    _feed_statistics(prior)
+    target = torch.tensor([level, level, 0.5, 0.5, 0.5, 0.5])
+    q = _fit_keep_probs(prior, target)
+    if level > 0.5:
+        assert q[0] > 0.9 and q[1] > 0.9, q
+    else:
+        assert q[0] < 0.1 and q[1] < 0.1, q
+    assert (q[2:] - 0.5).abs().max() < 0.1, q
+
+
+def test_per_source_mapping_makes_siblings_compete() -> None:
+    """The older mapping, for contrast: with k = 3 a source's two x sum to 2, so at most one of
+    its paths can exceed 1/2 and at least one stays at 1/2 or above, whatever training does."""
+    for level in (0.97, 0.03):
+        prior = RelationGraphPrior(3, seed=0, keep="per_source")
+        _feed_statistics(prior)
+        q = _fit_keep_probs(prior, torch.tensor([level, level, 0.5, 0.5, 0.5, 0.5]))
+        assert min(q[0], q[1]) <= 0.5 + 1e-4 and max(q[0], q[1]) >= 0.5 - 1e-4, q
+
+
+@pytest.mark.parametrize("bigger_is_better", [True, False])
+def test_rank_loss_learns_how_many_paths_to_keep(bigger_is_better: bool) -> None:
+    """Masks with more paths lose less (or more): the rank loss moves the global size bias, and
+    the expected number of kept paths follows, on every path."""
+    prior = RelationGraphPrior(3, seed=0)
+    _feed_statistics(prior)
+    masks = all_masks(6)
+    noise = torch.Generator().manual_seed(2)
+    sign = -1.0 if bigger_is_better else 1.0
+    losses = sign * masks.sum(dim=1) + 0.1 * torch.rand(masks.shape[0], generator=noise)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=0.05)
+    for _ in range(150):
+        loss = rank_loss(prior.log_prob(masks), losses, "l2")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    q = prior.path_probs().detach()
+    if bigger_is_better:
+        assert prior.size_bias.item() > 1.0 and q.min() > 0.75, q
+    else:
+        assert prior.size_bias.item() < -1.0 and q.max() < 0.25, q
+
+
+def test_log_prob_stays_proper_and_finite_when_every_path_is_nearly_dropped() -> None:
+    prior = RelationGraphPrior(3, seed=0).double()
+    _feed_statistics(prior)
+    with torch.no_grad():
+        prior.size_bias.fill_(-800.0)  # prod(1 - q) rounds to 1 in float64
+    masks = all_masks(6).double()
+    log_probs = prior.log_prob(masks)
+    assert torch.isfinite(log_probs).all()
+    assert log_probs.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+    log_probs.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in prior.parameters() if p.grad is not None)
+    one_path = prior.sample(200, torch.Generator().manual_seed(0))
+    assert (one_path.sum(dim=1) == 1).all()  # nearly every mass on single paths; no endless redraws
+
+
+def test_sample_frequencies_match_log_prob_when_empty_draws_are_likely() -> None:
+    """``prod(1 - q) > 1/2``: masks come from the first-kept-path construction, not rejection."""
+    prior = RelationGraphPrior(3, seed=11)
+    _feed_statistics(prior)
+    with torch.no_grad():
+        prior.scorer[-1].weight.mul_(4.0)
+        prior.size_bias.fill_(-2.5)
+    q = prior.path_probs().detach()
+    assert torch.log1p(-q).sum() > -math.log(2.0)  # the construction is the one used
+    n = 20_000
+    samples = prior.sample(n, torch.Generator().manual_seed(0))
+    assert (samples.sum(dim=1) > 0).all()
+    codes = (samples.long() * (2 ** torch.arange(5, -1, -1))).sum(dim=1)
+    observed = torch.bincount(codes, minlength=64)[1:].double().numpy()
+    with torch.no_grad():
+        probs = prior.log_prob(all_masks(6)).exp().double().numpy()
+    expected = probs / probs.sum() * n
+    keep = expected >= 5  # chi-square needs it: pool the rare masks into one cell
+    observed = np.append(observed[keep], observed[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
