@@ -103,10 +103,15 @@ def group(sup: list[float], additive: list[float], first: list[float], second: l
             "tau_supernet_corrected": corrected(t_sup, r), "tau_additive_corrected": corrected(t_add, r)}
 
 
-def study_for(dataset: str, seed: int, epochs: int | None, quick: bool) -> Study:
-    """The study ``studies/DATASET.toml`` with the training seed (and epochs), cached under
-    runs/bench_fidelity/ (``bench_fidelity.prepare_study``)."""
-    return bench_fidelity.prepare_study(dataset, seed, epochs, quick)
+def study_for(dataset: str, seed: int, epochs: int | None, quick: bool, train_samples: int = 0) -> Study:
+    """The study ``studies/DATASET.toml`` with the training seed (and epochs, and for synthetic
+    data the number of training samples), cached under runs/bench_fidelity/
+    (``bench_fidelity.prepare_study``)."""
+    study = bench_fidelity.prepare_study(dataset, seed, epochs, quick)
+    if train_samples and study.data.source == "synthetic":
+        study.data.samples = [train_samples, *study.data.samples[1:]]
+        study.search.run_dir = str(bench_fidelity.CACHE_DIR / f"{study.name}-seed{seed}-{study.sha256[:12]}")
+    return study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="3,6")
     parser.add_argument("--per-size", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=None, help="supernet and stand-alone epochs (default: the study's)")
+    parser.add_argument("--train-samples", type=int, default=0, help="synthetic data: training samples (0: the study's)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="")
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     info = _common.machine_info()
     started = time.perf_counter()
-    study = study_for(args.dataset, args.seed, args.epochs, args.quick)
+    study = study_for(args.dataset, args.seed, args.epochs, args.quick, args.train_samples)
     metric = objective_metric(study)
     data = bench_fidelity._study_data(study)
     P = len(data.modalities) * (len(data.modalities) - 1)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     single_score = [score[format_mask(m)][0] for m in singles]
     single_loss = [score[format_mask(m)][1] for m in singles]
     first, second = (standalone[t] for t in runs)
-    result = {"dataset": args.dataset, "seed": args.seed, "epochs": study.train.epochs, "metric": metric, "paths": P,
+    result = {"dataset": args.dataset, "seed": args.seed, "epochs": study.train.epochs, "train_samples": len(data.splits["train"]), "metric": metric, "paths": P,
               "valid_samples": len(data.splits["valid"]), "per_size": args.per_size, "groups": {}, "machine": info}
     for s in [*sizes, "pooled"]:
         group_masks = masks[s] if s != "pooled" else every
@@ -195,7 +201,7 @@ def _f(x: float) -> str:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"**bench_within, {r['dataset']}** (seed {r['seed']}, {r['epochs']} epochs, {r['per_size']} masks per size, "
+    lines = [f"**bench_within, {r['dataset']}** (seed {r['seed']}, {r['epochs']} epochs on {r['train_samples']} training samples, {r['per_size']} masks per size, "
              f"validation {r['valid_samples']} samples; {m['date']}, load {m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f}; "
              f"stand-alone {r['standalone_seconds_mean']:.0f} s per training; {r['wall_s'] / 60:.0f} min)", "",
              "| group | on | split-half tau | reliability of the mean (S-B) | tau supernet | corrected | tau additive | corrected | tau #paths | target |",
