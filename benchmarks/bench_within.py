@@ -15,8 +15,9 @@ size. For one seed and each size in ``--sizes``, ``--per-size`` distinct masks o
    with seed + 1000) and scored on the same split; the reference is the mean of the two runs;
 3. ranked by two trivial predictors: the **number of paths** (constant within a size: it carries
    no information there, tau undefined, and is reported on the pooled masks) and the **additive
-   single-path predictor** (the sum of the mask's paths' single-path supernet scores, the one-path
-   masks scored the same way).
+   single-path predictor**: the sum over the mask's paths of each path's single-path supernet
+   score's gain over the worst single path (the one-path masks scored the same way; within a size
+   the same order as the plain sum).
 
 Per size group: Kendall tau-b (``scipy.stats.kendalltau``) of each predictor against the mean of
 the two stand-alone runs; the split-half reliability ``r`` = tau between the two runs, stepped up
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind, i, col, higher in (("metric", 0, "score", True), ("loss", 1, "loss", False)):
             sup_s = [score[k][i] for k in keys]
             table = single_score if i == 0 else single_loss
-            additive = [sum(table[p] for p in range(P) if m[p]) * (1 if higher else -1) for m in group_masks]
+            gain = [(x - min(table)) if higher else (max(table) - x) for x in table]  # over the worst single path
+            additive = [sum(gain[p] for p in range(P) if m[p]) for m in group_masks]
             entry[kind] = group(sup_s, additive, [first[k][col] for k in keys], [second[k][col] for k in keys], higher)
             mean = [(first[k][col] + second[k][col]) / 2 * (1 if higher else -1) for k in keys]
             entry[kind]["tau_paths"] = tau([sum(m) for m in group_masks], mean)
