@@ -40,8 +40,11 @@ trained stand-alone (``train_subnet``, the study's [train] settings and the seed
 the test split, beside the full mask (the CMT) trained the same way. Paired Wilcoxon prior vs
 no_rank; the count of seeds where the prior-guided selection beats the CMT.
 
-Each seed's result is appended to ``runs/bench_method/seeds.jsonl`` keyed by the family, the
-configuration's SHA-256 and the seed (checkpoints beside it), so an interrupted run resumes.
+Jobs (one training of one seed with its searches; one stand-alone training) are appended to
+``runs/bench_method/jobs.jsonl`` keyed by the family, the configuration's SHA-256, the seed and
+the job (checkpoints beside it), so an interrupted run resumes; they run in phases, the targets'
+arms first (prior-guided and lambda = 0 trainings, then their selections and the CMT, then the
+uniform training), and ``--report-only`` reports whatever is done.
 """
 
 from __future__ import annotations
@@ -275,30 +278,39 @@ def run_training(seed: int, family: str, training: str, quick: bool, cut, trials
     }
 
 
-def run_seed(job: tuple) -> dict:
-    """Every arm of one data seed (the worker's job)."""
-    seed, family, quick, cut, trials, small = job
+def run_job(job: tuple) -> dict:
+    """One job in a worker: ``("training", seed, training)`` (its supernet, searches, curves) or
+    ``("standalone", seed, mask)`` (a mask trained stand-alone, scored on test)."""
+    kind, seed, what, family, quick, cut, trials, small = job
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started, cpu = time.perf_counter(), time.process_time()
     data_cfg, model_cfg, train_cfg = problem(seed, family, quick, cut)
     data = load_data(data_cfg)
-    out = {"seed": seed, "family": family, "trainings": {}}
-    for training in TRAININGS:
-        out["trainings"][training] = run_training(seed, family, training, quick, cut, trials, small, data)
-    P = len(out["trainings"]["prior"]["paths"])
-    done: dict[tuple[int, ...], dict] = {}  # one stand-alone training per distinct mask
+    if kind == "training":
+        row = run_training(seed, family, what, quick, cut, trials, small, data)
+        row["selected"] = "".join(map(str, row["selected"]))
+    else:
+        row = standalone_test(data, model_cfg, train_cfg, tuple(int(c) for c in what))
+    row.update(kind=kind, seed=seed, what=what, seconds=time.perf_counter() - started, cpu_s=time.process_time() - cpu)
+    return row
 
-    def test(mask: tuple[int, ...]) -> dict:
-        if mask not in done:
-            done[mask] = standalone_test(data, model_cfg, train_cfg, mask)
-        return done[mask]
 
-    out["cmt"] = test(tuple([1] * P))
-    for t in out["trainings"].values():
-        t["selected_test"] = test(t.pop("selected"))
-    out["seconds"], out["cpu_s"] = time.perf_counter() - started, time.process_time() - cpu
-    return out
+def assemble(done: dict[str, dict], key, seeds: list[int]) -> list[dict]:
+    """Per seed: its trainings and the stand-alone results of the CMT and of each selection, as
+    far as they are done (a seed appears once its prior-guided training is done)."""
+    rows = []
+    for seed in seeds:
+        trainings = {t: dict(done[key("training", seed, t)]) for t in TRAININGS if key("training", seed, t) in done}
+        if "prior" not in trainings:
+            continue
+        P = len(trainings["prior"]["paths"])
+        cmt = done.get(key("standalone", seed, "1" * P))
+        for t in trainings.values():
+            t["selected_test"] = done.get(key("standalone", seed, t["selected"]))
+        rows.append({"seed": seed, "trainings": trainings, "cmt": cmt,
+                     "seconds": sum(t["seconds"] for t in trainings.values()), "cpu_s": sum(t["cpu_s"] for t in trainings.values())})
+    return rows
 
 
 # --- analysis ---------------------------------------------------------------------------------
@@ -316,45 +328,62 @@ def wilcoxon(a: list[float], b: list[float]) -> dict:
 
 
 def summarise(seeds: list[dict], points: list[int]) -> dict:
-    """Per training and arm: the hypervolume fractions over seeds; ``mrg`` against every other
-    arm of its landscape; the selected subnets' test accuracy."""
-    out: dict = {"hv": {}, "vs_mrg": {}, "selected": {}}
+    """Per training and arm: the hypervolume fractions over the seeds where that training is done;
+    ``mrg`` against every other arm of its landscape; the selected subnets' test accuracy over the
+    seeds where both sides of a comparison are done."""
+    out: dict = {"hv": {}, "vs_mrg": {}, "seeds": {}}
     for training in TRAININGS:
-        arms = list(seeds[0]["trainings"][training]["arms"])
+        have = [s for s in seeds if training in s["trainings"]]
+        if not have:
+            continue
+        out["seeds"][training] = [s["seed"] for s in have]
+        arms = list(have[0]["trainings"][training]["arms"])
         for n in map(str, points):
-            cells = {a: [s["trainings"][training]["arms"][a]["at"].get(n, math.nan) for s in seeds] for a in arms}
+            cells = {a: [s["trainings"][training]["arms"][a]["at"].get(n, math.nan) for s in have] for a in arms}
             out["hv"].setdefault(training, {})[n] = {a: {"mean": float(np.mean(v)), "median": float(np.median(v)), "min": min(v), "max": max(v)}
                                                      for a, v in cells.items()}
             out["vs_mrg"].setdefault(training, {})[n] = {a: wilcoxon(cells["mrg"], v) for a, v in cells.items() if a != "mrg"}
-    test = {t: [s["trainings"][t]["selected_test"]["test"] for s in seeds] for t in TRAININGS}
-    cmt = [s["cmt"]["test"] for s in seeds]
+
+    def test(s: dict, t: str) -> float | None:
+        if t == "cmt":
+            return s["cmt"]["test"] if s.get("cmt") else None
+        row = s["trainings"].get(t, {}).get("selected_test")
+        return row["test"] if row else None
+
+    def paired(a: str, b: str) -> dict:
+        pairs = [(test(s, a), test(s, b), s["seed"]) for s in seeds]
+        pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+        if not pairs:
+            return {"seeds": [], "wins": 0, "losses": 0, "ties": 0, "p": None, "median_diff": math.nan}
+        return wilcoxon([p[0] for p in pairs], [p[1] for p in pairs]) | {"seeds": [p[2] for p in pairs]}
+
     out["selected"] = {
-        "test": {t: {"mean": float(np.mean(v)), "values": v} for t, v in test.items()},
-        "cmt": {"mean": float(np.mean(cmt)), "values": cmt},
-        "prior_vs_no_rank": wilcoxon(test["prior"], test["no_rank"]),
-        "prior_vs_uniform": wilcoxon(test["prior"], test["uniform"]),
-        "vs_cmt": {t: wilcoxon(v, cmt) for t, v in test.items()},
+        "mean": {t: float(np.mean(v)) if (v := [x for s in seeds if (x := test(s, t)) is not None]) else math.nan for t in (*TRAININGS, "cmt")},
+        "prior_vs_no_rank": paired("prior", "no_rank"),
+        "prior_vs_uniform": paired("prior", "uniform"),
+        "vs_cmt": {t: paired(t, "cmt") for t in TRAININGS},
     }
     return out
 
 
-def targets(summary: dict, n_seeds: int, points: list[int]) -> list[dict]:
-    """Issue 17's targets, each met or not."""
+def targets(summary: dict, points: list[int]) -> list[dict]:
+    """Issue 17's targets, each met or not (counted over the seeds that are done)."""
     rows = []
     for n in map(str, points):
         for arm in ("size", "flat", "single"):
             c = summary["vs_mrg"]["prior"][n][arm]
-            met = c["wins"] >= math.ceil(0.8 * n_seeds) and c["p"] is not None and c["p"] < 0.05
-            rows.append({"target": f"mrg beats {arm} at {n} trials (>= 8/10 seeds, p < 0.05)", "met": met,
-                         "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+            k = c["wins"] + c["losses"] + c["ties"]
+            met = k >= 10 and c["wins"] >= math.ceil(0.8 * k) and c["p"] is not None and c["p"] < 0.05
+            rows.append({"target": f"mrg beats {arm} at {n} trials (>= 8 of 10 seeds, p < 0.05)", "met": met,
+                         "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties of {k} seeds, p = {_p(c['p'])}"})
     c = summary["selected"]["prior_vs_no_rank"]
     rows.append({"target": "prior-guided beats lambda = 0 on the selected subnet's test accuracy (p < 0.05)",
-                 "met": c["p"] is not None and c["p"] < 0.05 and c["wins"] > c["losses"],
-                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+                 "met": len(c["seeds"]) >= 10 and c["p"] is not None and c["p"] < 0.05 and c["wins"] > c["losses"],
+                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties of {len(c['seeds'])} seeds, p = {_p(c['p'])}"})
     c = summary["selected"]["vs_cmt"]["prior"]
     rows.append({"target": "the selected subnet beats the full CMT on test accuracy in >= 8 of 10 seeds",
-                 "met": c["wins"] >= math.ceil(0.8 * n_seeds),
-                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties, p = {_p(c['p'])}"})
+                 "met": len(c["seeds"]) >= 10 and c["wins"] >= 8,
+                 "figures": f"{c['wins']} wins / {c['losses']} losses / {c['ties']} ties of {len(c['seeds'])} seeds, p = {_p(c['p'])}"})
     return rows
 
 
@@ -362,17 +391,24 @@ def _p(p: float | None) -> str:
     return "–" if p is None else f"{p:.3g}"
 
 
+def _test(row: dict | None) -> str:
+    return "–" if not row else f"{row['test']:.4f}"
+
+
 def markdown(report: dict) -> str:
     m, st, sm = report["machine"], report["settings"], report["summary"]
     lines = [f"**bench_method** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
              f"{m['loadavg_end'][0]:.1f}; family {st['family']}, seeds {st['seeds']}, {st['trials']} trials, "
              f"{st['epochs']} epochs on {st['train_samples']} training samples; "
-             f"{report['seed_s'] / 60:.0f} min of seed jobs ({report['seed_cpu_s'] / 60:.0f} CPU-min), {report['wall_s']:.0f} s run by this invocation)", ""]
+             f"{report['seed_cpu_s'] / 60:.0f} CPU-min of training jobs, {report['wall_s']:.0f} s of wall time in this invocation)", ""]
     points = st["points"]
     for training in TRAININGS:
+        if training not in sm["hv"]:
+            lines += [f"Training `{training}`: not run.", ""]
+            continue
         arms = list(sm["hv"][training][str(points[0])])
-        lines += [f"Training `{training}`: fraction of the reference hypervolume, mean (min–max) over seeds; "
-                  "`mrg` against the arm: wins/losses/ties, Wilcoxon p", "",
+        lines += [f"Training `{training}` (seeds {', '.join(map(str, sm['seeds'][training]))}): fraction of the reference "
+                  "hypervolume, mean (min–max) over seeds; `mrg` against the arm: wins/losses/ties, Wilcoxon p", "",
                   "| arm | " + " | ".join(f"{n} trials | mrg vs arm at {n}" for n in points) + " |",
                   "|---|" + "---|---|" * len(points)]
         for a in arms:
@@ -385,19 +421,30 @@ def markdown(report: dict) -> str:
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
     sel = sm["selected"]
-    lines += ["Selected subnet (mrg search, best validation accuracy on its front, trained stand-alone), test accuracy per seed:", "",
-              "| seed | " + " | ".join(TRAININGS) + " | full CMT | selected paths (prior) |", "|---|" + "---|" * (len(TRAININGS) + 2)]
+    lines += ["Selected subnet (mrg search, best validation accuracy on its front, trained stand-alone), test accuracy per seed "
+              "(– not run):", "",
+              "| seed | " + " | ".join(TRAININGS) + " | full CMT | selected mask (prior) |", "|---|" + "---|" * (len(TRAININGS) + 2)]
     for s in report["seeds"]:
-        lines.append(f"| {s['seed']} | " + " | ".join(f"{s['trainings'][t]['selected_test']['test']:.4f}" for t in TRAININGS)
-                     + f" | {s['cmt']['test']:.4f} | {s['trainings']['prior']['selected_test']['paths']} |")
-    lines.append("| **mean** | " + " | ".join(f"{sel['test'][t]['mean']:.4f}" for t in TRAININGS) + f" | {sel['cmt']['mean']:.4f} | |")
+        lines.append(f"| {s['seed']} | " + " | ".join(_test(s["trainings"].get(t, {}).get("selected_test")) for t in TRAININGS)
+                     + f" | {_test(s.get('cmt'))} | `{s['trainings']['prior']['selected']}` |")
+    lines.append("| **mean** | " + " | ".join(f"{sel['mean'][t]:.4f}" for t in TRAININGS) + f" | {sel['mean']['cmt']:.4f} | |")
     lines += ["", "Targets:", ""] + [f"- {t['target']}: {t['figures']} -> **{'MET' if t['met'] else 'NOT MET'}**" for t in report["targets"]]
-    lines += ["", "Planted paths' single-path validation accuracy (prior-guided supernet) and MRG keep probabilities:", ""]
+    lines += ["", "Informative paths' single-path validation accuracy (prior-guided supernet) and MRG keep probabilities q:", ""]
     for s in report["seeds"]:
         t = s["trainings"]["prior"]
         lines.append(f"- seed {s['seed']}: " + ", ".join(f"{p} {t['single_path_valid'][p]:.3f} (q {t['mrg_probs'][p]:.2f})" for p in t["informative"])
-                     + f"; max q elsewhere {max(q for p, q in t['mrg_probs'].items() if p not in t['informative']):.2f}")
+                     + f"; other paths: single-path accuracy at most {max(v for p, v in t['single_path_valid'].items() if p not in t['informative']):.3f}, "
+                     f"q at most {max(q for p, q in t['mrg_probs'].items() if p not in t['informative']):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -419,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, 2 epochs, 12 trials); writes *_quick files")
     parser.add_argument("--out", default="", help="write DIR/bench_method.json and .md")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: report the cached jobs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -438,29 +486,43 @@ def main(argv: list[str] | None = None) -> int:
     sha = config_sha256({"family": args.family, "quick": args.quick, "trials": trials, "small": small,
                          "problem": [asdict(c) for c in problem(0, args.family, args.quick, cut)]})[:12]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    jobs_file = CACHE_DIR / ("seeds_quick.jsonl" if args.quick else "seeds.jsonl")
+    jobs_file = CACHE_DIR / ("jobs_quick.jsonl" if args.quick else "jobs.jsonl")
     done = _common.load_jsonl(jobs_file, "key")
-    key = lambda seed: f"{args.family}|{sha}|{seed}"  # noqa: E731
-    jobs = [(seed, args.family, args.quick, cut, trials, small) for seed in seeds if key(seed) not in done]
+    key = lambda kind, seed, what: f"{args.family}|{sha}|{kind}|{seed}|{what}"  # noqa: E731
+    common = (args.family, args.quick, cut, trials, small)
     started = time.perf_counter()
 
     def record(row: dict) -> None:
-        row["key"] = key(row["seed"])
+        row["key"] = key(row["kind"], row["seed"], row["what"])
         done[row["key"]] = row
         with jobs_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"  seed {row['seed']}: {row['seconds']:.0f} s, {row['cpu_s']:.0f} CPU-s ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"  {row['kind']} seed {row['seed']} {row['what']}: {row['seconds']:.0f} s, {row['cpu_s']:.0f} CPU-s "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
 
-    _common.run_jobs(jobs, run_seed, record, workers=args.workers, initializer=bench_efficiency._init_worker)
-    rows = [done[key(s)] for s in seeds]
+    def run(jobs: list[tuple]) -> None:
+        todo = [j for j in jobs if key(j[0], j[1], j[2]) not in done]
+        if todo and not args.report_only:
+            _common.run_jobs(todo, run_job, record, workers=args.workers, initializer=bench_efficiency._init_worker)
+
+    # phases, the targets' arms first, so that a run cut short still answers them
+    for phase in (("prior", "no_rank"), ("uniform",)):
+        run([("training", seed, t, *common) for t in phase for seed in seeds])
+        masks = [(seed, done[k]["selected"]) for t in phase for seed in seeds if (k := key("training", seed, t)) in done]
+        masks += [(seed, "1" * len(done[k]["paths"])) for seed in seeds if (k := key("training", seed, "prior")) in done]
+        run([("standalone", seed, m, *common) for seed, m in dict.fromkeys(masks)])
+    rows = assemble(done, key, seeds)
+    if not rows:
+        raise SystemExit("error: no seed's prior-guided training is done yet; run without --report-only")
     points = [n for n in POINTS if n <= trials] or [trials]
     summary = summarise(rows, points)
     info["loadavg_end"] = list(os.getloadavg())
-    report = {"machine": info, "settings": {"family": args.family, "seeds": f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
+    cpu = sum(r["cpu_s"] for r in done.values() if r["key"].startswith(f"{args.family}|{sha}|") and r["seed"] in seeds)
+    report = {"machine": info, "settings": {"family": args.family, "seeds": ", ".join(str(r["seed"]) for r in rows),
                                             "trials": trials, "points": points, "epochs": problem(0, args.family, args.quick, cut)[2].epochs,
-                                            "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick},
-              "wall_s": time.perf_counter() - started, "seed_s": sum(r["seconds"] for r in rows),
-              "seed_cpu_s": sum(r["cpu_s"] for r in rows), "summary": summary, "targets": targets(summary, len(seeds), points), "seeds": rows}
+                                            "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick,
+                                            "code": _git_head()},
+              "wall_s": time.perf_counter() - started, "seed_cpu_s": cpu, "summary": summary, "targets": targets(summary, points), "seeds": rows}
     md = markdown(report)
     print(md)
     if args.out:
