@@ -97,3 +97,29 @@ def test_every_arm_searches_the_tiny_landscape(tiny):
     chosen = bench_method.front_selection(rows[-1])
     best = max(v[0] for v in rows[-1]["values"])
     assert tiny.score(chosen)[0] == best
+
+
+def _training_row(seed: int, training: str, mrg: float, size: float, selected: str) -> dict:
+    arms = {a: {"at": {"20": x, "50": x}} for a, x in (("size", size), ("flat", size), ("single", size), ("mrg", mrg))}
+    return {"kind": "training", "seed": seed, "what": training, "paths": ["p0", "p1"], "selected": selected,
+            "arms": arms, "seconds": 1.0, "cpu_s": 1.0}
+
+
+def test_assemble_summarise_and_targets_count_only_finished_seeds():
+    key = lambda kind, seed, what: f"{kind}|{seed}|{what}"  # noqa: E731
+    done = {}
+    for seed in range(10):
+        done[key("training", seed, "prior")] = _training_row(seed, "prior", 0.9, 0.8 - 0.01 * seed, "10")
+        done[key("standalone", seed, "10")] = {"test": 0.9}
+        done[key("standalone", seed, "11")] = {"test": 0.8}  # the CMT
+    done[key("training", 0, "no_rank")] = _training_row(0, "no_rank", 0.9, 0.9, "11")
+    rows = bench_method.assemble(done, key, list(range(11)))  # seed 10 has no prior-guided training: left out
+    assert [r["seed"] for r in rows] == list(range(10))
+    summary = bench_method.summarise(rows, [20, 50])
+    assert summary["seeds"] == {"prior": list(range(10)), "no_rank": [0]}
+    assert summary["vs_mrg"]["prior"]["20"]["size"]["wins"] == 10
+    assert summary["selected"]["prior_vs_no_rank"]["seeds"] == [0]  # paired only where both are done
+    met = {t["target"]: t["met"] for t in bench_method.targets(summary, [20, 50])}
+    assert met["mrg beats size at 20 trials (>= 8 of 10 seeds, p < 0.05)"]
+    assert met["the selected subnet beats the full CMT on test accuracy in >= 8 of 10 seeds"]
+    assert not met["prior-guided beats lambda = 0 on the selected subnet's test accuracy (p < 0.05)"]  # 1 seed only
