@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="")
+    parser.add_argument("--report-only", action="store_true", help="train no mask: report the masks whose two stand-alone runs are done")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -148,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     every = [m for s in sizes for m in masks[s]]
     runs = {args.seed: study, args.seed + bench_fidelity.CEILING_SEED_OFFSET: bench_fidelity.reseeded(study, args.seed + bench_fidelity.CEILING_SEED_OFFSET)}
     standalone = {t: bench_fidelity.load_standalone(bench_fidelity.standalone_log(s)) for t, s in runs.items()}
-    jobs = [("supernet", study)] + [("subnet", s, m, metric) for t, s in runs.items() for m in every
+    # interleaved, so that a run cut short has both stand-alone runs of as many masks as possible
+    order = [m for pair in zip(*(masks[s] for s in sizes)) for m in pair] + [m for s in sizes for m in masks[s][min(map(len, masks.values())):]]
+    jobs = [("supernet", study)] + [("subnet", s, m, metric) for m in order for t, s in runs.items()
                                     if format_mask(m) not in standalone[t]]
+    if args.report_only:
+        jobs = [("supernet", study)]
     print(f"# bench_within {args.dataset} seed {args.seed}: {P} paths, sizes {sizes} x {args.per_size} masks, "
           f"epochs {study.train.epochs}, {len(jobs) - 1} stand-alone trainings to run; load {info['loadavg_start'][0]:.2f}", flush=True)
 
@@ -170,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     single_score = [score[format_mask(m)][0] for m in singles]
     single_loss = [score[format_mask(m)][1] for m in singles]
     first, second = (standalone[t] for t in runs)
-    result = {"dataset": args.dataset, "seed": args.seed, "epochs": study.train.epochs, "train_samples": len(data.splits["train"]), "metric": metric, "paths": P,
+    both = {format_mask(m) for m in every if format_mask(m) in first and format_mask(m) in second}
+    if len(both) < len(every):  # --report-only or a run cut short: the masks with both runs
+        masks = {s: [m for m in masks[s] if format_mask(m) in both] for s in sizes}
+        every = [m for s in sizes for m in masks[s]]
+    result = {"dataset": args.dataset, "seed": args.seed, "masks_per_size": {str(s): len(masks[s]) for s in sizes}, "epochs": study.train.epochs, "train_samples": len(data.splits["train"]), "metric": metric, "paths": P,
               "valid_samples": len(data.splits["valid"]), "per_size": args.per_size, "groups": {}, "machine": info}
     for s in [*sizes, "pooled"]:
         group_masks = masks[s] if s != "pooled" else every
@@ -203,7 +212,8 @@ def _f(x: float) -> str:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"**bench_within, {r['dataset']}** (seed {r['seed']}, {r['epochs']} epochs on {r['train_samples']} training samples, {r['per_size']} masks per size, "
+    lines = [f"**bench_within, {r['dataset']}** (seed {r['seed']}, {r['epochs']} epochs on {r['train_samples']} training samples, {r['per_size']} masks per size asked, "
+             f"{', '.join(f'{n} of {s} paths' for s, n in r['masks_per_size'].items())} with both stand-alone runs done, "
              f"validation {r['valid_samples']} samples; {m['date']}, load {m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f}; "
              f"stand-alone {r['standalone_seconds_mean']:.0f} s per training; {r['wall_s'] / 60:.0f} min)", "",
              "| group | on | split-half tau | reliability of the mean (S-B) | tau supernet | corrected | tau additive | corrected | tau #paths | target |",
