@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     cut = (args.epochs, args.train_samples)
     torch.set_num_threads(1)
-    info = _common.machine_info(optuna=optuna.__version__)
+    info = _common.machine_info(optuna=optuna.__version__, code=_git_head())  # the commit this invocation started from
     print(f"# bench_method  {info['date']}  load {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}", flush=True)
     sha = config_sha256({"family": args.family, "quick": args.quick, "trials": trials, "small": small,
                          "problem": [asdict(c) for c in problem(0, args.family, args.quick, cut)]})[:12]
@@ -520,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = sum(r["cpu_s"] for r in done.values() if r["key"].startswith(f"{args.family}|{sha}|") and r["seed"] in seeds)
     report = {"machine": info, "settings": {"family": args.family, "seeds": ", ".join(str(r["seed"]) for r in rows),
                                             "trials": trials, "points": points, "epochs": problem(0, args.family, args.quick, cut)[2].epochs,
-                                            "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick,
-                                            "code": _git_head()},
+                                            "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick},
               "wall_s": time.perf_counter() - started, "seed_cpu_s": cpu, "summary": summary, "targets": targets(summary, points), "seeds": rows}
     md = markdown(report)
     print(md)
