@@ -439,3 +439,56 @@ class MroHelpers:
 @pytest.fixture(scope="session")
 def mro() -> type[MroHelpers]:
     return MroHelpers
+
+
+# --- processes that stop themselves at a named moment -------------------------------------------
+
+# Runs ``mro-search ARGS`` as ``python -c`` does, but with the fault the test names in
+# MRO_TEST_FAULT: "stop-in-upload" (the process stops itself at the first byte copied into the
+# artifact store directory MRO_TEST_STORE) or "fsize=N" (files may grow to N bytes).
+FAULTY_CLI = r"""
+import os, resource, shutil, signal, sys
+fault = os.environ.get("MRO_TEST_FAULT", "")
+if fault.startswith("fsize="):
+    limit = int(fault.split("=", 1)[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+if fault.startswith("stop-before-trial="):  # the process stops itself before its Nth trial (no transaction open)
+    import optuna
+    number, calls, optimize = int(fault.split("=", 1)[1]), [], optuna.Study.optimize
+    def stopping_optimize(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return optimize(self, *args, **kwargs)
+    optuna.Study.optimize = stopping_optimize
+if fault == "stop-in-upload":
+    store = os.path.realpath(os.environ["MRO_TEST_STORE"])
+    copy = shutil.copyfileobj
+    def stopping_copy(src, dst, *args, **kwargs):
+        name = getattr(dst, "name", "")
+        name = os.readlink(f"/proc/self/fd/{name}") if isinstance(name, int) else os.path.realpath(str(name))
+        if name.startswith(store + os.sep):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return copy(src, dst, *args, **kwargs)
+    shutil.copyfileobj = stopping_copy
+from search_service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_faulty(mro, args: list[str], cwd: Path, fault: str, stderr: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", FAULTY_CLI, *args], cwd=cwd, env=mro.env(MRO_TEST_FAULT=fault, **env),
+                            stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True, start_new_session=True)
+
+
+def run_faulty(mro, args: list[str], cwd: Path, fault: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAULTY_CLI, *args], cwd=cwd, env=mro.env(MRO_TEST_FAULT=fault, **env),
+                          capture_output=True, text=True, timeout=240)
+
+
+def stopped(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` is stopped by a signal (``/proc/PID/stat`` state T)."""
+    try:
+        return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return False

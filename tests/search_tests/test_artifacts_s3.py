@@ -208,6 +208,7 @@ def test_two_machines_share_only_postgres_and_a_bucket(tiny, mro, tmp_path, pg_u
     assert not (machine_a / "runs" / "tiny" / "artifacts").exists()
 
     original = bucket.get(checkpoint_key)
+    raise_budget(pg_url, "tiny", 41)  # room for a trial: a worker at the budget says so before it reads the checkpoint
     bucket.put(checkpoint_key, original[: len(original) // 2] + b"\0" * (len(original) - len(original) // 2))
     tampered = mro.run(["worker", "--study", "tiny", "--storage", pg_url, "--trials", "1"], cwd=machine_b, env=env)
     one_error(tampered, "is not the one study 'tiny' recorded", location)
@@ -278,6 +279,7 @@ def test_a_store_that_cannot_be_used_is_refused_in_one_line(tiny, mro, tmp_path,
 
     created = mro.run(["run", "--study", str(file), "--storage", sqlite_url, "--artifacts", f"s3://{bucket.name}/p", "--trials", "1", "--no-report", "-q"], cwd=machine_a, env=env)
     assert created.returncode == 0, created.stderr
+    raise_budget(sqlite_url, "tiny", 2)  # room for a trial: a worker at the budget says so before it reads the checkpoint
     one_error(mro.run(["worker", "--study", "tiny", "--storage", sqlite_url, "--trials", "1", "--artifacts", absent], cwd=empty, env=env),
               "the bucket does not exist", absent)
     nobody = bucket.env(mro, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_MAX_ATTEMPTS="1")

@@ -89,8 +89,9 @@ def test_run_and_resume_keep_one_copy_of_plots_note_and_report(tiny, mro, tmp_pa
     assert sorted(m.filename for m in metas) == sorted([record["file"], "report.html"])
     first_report = next(m.artifact_id for m in metas if m.filename == "report.html")
     # two more reports, as every run of earlier versions added one
+    (report,) = (tmp_path / "run").rglob("report.html")  # in the study's own folder (its storage is not the default)
     for _ in range(2):
-        upload_artifact(artifact_store=_store(store), file_path=str(tmp_path / "run" / "report.html"), study_or_trial=study, mimetype="text/html")
+        upload_artifact(artifact_store=_store(store), file_path=str(report), study_or_trial=study, mimetype="text/html")
     assert len(get_all_artifact_meta(study)) == len(os.listdir(store)) == 4
 
     _mro(["resume", "--study", file, "--storage", sqlite_url, "--artifacts", store, "--trials", "5", "-q"], tmp_path, monkeypatch)
