@@ -445,7 +445,8 @@ def mro() -> type[MroHelpers]:
 
 # Runs ``mro-search ARGS`` as ``python -c`` does, but with the fault the test names in
 # MRO_TEST_FAULT: "stop-in-upload" (the process stops itself at the first byte copied into the
-# artifact store directory MRO_TEST_STORE) or "fsize=N" (files may grow to N bytes).
+# artifact store directory MRO_TEST_STORE), "stop-before-trial=N", "stop-in-trial=N" or "fsize=N"
+# (files may grow to N bytes).
 FAULTY_CLI = r"""
 import os, resource, shutil, signal, sys
 fault = os.environ.get("MRO_TEST_FAULT", "")
@@ -461,6 +462,15 @@ if fault.startswith("stop-before-trial="):  # the process stops itself before it
             os.kill(os.getpid(), signal.SIGSTOP)
         return optimize(self, *args, **kwargs)
     optuna.Study.optimize = stopping_optimize
+if fault.startswith("stop-in-trial="):  # stops itself inside its Nth trial: RUNNING, its mask claimed
+    from search_service import search
+    number, calls, admitted = int(fault.split("=", 1)[1]), [], search.Objective._admitted
+    def stopping_admitted(self, trial):  # called once the trial's mask is suggested and claimed
+        calls.append(1)
+        if len(calls) == number:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return admitted(self, trial)
+    search.Objective._admitted = stopping_admitted
 if fault == "stop-in-upload":
     store = os.path.realpath(os.environ["MRO_TEST_STORE"])
     copy = shutil.copyfileobj

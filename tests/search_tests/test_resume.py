@@ -58,23 +58,24 @@ def test_interrupted_run_resumes_to_its_budget(tiny, mro, sqlite_url, tmp_path):
 
 @pytest.mark.slow
 def test_killed_workers_trials_are_failed_and_retried(tiny, mro, sqlite_url, tmp_path):
-    """SIGKILL to ``run --workers 2`` (a crash, a lost machine) kills every process at once,
-    leaving trials RUNNING. ``resume`` waits for their heartbeats to go stale, fails them,
-    retries them and still ends at exactly the budget."""
+    """SIGKILL to a search (a crash, a lost machine) while a trial runs leaves it RUNNING.
+    ``resume`` waits for its heartbeat to go stale, fails it, retries it and still ends at exactly
+    the budget. The moment is produced, not waited for (a freeze looking for a running trial raced
+    40 tiny trials and could find none): the run stops itself inside its 4th trial, mask claimed."""
     from search_service.sampler import MASK_KEY
     from search_service.storage import GRACE_PERIOD
 
     budget = 40
-    proc = mro.start(["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", str(budget), "--workers", "2", "--no-report", "-q"], cwd=tmp_path)
+    errors = tmp_path / "run.err"
+    proc = start_faulty(mro, ["run", "--study", str(tiny.file), "--storage", sqlite_url, "--trials", str(budget), "--no-report", "-q"],
+                        tmp_path, "stop-in-trial=4", errors)
     try:
-        study = mro.wait_for(lambda: _study_if_exists(mro, sqlite_url), timeout=180, what="the study to be created")
-
-        def mid_trial() -> bool:  # some trials done, one running with its mask claimed
-            trials = study.get_trials(deepcopy=False)
-            done = sum(t.state == TrialState.COMPLETE for t in trials)
-            return done >= 3 and any(t.state == TrialState.RUNNING and MASK_KEY in t.system_attrs for t in trials)
-
-        mro.freeze_when([proc], mid_trial, timeout=180, what="a running trial with its mask claimed")
+        mro.wait_for(lambda: stopped(proc) or proc.poll() is not None, timeout=240, what="the run stopped inside its 4th trial")
+        assert proc.poll() is None, errors.read_text()
+        study = _study_if_exists(mro, sqlite_url)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        assert len(running) == 1 and MASK_KEY in running[0].system_attrs
+        assert len(mro.complete(study)) == 3
         mro.stop(proc, signal.SIGKILL)
     finally:
         mro.stop(proc)
