@@ -79,20 +79,26 @@ def test_shares_split_a_batch_contiguously_and_evenly(n: int, world: int) -> Non
     assert max(sizes) - min(sizes) <= 1
 
 
+def train_two_ranks(study: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node=2 mro-search train --study STUDY --json`` as a real subprocess
+    (gloo, one torch thread per rank); it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MRO_STORAGE", None)
+    out = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node=2", "--no-python", str(BIN / "mro-search"), "train", "--study", str(study), "--json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """The tiny study trained by two gloo ranks under torchrun, as a real subprocess."""
     folder = tmp_path_factory.mktemp("ddp")
     study = folder / "tiny.toml"
     study.write_text(STUDY.format(run_dir=folder / "runs"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MRO_STORAGE", None)
-    out = subprocess.run(
-        [str(BIN / "torchrun"), "--nproc-per-node=2", "--no-python", str(BIN / "mro-search"), "train", "--study", str(study), "--json"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=folder,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return study, out
+    return study, train_two_ranks(study, folder)
 
 
 def test_two_ranks_write_one_checkpoint_that_evaluate_uses(two_ranks, capsys) -> None:
@@ -223,13 +229,7 @@ def test_joint_rank_with_validation_losses_under_two_ranks(tmp_path: Path) -> No
         "per_sample_masks = true", "joint_rank = true\nmasks_per_step = 2").replace("epochs = 4", "epochs = 2")
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(text)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MRO_STORAGE", None)
-    out = subprocess.run(
-        [str(BIN / "torchrun"), "--nproc-per-node=2", "--no-python", str(BIN / "mro-search"), "train", "--study", str(study_file), "--json"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_two_ranks(study_file, tmp_path)
     ranks = load_checkpoint(latest_checkpoint(tmp_path / "runs"))
     study = load_study(str(study_file))
     one = train_supernet(load_study_data(study), study.model, study.train, progress=False)
