@@ -310,7 +310,7 @@ def compare(rows: list[dict], measure: str) -> dict:
     p_w = p_t = None
     if n > 1 and np.any(d != 0):
         p_w = float(wilcoxon(v, b, alternative="less", zero_method="wilcox").pvalue)
-        if np.ptp(d) > 0:
+        if np.ptp(d) > 1e-12:
             p_t = float(ttest_rel(v, b, alternative="less").pvalue)
         else:  # every difference the same: t is infinite, p is 0 when they are negative
             p_t = 0.0 if d[0] < 0 else 1.0
