@@ -382,13 +382,13 @@ def markdown(report: dict) -> str:
                          f"{c['diff_mean']:+.3f} ({c['diff_min']:+.3f}, {c['diff_max']:+.3f}) | {_f(c['batch_sd'])} | "
                          f"{_f(c['p_wilcoxon'])} | {_f(c['p_ttest'])} | {c['verdict'] or '–'} |")
         lines += ["", "Per seed (batch / valid):", "",
-                  "| seed | prior ρ | ρ train | τ acc | τ loss | τ acc stored (old code) | " + f"HV own @{EARLY} | HV own @{trials} | "
+                  "| seed | prior ρ | ρ train | τ acc | τ loss | τ acc stored (old code) | " + f"HV own @{min(EARLY, trials)} | HV own @{trials} | "
                   f"HV common @{trials} | HV stand-alone @{trials} |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["seeds"]:
             if r["dataset"] != dataset:
                 continue
             b, v = r["arms"]["batch"], r["arms"]["valid"]
-            cell = lambda k, d=3: f"{_f(b.get(k), d)} / {_f(v.get(k), d)}"  # noqa: E731
+            cell = lambda k, d=3, b=b, v=v: f"{_f(b.get(k), d)} / {_f(v.get(k), d)}"  # noqa: E731
             stored = b.get("fidelity", {}).get("stored_kendall_tau")
             lines.append(f"| {r['seed']} | {cell('prior_rho')} | {cell('spearman_train')} | {cell('tau_acc')} | {cell('tau_loss')} | "
                          f"{_f(stored)} | {cell('hv_own@early')} | {cell('hv_own@trials')} | {cell('hv_common@trials')} | "
