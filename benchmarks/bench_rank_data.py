@@ -68,8 +68,9 @@ measured, and two one-sided paired tests of "valid worse than batch": ``scipy.st
 (``alternative="less"`` on valid - batch, ``zero_method="wilcox"``: ties dropped; no p when every
 pair ties; with 5 seeds its smallest p is 1/32 = 0.031, with 3 seeds 1/8 = 0.125, so with 3 seeds
 it cannot reject) and ``scipy.stats.ttest_rel(valid, batch, alternative="less")``. **Rule**: a
-measure is "no worse" when neither test has p < 0.05 AND the mean difference is above minus the
-``batch`` arm's standard deviation over the seeds (sample SD); a dataset's verdict is "no worse"
+measure is "no worse" when neither test has p < 0.05 AND the mean difference is not below minus
+the ``batch`` arm's standard deviation over the seeds (sample SD; "not below" rather than
+"above", so that a measure both arms tie on, SD 0, passes); a dataset's verdict is "no worse"
 when every one of its verdict measures is, else "WORSE" (naming the measures). Fewer than 2 paired
 seeds: no verdict for that measure.
 
@@ -319,7 +320,7 @@ def compare(rows: list[dict], measure: str) -> dict:
         out["verdict"] = None
     else:
         significant = any(p is not None and p < 0.05 for p in (p_w, p_t))
-        within = out["diff_mean"] > -out["batch_sd"]
+        within = out["diff_mean"] >= -out["batch_sd"]  # not below: ties at zero with SD 0 pass
         out["verdict"] = "no worse" if not significant and within else "WORSE"
     return out
 
@@ -355,7 +356,9 @@ def markdown(report: dict) -> str:
     lines = [f"**bench_rank_data** ({m['date']}, {m['cpu_model']} x{m['cpu_count']}, load {m['loadavg_start'][0]:.1f} → "
              f"{m['loadavg_end'][0]:.1f}; datasets {', '.join(st['datasets'])}, seeds {st['seeds']}, {trials} trials"
              f"{', QUICK settings' if st['quick'] else ''}; {report['wall_s']:.0f} s of wall time in this invocation, "
-             f"{report['trainings_run']} supernet trainings run, the rest cached; code {m.get('code', '?')})", "",
+             f"{report['trainings_run']} supernet trainings run, the rest cached; "
+             f"{sum(r['arms'][a]['train_s'] for r in report['seeds'] for a in ARMS) / 60:.0f} min of supernet training in all, "
+             f"as the checkpoints recorded it; code {m.get('code', '?')})", "",
              "Arms: `rank_data = batch` (before issue 22) and `valid` (the default now). Measures: `prior_rho`, the last "
              "epoch's Spearman ρ of the prior's scores vs subnets' validation losses (in-sample for the valid arm's prior); "
              "`tau_acc` / `tau_loss`, Kendall τ-b of the supernet's validation accuracy / loss of bench_fidelity's masks vs "
@@ -366,7 +369,7 @@ def markdown(report: dict) -> str:
              "by their stored stand-alone accuracy against the exact stand-alone front.", "",
              "Rule: a measure is *no worse* when neither one-sided paired test of \"valid worse than batch\" (Wilcoxon "
              "signed-rank on valid − batch, alternative less; paired t-test, alternative less) has p < 0.05 AND the mean "
-             "difference valid − batch is above −SD(batch over seeds); a dataset is *no worse* when all of "
+             "difference valid − batch is not below −SD(batch over seeds); a dataset is *no worse* when all of "
              f"{', '.join(_label(v, trials) for v in VERDICT)} are. Other rows are reported, not judged. "
              "With 3 seeds Wilcoxon's smallest one-sided p is 0.125, with 5 seeds 0.031.", ""]
     for dataset, s in report["summary"].items():

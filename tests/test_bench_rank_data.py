@@ -26,6 +26,7 @@ def test_compare_flags_a_consistently_worse_arm_and_passes_noise():
     assert worse["p_wilcoxon"] == pytest.approx(1 / 32) and worse["p_ttest"] < 0.05 and worse["verdict"] == "WORSE"
     same = bench_rank_data.compare(_rows([0.8, 0.7, 0.9], [0.8, 0.7, 0.9]), "m")
     assert same["p_wilcoxon"] is None and same["verdict"] == "no worse"
+    assert bench_rank_data.compare(_rows([1.0] * 5, [1.0] * 5), "m")["verdict"] == "no worse"  # ties, SD 0
     noisy = bench_rank_data.compare(_rows([0.8, 0.7, 0.9, 0.6, 0.75], [0.82, 0.69, 0.88, 0.63, 0.74]), "m")
     assert noisy["verdict"] == "no worse" and noisy["p_wilcoxon"] >= 0.05
     # not significant (3 seeds) but the mean drop exceeds the batch arm's spread: WORSE
