@@ -27,7 +27,8 @@ default); nothing else differs. For every dataset, seed and arm one supernet is 
    against the losses of up to 512 masks on 512 validation samples. For the ``valid`` arm these
    are samples the prior learned from (in-sample for the prior; the supernet's weights never
    train on them); for ``batch`` they are held out. ``spearman_train`` (the same on training
-   samples) and the keep probabilities ``path_probs()`` are recorded beside it.
+   samples), the keep probabilities ``path_probs()`` and ``full_mask_valid`` (the supernet's
+   validation accuracy of the full mask) are recorded beside it.
 2. **Supernet ranking fidelity** (demo and mfeat, seeds 0, 1, 2 only): the masks that
    ``docs/results/bench_fidelity_{demo,mfeat}.json`` ranked for that seed (demo: all 63; mfeat: 30
    stratified by size) are scored with this supernet's inherited weights on the validation split
@@ -62,7 +63,8 @@ default); nothing else differs. For every dataset, seed and arm one supernet is 
      it. Reported, not judged (3 seeds).
 
 **Summary and verdict**: per dataset and measure (prior_rho, tau_acc, tau_loss, hv_own@20,
-hv_own@trials; hv_common and hv_standalone alongside, outside the verdict): per-seed values of
+hv_own@trials; spearman_train, full_mask_valid, hv_common and hv_standalone alongside, outside
+the verdict): per-seed values of
 both arms, the paired difference ``valid - batch`` (mean, min, max) over the seeds where both are
 measured, and two one-sided paired tests of "valid worse than batch": ``scipy.stats.wilcoxon``
 (``alternative="less"`` on valid - batch, ``zero_method="wilcox"``: ties dropped; no p when every
@@ -122,7 +124,7 @@ FIDELITY = {"demo": RESULTS / "bench_fidelity_demo.json", "mfeat": RESULTS / "be
 EARLY = 20  # the early point of the hypervolume curve
 EXACT_MAX = 2**20  # spaces up to this many masks get an exact reference front
 VERDICT = ("prior_rho", "tau_acc", "tau_loss", "hv_own@early", "hv_own@trials")
-REPORTED = ("spearman_train", "hv_common@early", "hv_common@trials", "hv_standalone@early", "hv_standalone@trials")
+REPORTED = ("spearman_train", "full_mask_valid", "hv_common@early", "hv_common@trials", "hv_standalone@early", "hv_standalone@trials")
 QUICK = {"seeds": "0", "datasets": "demo", "trials": 8, "epochs": 2, "warmup_epochs": 1, "samples": [600, 300, 300]}
 bench_efficiency.SCORE_CHUNK = 256
 
