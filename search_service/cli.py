@@ -908,7 +908,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     try:
         joined = join_search(args.study, args.storage, allow=(CREATING, DELETING))  # a half-made study, a deletion cut off
     except ConfigError:
-        finished = finish_cut_off(args.study, args.storage)  # the study is gone, but what a killed delete left is not
+        finished = finish_cut_off(args.study, args.storage, artifacts_override=args.artifacts)  # the study is gone, what a killed delete left is not
         if finished is None:
             raise
         return _print_deleted(finished, args.json)

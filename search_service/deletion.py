@@ -98,12 +98,13 @@ def pending_path(run_dir: Path, name: str, url: str) -> Path:
     return Path(run_dir).resolve() / f"{PENDING_PREFIX}{name}-{key}.json"
 
 
-def finish_cut_off(name_or_path: str, cli_storage: str | None) -> dict[str, Any] | None:
+def finish_cut_off(name_or_path: str, cli_storage: str | None, *, artifacts_override: str | None = None) -> dict[str, Any] | None:
     """Finish a ``delete`` that was killed after the study's removal: when the storage holds no
     study of the name but its pending deletion record is there, remove the checkpoint artifact
     and files that the record names, and the record. Returns what was removed (as
     ``delete_search``), or None when there is nothing to finish (or the storage cannot say that
-    the study is gone: a study that is still there keeps its checkpoint)."""
+    the study is gone: a study that is still there keeps its checkpoint). ``artifacts_override``
+    (``--artifacts``): where this machine sees the store the record names."""
     file = study_file_or_none(name_or_path)
     if file is not None:
         study = load_study(str(file))
@@ -123,6 +124,8 @@ def finish_cut_off(name_or_path: str, cli_storage: str | None) -> dict[str, Any]
         return None
     if storage is not None and find_study(storage, name) is not None:
         return None  # the study is there: the ordinary delete removes it
+    if artifacts_override:
+        note["location"] = artifacts.normalize(artifacts_override)
     removed = _remove_checkpoint(note)
     files = _finish(pending, note, run_dir=run_dir, url=url, storage=storage)
     return {"study": name, "storage": mask_password(url), "artifacts": removed, "files": files, "cut_off": True}
@@ -135,7 +138,11 @@ def _finish_earlier(pending: Path, *, keep: str | None) -> int:
     note = _read_pending(pending)
     if note is None or note.get("checkpoint") in (None, keep):
         return 0
-    return _remove_checkpoint(note)
+    try:
+        return _remove_checkpoint(note)
+    except MROError as exc:  # this study's delete goes on; the earlier artifact is named once more
+        log.warning(f"mro-search: warning: an earlier delete of study {note.get('study')} left {exc}")
+        return 0
 
 
 def _write_pending(pending: Path, note: dict[str, Any]) -> None:
@@ -171,7 +178,7 @@ def _remove_checkpoint(note: dict[str, Any]) -> int:
         return 0
     except Exception as exc:
         raise MROError(f"checkpoint artifact {artifact_id} in {location} was not removed ({' '.join(str(exc).split())[:200]}); "
-                       f"run `mro-search delete --study {note.get('study')} --yes` again") from exc
+                       f"run `mro-search delete --study {note.get('study')} --yes` again once the store can be reached") from exc
 
 
 def _own_files(joined: Joined, attrs: dict[str, Any], record: dict[str, Any], location: str | None) -> tuple[list[Path], list[Path]]:

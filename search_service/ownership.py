@@ -12,7 +12,9 @@ such moment one that the next command recognises and finishes:
    creator is gone is removed and made again (``run``), or removed (``delete``).
 2. **Deleted marked.** ``delete`` first writes ``mro:deleting``: workers stop at their next trial
    (``deletion_notice``), and no command joins the study; then the study goes, and is looked up
-   again to check that it is gone.
+   again to check that it is gone; its checkpoint artifact goes last, named in a pending deletion
+   record beside the study's files until then, so that a ``delete`` killed in between is
+   finished by the next (``deletion``).
 3. **Own files.** A study records the folder that holds its files and the folders its creation
    made (``mro:files``); ``delete`` removes those folders (when empty) and no other.
 """
