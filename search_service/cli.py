@@ -900,12 +900,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from search_service.deletion import delete_search
+    from search_service.deletion import delete_search, finish_cut_off
     from search_service.lifecycle import join_search
     from search_service.ownership import CREATING, DELETING
     from search_service.storage import mask_password
 
-    joined = join_search(args.study, args.storage, allow=(CREATING, DELETING))  # a half-made study, a deletion cut off
+    try:
+        joined = join_search(args.study, args.storage, allow=(CREATING, DELETING))  # a half-made study, a deletion cut off
+    except ConfigError:
+        finished = finish_cut_off(args.study, args.storage, artifacts_override=args.artifacts)  # the study is gone, what a killed delete left is not
+        if finished is None:
+            raise
+        return _print_deleted(finished, args.json)
     search = joined.search
     n = len(search.optuna_study.get_trials(deepcopy=False))
     what = f"study {search.name!r} ({n} trials) in {mask_password(search.url)} with its artifacts"
@@ -916,13 +922,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("mro-search: nothing deleted", file=sys.stderr)
             return 1
-    removed = delete_search(joined, artifacts_override=args.artifacts)
-    if args.json:
+    return _print_deleted(delete_search(joined, artifacts_override=args.artifacts), args.json)
+
+
+def _print_deleted(removed: dict[str, Any], as_json: bool) -> int:
+    """What ``delete`` removed, in one line (or one JSON object)."""
+    if as_json:
         _print_json(removed)
+        return 0
+    files = f": {', '.join(removed['files'])}" if removed["files"] else ""
+    what = f"{removed['artifacts']} artifact(s), {len(removed['files'])} file(s){files}"
+    if removed.get("cut_off"):
+        print(f"finished deleting study {removed['study']} from {removed['storage']} (an earlier delete was cut off after "
+              f"removing the study): {what}")
     else:
-        files = f": {', '.join(removed['files'])}" if removed["files"] else ""
-        print(f"deleted study {removed['study']} from {removed['storage']}, {removed['artifacts']} artifact(s), "
-              f"{len(removed['files'])} file(s){files}")
+        print(f"deleted study {removed['study']} from {removed['storage']}, {what}")
     return 0
 
 

@@ -24,7 +24,10 @@ a body of ``[]``, ``null``, nothing, or JSON nested deeper than Python's parser 
 answer 500 and log a traceback. ``guard`` checks the body of every change (``POST``, ``PUT``,
 ``PATCH``, ``DELETE`` under ``/api/``) first: no body is ``{}``, and anything but a JSON object
 of at most ``JSON_DEPTH_MAX`` levels is answered 400 with optuna-dashboard's ``{"reason": ...}``.
-What optuna-dashboard still logs as an error is one line on stderr (``--debug``: its traceback).
+So is an object whose fields have other types than the route reads (``{"directions": 5}``,
+``{"version": "x"}``): optuna-dashboard does not check them and answered 500; the reason names
+the field and what it must be (``dashboard_bodies``: one model per route). What
+optuna-dashboard still logs as an error is one line on stderr (``--debug``: its traceback).
 """
 
 from __future__ import annotations
@@ -141,9 +144,12 @@ def guard(app: Callable, *, bound: str, allowed_hosts: Iterable[str] = (), read_
 
 def _check_json_body(environ: dict) -> str | None:
     """What is wrong with a change's body, else None: the body is read, checked to be a JSON
-    object (no body: ``{}``) of at most ``JSON_DEPTH_MAX`` levels, and put back for the app. A
-    body over bottle's size limit is left to bottle (413)."""
+    object (no body: ``{}``) of at most ``JSON_DEPTH_MAX`` levels whose fields have the types its
+    route reads (``dashboard_bodies``), and put back for the app. A body over bottle's size limit
+    is left to bottle (413)."""
     from bottle import BaseRequest
+
+    from search_service import dashboard_bodies
 
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -162,6 +168,9 @@ def _check_json_body(environ: dict) -> str | None:
         return f"the request body must be a JSON object, not {type(value).__name__ if value is not None else 'null'}"
     if _depth(value) > JSON_DEPTH_MAX:
         return f"the request body is nested too deeply; at most {JSON_DEPTH_MAX} levels"
+    wrong = dashboard_bodies.problem(environ.get("REQUEST_METHOD", "GET").upper(), environ.get("PATH_INFO", ""), value)
+    if wrong is not None:
+        return wrong
     body = raw if raw.strip() else b"{}"
     environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json"})
     return None

@@ -12,7 +12,9 @@ such moment one that the next command recognises and finishes:
    creator is gone is removed and made again (``run``), or removed (``delete``).
 2. **Deleted marked.** ``delete`` first writes ``mro:deleting``: workers stop at their next trial
    (``deletion_notice``), and no command joins the study; then the study goes, and is looked up
-   again to check that it is gone.
+   again to check that it is gone; its checkpoint artifact goes last, named in a pending deletion
+   record beside the study's files until then, so that a ``delete`` killed in between is
+   finished by the next (``deletion``).
 3. **Own files.** A study records the folder that holds its files and the folders its creation
    made (``mro:files``); ``delete`` removes those folders (when empty) and no other.
 """
@@ -25,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -111,11 +114,16 @@ def create_marked_study(storage: Any, name: str, directions: list[StudyDirection
     return storage.get_study_id_from_name(name)
 
 
-def remove_study(storage: Any, study_id: int, attrs: dict[str, Any], location: str | None, checkpoint_id: str | None, *, tries: int = 5) -> int:
+def remove_study(storage: Any, study_id: int, attrs: dict[str, Any], location: str | None, checkpoint_id: str | None, *, tries: int = 5,
+                 before_delete: Callable[[], None] | None = None) -> int:
     """Remove a study by id (never by name: a study made again under the name is another one):
     its artifacts but the checkpoint, the study itself (tried again when a concurrent write made
     the delete fail), then the checkpoint artifact. Returns how many artifacts were removed.
-    Raises ``StudyNotGone`` when the study is still there after ``tries``."""
+    Raises ``StudyNotGone`` when the study is still there after ``tries``.
+
+    ``before_delete`` runs just before the study goes: once it is gone, nothing in the storage
+    names the checkpoint artifact any more, so ``delete`` records it there (``deletion``) to
+    finish its removal after a kill."""
     ids = artifacts.study_artifact_ids(attrs)
     ids = [i for i in ids if i != checkpoint_id] + ([checkpoint_id] if checkpoint_id else [])
     store = None
@@ -127,6 +135,8 @@ def remove_study(storage: Any, study_id: int, attrs: dict[str, Any], location: s
     removed = 0
     if store is not None:
         removed += sum(_remove_artifact(store, location, i) for i in ids if i != checkpoint_id)
+    if before_delete is not None:
+        before_delete()
     delete_by_id(storage, study_id, tries=tries)
     if store is not None and checkpoint_id:
         removed += _remove_artifact(store, location, checkpoint_id)  # last: a study that stays keeps its checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -258,3 +259,166 @@ def test_malformed_bodies_are_answered_400_without_a_traceback(tiny_search: Any,
         assert sorted(_study_names(study_copy)) == ["new", "tinysearch"]
     log = (tmp_path / "dashboard0.err").read_text()
     assert "Traceback" not in log and "File " not in log, log
+
+
+# --- wrongly-typed fields of a JSON object (dashboard_bodies) -------------------------------------
+#
+# optuna-dashboard reads its bodies' fields unchecked: `{"directions": 5}` raised in the app, which
+# answered 500. The guard checks them against one model per route. Each route is exercised on a
+# study of its own (made per request), so a rename or a delete never takes another request's
+# study away: what is tested is the body, nothing else.
+
+# field -> (a wrong value, its route, a body that the app takes with that field right)
+WRONG_FIELDS = {
+    "study_name": (5, "POST", "/api/studies"),
+    "directions": ("maximize", "POST", "/api/studies"),
+    "version": ("x", "PUT", "/api/studies/{sid}/note"),
+    "body": (3, "PUT", "/api/studies/{sid}/{tid}/note"),
+    "remove_associated_artifacts": ("no", "DELETE", "/api/studies/{sid}"),
+    "candidates": (["1"], "POST", "/api/studies/{sid}/preference"),
+    "clicked": (None, "POST", "/api/studies/{sid}/preference"),
+    "artifact_key": (7, "PUT", "/api/studies/{sid}/preference_feedback_component"),
+    "state": (1, "POST", "/api/trials/{rid}/tell"),
+    "values": (["1"], "POST", "/api/trials/{rid}/tell"),
+    "user_attrs": (["a"], "POST", "/api/trials/{rid}/user-attrs"),
+    "file": ("not a data URI", "POST", "/api/artifacts/{sid}"),
+    "filename": (1, "POST", "/api/artifacts/{sid}/{rid}"),
+}
+VALID_BODIES = [  # (method, path, body, status): what the dashboard's pages send
+    ("POST", "/api/studies", {"study_name": "made-{sid}", "directions": ["Minimize", "maximize"]}, 201),
+    ("POST", "/api/studies/{sid}/rename", {"study_name": "renamed-{sid}"}, 201),
+    ("PUT", "/api/studies/{sid}/note", {"version": 1, "body": "# a note"}, 204),
+    ("PUT", "/api/studies/{sid}/{tid}/note", {"version": 1, "body": "a trial's note"}, 204),
+    ("POST", "/api/trials/{rid}/user-attrs", {"user_attrs": {"checked": True, "by": "me"}}, 204),
+    ("POST", "/api/trials/{rid}/tell", {"state": "Complete", "values": [0.5]}, 204),
+    ("POST", "/api/trials/{rid}/tell", {"state": "fail"}, 204),
+    ("POST", "/api/studies/{sid}/preference", {"mode": "ChooseWorst", "candidates": [0, 1], "clicked": 1}, 204),
+    ("PUT", "/api/studies/{sid}/preference_feedback_component", {"output_type": "note"}, 204),
+    ("POST", "/api/artifacts/{sid}", {"file": "data:text/plain;base64,aGk=", "filename": "hi.txt"}, 201),
+    ("POST", "/api/artifacts/{sid}/{rid}", {"file": "data:text/plain;base64,aGk=", "filename": "hi.txt"}, 201),
+    ("DELETE", "/api/studies/{sid}", {"remove_associated_artifacts": False}, 204),
+]
+BODY_ROUTES = sorted({(method, path) for _, method, path in WRONG_FIELDS.values()} | {(m, p) for m, p, _, _ in VALID_BODIES}
+                     | {("POST", "/api/llm/trial_filter_query"), ("POST", "/api/studies/{sid}/{tid}/skip")})
+
+
+class _App:
+    """optuna-dashboard's WSGI app over an SQLite storage opened as ``mro-search dashboard``
+    opens it, behind ``guard``, called directly; ``call`` makes a study of its own (one complete
+    and one running trial) for each request."""
+
+    def __init__(self, folder: Path) -> None:
+        from optuna.artifacts import FileSystemArtifactStore
+        from optuna_dashboard import wsgi
+
+        from search_service.dashboard import guard
+        from search_service.storage import open_storage
+
+        url = f"sqlite:///{folder / 'bodies.db'}"
+        open_storage(url, heartbeat=False, create=True)  # the database, as a run makes it
+        self.storage = open_storage(url, heartbeat=False, create=False)
+        (folder / "artifacts").mkdir()
+        self.app = guard(wsgi(self.storage, artifact_store=FileSystemArtifactStore(str(folder / "artifacts"))), bound="127.0.0.1")
+        self.count = 0
+
+    def ids(self) -> dict[str, int]:
+        import optuna
+
+        self.count += 1
+        study = optuna.create_study(storage=self.storage, study_name=f"s{self.count}")
+        study.enqueue_trial({})
+        done = study.ask()
+        study.tell(done, 1.0)
+        running = study.ask()
+        return {"sid": study._study_id, "tid": done._trial_id, "rid": running._trial_id}
+
+    def call(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        from wsgiref.util import setup_testing_defaults
+
+        ids = self.ids()
+        environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path.format(**ids), "HTTP_HOST": "127.0.0.1:8080",
+                                   "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+        setup_testing_defaults(environ)
+        statuses: list[str] = []
+        text = b"".join(self.app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+        try:
+            answer = json.loads(text) if text.strip() else {}
+        except ValueError:
+            answer = {"text": text.decode("utf-8", "replace")}
+        return int(statuses[0].split()[0]), answer
+
+
+@pytest.fixture(scope="module")
+def body_app(tmp_path_factory: pytest.TempPathFactory) -> _App:
+    return _App(tmp_path_factory.mktemp("bodies"))
+
+
+@pytest.mark.parametrize("field", sorted(WRONG_FIELDS))
+def test_a_wrongly_typed_field_is_answered_400_naming_it(body_app: _App, field: str) -> None:
+    wrong, method, path = WRONG_FIELDS[field]
+    status, answer = body_app.call(method, path, json.dumps({field: wrong}).encode())
+    reason = answer.get("reason", "")
+    assert status == 400 and reason.startswith(f"mro-search dashboard: field '{field}' must be ") and "\n" not in reason, (status, answer)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "expected"), VALID_BODIES, ids=[f"{m} {p}" for m, p, _, _ in VALID_BODIES])
+def test_valid_bodies_still_reach_optuna_dashboard(body_app: _App, method: str, path: str, body: dict, expected: int) -> None:
+    text = json.dumps(body).replace("{sid}", str(body_app.count + 1))  # a name of its own
+    status, answer = body_app.call(method, path, text.encode())
+    assert status == expected, (status, answer)
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    likely = st.sampled_from(["minimize", "maximize", "Complete", "fail", "ChooseWorst", "note", "artifact",
+                              "data:text/plain;base64,aGk=", "data:,", "data:x;base64,a", ""])
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | likely
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                        max_leaves=12)
+
+
+def _objects():
+    from hypothesis import strategies as st
+
+    names = sorted({f for f in WRONG_FIELDS} | {"mode", "output_type", "last_response", "user_query"})
+    return st.dictionaries(st.sampled_from(names) | st.text(max_size=8), _json_values(), max_size=5)
+
+
+def test_no_json_object_makes_a_change_answer_500(body_app: _App) -> None:
+    """Any JSON object (NaN, huge integers and deep values included) to any route that reads a
+    body: never a 5xx."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(route=st.sampled_from(BODY_ROUTES), body=_objects())
+    def check(route: tuple[str, str], body: dict) -> None:
+        status, answer = body_app.call(*route, json.dumps(body).encode())
+        assert status < 500, (route, body, status, answer)
+
+    check()
+
+
+def test_wrongly_typed_fields_against_the_real_server(tiny_search: Any, study_copy: str, tmp_path: Path) -> None:
+    """The brief's examples on `mro-search dashboard` itself: 400 naming the field, the study
+    unchanged, nothing logged as an error; a valid body still works."""
+    with _serving(tiny_search, study_copy, tmp_path) as (base, study_id):
+        host = f"127.0.0.1:{base.rsplit(':', 1)[1]}"
+        trial_id = _get(f"{base}/api/studies/{study_id}?after=0")["trials"][0]["trial_id"]
+        cases = [
+            ("POST", "/api/studies", {"study_name": 5, "directions": "maximize"}, "study_name"),
+            ("POST", "/api/studies", {"directions": [1]}, "directions"),
+            ("PUT", f"/api/studies/{study_id}/note", {"version": "x", "body": 3}, "version"),
+            ("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": "abc"}, "user_attrs"),
+            ("POST", f"/api/trials/{trial_id}/tell", {"state": "Complete", "values": "12"}, "values"),
+        ]
+        for method, path, body, field in cases:
+            status, text = _request(base, path, host=host, method=method, body=json.dumps(body).encode())
+            assert status == 400 and f"field '{field}' must be" in json.loads(text)["reason"], (path, body, status, text)
+        status, text = _request(base, f"/api/studies/{study_id}/note", host=host, method="PUT",
+                                body=json.dumps({"version": 1, "body": "checked"}).encode())
+        assert status == 204, (status, text)
+        assert _study_names(study_copy) == ["tinysearch"]
+    log = (tmp_path / "dashboard0.err").read_text()
+    assert "optuna-dashboard: " not in log and "Traceback" not in log, log  # no error logged by the app

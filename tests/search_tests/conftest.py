@@ -445,8 +445,9 @@ def mro() -> type[MroHelpers]:
 
 # Runs ``mro-search ARGS`` as ``python -c`` does, but with the fault the test names in
 # MRO_TEST_FAULT: "stop-in-upload" (the process stops itself at the first byte copied into the
-# artifact store directory MRO_TEST_STORE), "stop-before-trial=N", "stop-in-trial=N" or "fsize=N"
-# (files may grow to N bytes).
+# artifact store directory MRO_TEST_STORE), "stop-before-trial=N", "stop-in-trial=N",
+# "stop-after-study-delete" (``delete`` stops itself once the study is removed, before its
+# checkpoint artifact) or "fsize=N" (files may grow to N bytes).
 FAULTY_CLI = r"""
 import os, resource, shutil, signal, sys
 fault = os.environ.get("MRO_TEST_FAULT", "")
@@ -471,6 +472,13 @@ if fault.startswith("stop-in-trial="):  # stops itself inside its Nth trial: RUN
             os.kill(os.getpid(), signal.SIGSTOP)
         return admitted(self, trial)
     search.Objective._admitted = stopping_admitted
+if fault == "stop-after-study-delete":  # stops itself once delete removed the study, before the checkpoint artifact
+    from search_service import ownership
+    delete_by_id = ownership.delete_by_id
+    def stopping_delete(*args, **kwargs):
+        delete_by_id(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    ownership.delete_by_id = stopping_delete
 if fault == "stop-in-upload":
     store = os.path.realpath(os.environ["MRO_TEST_STORE"])
     copy = shutil.copyfileobj

@@ -149,6 +149,48 @@ def test_delete_stops_the_workers_of_a_live_study(tiny, mro, tmp_path, backend, 
     assert "mro-search: stopping: study tiny " in err, err
 
 
+@pytest.mark.parametrize("then", ["delete", "run"])
+def test_a_delete_killed_between_the_study_and_its_checkpoint_is_finished_by_delete_again(tiny, mro, tmp_path, then):
+    """``delete`` stops itself once the study is removed, before its checkpoint artifact, and is
+    killed there: the artifact is still in the store and the pending deletion record names it.
+    ``delete`` run again finds no study but the record: it removes the artifact, the study's
+    files and the record and says so in one line, exit 0 (a third ``delete``: no such study).
+    Or ``run`` makes the study again first, undisturbed, and its ``delete`` removes both
+    checkpoint artifacts."""
+    file, run_dir = fresh_run(tiny, tmp_path)
+    store, url = tmp_path / "store", f"sqlite:///{run_dir / 'study.db'}"
+    common = ["--study", str(file), "--storage", url]
+    # in a process of its own: a connection this process kept would not see what the killed delete committed
+    assert mro.run(["run", *common, "--artifacts", str(store), "--trials", "2", "-q"], cwd=tmp_path).returncode == 0
+    checkpoint = system_attrs(mro, url)[CHECKPOINT_KEY]["artifact_id"]
+    assert (run_dir / "report.html").is_file()
+    deleter = start_faulty(mro, ["delete", *common, "--yes"], tmp_path, "stop-after-study-delete", tmp_path / "delete.err")
+    mro.wait_for(lambda: stopped(deleter) or deleter.poll() is not None, timeout=120, what="delete stopped after removing the study")
+    assert deleter.poll() is None, (tmp_path / "delete.err").read_text()
+    os.kill(deleter.pid, signal.SIGKILL)
+    deleter.wait(timeout=60)
+    assert study_names(url) == [] and files_under(store) == [checkpoint]  # the study gone, its checkpoint artifact not yet
+    (pending,) = run_dir.glob(".mro-deleting-tiny-*.json")
+    assert json.loads(pending.read_text())["checkpoint"] == checkpoint
+
+    if then == "run":  # a new study of the name: the record is not in its way
+        again = mro.run(["run", *common, "--artifacts", str(store), "--trials", "2", "--no-report", "-q"], cwd=tmp_path)
+        assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+        new = system_attrs(mro, url)[CHECKPOINT_KEY]["artifact_id"]
+        assert new != checkpoint and files_under(store) == sorted([checkpoint, new])
+        deleted = mro.run(["delete", *common, "--yes", "--json"], cwd=tmp_path)
+        assert deleted.returncode == 0, deleted.stderr
+        assert json.loads(deleted.stdout)["artifacts"] == 2  # the new study's checkpoint and the earlier one
+    else:
+        finished = mro.run(["delete", *common, "--yes"], cwd=tmp_path)
+        assert finished.returncode == 0 and finished.stderr == "", finished.stderr
+        (line,) = finished.stdout.splitlines()
+        assert line.startswith("finished deleting study tiny from ") and "1 artifact(s)" in line and "report.html" in line, line
+        one_error(mro.run(["delete", *common, "--yes"], cwd=tmp_path), "no study named 'tiny'")
+    assert files_under(store) == [] and not pending.exists() and not (run_dir / "report.html").exists()
+    assert not (run_dir / "study.db").exists() and files_under(run_dir) == files_under(tiny.run_dir)  # as before the study: the training only
+
+
 def test_a_delete_that_the_storage_refuses_is_an_error_and_keeps_the_checkpoint(tiny, mro, tmp_path, pg_url):
     """Optuna's delete fails (here a trigger refuses it, as a concurrent insert can): delete
     tries again, sees the study is still there and says so (exit 2); the study keeps its
