@@ -76,6 +76,7 @@ file there, so an interrupted run resumes; ``--fresh`` ignores both. Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -297,6 +298,9 @@ def job_search(study: Study, variant: str, within: float | None) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_tables_") as tmp:
         # the study's artifacts (a copy of the checkpoint) go with the temporary study, not into runs/
+        # the paper's method: the full row proposes from the trained MRG prior ([search] prior = "mrg";
+        # the service's default is the single-path prior since issue 17)
+        study = dataclasses.replace(study, search=dataclasses.replace(study.search, prior="mrg"))
         search = create_search(study, f"sqlite:///{tmp}/search.db", evaluator, trials=budget, artifacts_at=f"{tmp}/artifacts")
         optuna_study = search.optuna_study
         optuna_study.sampler = make_sampler(variant, study, P, seed)

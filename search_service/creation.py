@@ -33,7 +33,7 @@ import optuna
 
 from search_service import artifacts
 from search_service.evaluator import Evaluator, objective_metric
-from search_service.keys import CREATING_KEY, FILES_KEY
+from search_service.keys import CREATING_KEY, FILES_KEY, PRIOR_SOURCE_KEY
 from search_service.lifecycle import (
     DIRECTIONS,
     check_matches,
@@ -52,6 +52,7 @@ from search_service.ownership import (
     stamp,
     who,
 )
+from search_service.proposal_prior import proposal_prior
 from search_service.sampler import BUDGET_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY
 from search_service.search import (
     ARTIFACTS_KEY,
@@ -226,7 +227,8 @@ def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: 
             CREATING_KEY: stamp(),  # first: the study is mro-search's, and half-made
             FILES_KEY: files,
             PATHS_KEY: evaluator.path_names,
-            PRIOR_KEY: [float(q) for q in checkpoint.prior.path_probs().detach()],
+            PRIOR_KEY: proposal_prior(study.search.prior, evaluator, study.search.split),
+            PRIOR_SOURCE_KEY: study.search.prior,
             BUDGET_KEY: int(trials if trials is not None else study.search.trials),
             RANK_LOSS_KEY: study.train.rank_loss,
             METRIC_KEY: metric,

@@ -36,6 +36,7 @@ from optuna.storages._rdb.models import StudySystemAttributeModel
 from optuna.storages._rdb.storage import _create_scoped_session
 
 from search_service import artifacts
+from search_service.proposal_prior import PROPOSAL_PRIORS
 from search_service.report import FIGURE_TITLES, Report, build_report
 from search_service.search import CHECKPOINT_KEY
 
@@ -121,6 +122,7 @@ def note_text(report: Report, evaluator: Evaluator) -> str:
         f"- **Trials:** {len(report.trials)} complete of a budget of {report.budget} ({counts})",
         f"- **Pareto front:** {len(report.front)} mask(s): " + (", ".join(f"`{row['mask']}`" for row in _front_rows(report)) or "none yet"),
         f"- **Storage:** `{_code(report.storage)}`",
+        f"- **Sampler proposed from:** {PROPOSAL_PRIORS.get(report.proposal_prior, report.proposal_prior)} (`[search] prior`)",
         "",
         "### The prior's path ranking",
         "",

@@ -12,7 +12,8 @@ from __future__ import annotations
 # Study system attributes, written once when the study is created (``creation.create_search``;
 # only the budget may change later, on a resume).
 PATHS_KEY = "mro:paths"  # path names in mask order
-PRIOR_KEY = "mro:prior_keep_probs"  # each path's keep probability under the pretrained prior
+PRIOR_KEY = "mro:prior_keep_probs"  # each path's keep probability under the proposal prior
+PRIOR_SOURCE_KEY = "mro:prior_source"  # where they came from: [search] prior (absent: "mrg", older studies)
 BUDGET_KEY = "mro:trials"  # the trial budget
 RANK_LOSS_KEY = "mro:rank_loss"  # the rank loss the prior was trained with
 

@@ -46,6 +46,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from search_service.exhaustive import exact_front_note
+from search_service.keys import PRIOR_SOURCE_KEY
+from search_service.proposal_prior import PROPOSAL_PRIORS
 from search_service.sampler import PATHS_KEY
 from search_service.search import FULL_MASK_KEY, METRIC_KEY, SearchStudy, pareto_front
 from search_service.storage import mask_password
@@ -103,6 +105,7 @@ class Report:
     spearman_epochs: list[tuple[int, float]]  # (epoch, rho) from training
     exact_front: str | None = None  # set when the study holds the exact front (run --exhaustive)
     prior_learned_from: str = ""  # rank_data of the training history (supernet.rank_data)
+    proposal_prior: str = "mrg"  # [search] prior: what the sampler proposed from (older studies: the MRG prior)
     path_training: list[dict[str, Any]] = field(default_factory=list)  # per path: updates, single-path scores
     generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
@@ -118,6 +121,7 @@ class Report:
             "spearman": self.spearman_trials[-1][2] if self.spearman_trials else None,
             "exact_front": self.exact_front,
             "prior_learned_from": self.prior_learned_from,
+            "proposal_prior": self.proposal_prior,
             "path_training": self.path_training,
         }
 
@@ -218,6 +222,7 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         spearman_epochs=rho_epochs,
         exact_front=exact_front_note(search),
         prior_learned_from=prior_learned_from(evaluator.checkpoint.history),
+        proposal_prior=str(attrs.get(PRIOR_SOURCE_KEY) or "mrg"),
         path_training=path_training(evaluator.checkpoint.history, paths),
     )
 
@@ -453,6 +458,7 @@ def _render(r: Report) -> str:
         ("Pareto front", r.exact_front or "as found by the search's trials"),
         ("supernet checkpoint", r.checkpoint or "-"),
         ("prior learned from", r.prior_learned_from),
+        ("sampler proposed from", PROPOSAL_PRIORS.get(r.proposal_prior, r.proposal_prior)),
         ("generated", r.generated),
     ]
     rows = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_service.limits import TRIALS_MAX
+from search_service.proposal_prior import PRIOR_SOURCES
 from supernet.config import (
     DATA_SOURCES,
     DataConfig,
@@ -50,6 +51,10 @@ class SearchConfig:
     n_startup_trials: int = field(default=10, metadata={"min": 0, "max": TRIALS_MAX})  # uniform masks first
     flops_budget: float = field(default=0.0, metadata={"min": 0.0, "max": 1e12})  # MFLOPs; 0 = no constraint
     split: str = field(default="valid", metadata={"choices": ("valid", "test")})  # scored split
+    # The sampler's proposal prior (search_service.proposal_prior): "single_path", keep probabilities
+    # from each path's single-path score with the supernet (measured best: docs/RESULTS.md, issue
+    # 17); "mrg", the trained Modal Relation Graph prior's (the paper's); "flat", 0.5 for every path.
+    prior: str = field(default="single_path", metadata={"choices": PRIOR_SOURCES})
     storage: str = field(default="", metadata={"secret": True})  # storage URL (may hold a password); empty: sqlite in the run directory
     run_dir: str = ""  # where checkpoints and database go; empty: runs/NAME (relative to cwd)
     # Artifact store for the study's checkpoint and report: a directory, or s3://bucket/prefix

@@ -13,10 +13,13 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 from optuna.study import StudyDirection
 
 from search_service.cli import main
 from search_service.evaluator import Evaluator
+from search_service.keys import PRIOR_SOURCE_KEY
+from search_service.proposal_prior import scaled
 from search_service.sampler import BUDGET_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY
 from search_service.search import (
     ARTIFACTS_KEY,
@@ -91,9 +94,11 @@ def test_study_records_checkpoint_configuration_budget_paths_and_prior(searched,
     assert attrs[PATHS_KEY] == searched.evaluator.path_names == [
         "text->audio", "text->vision", "audio->text", "audio->vision", "vision->text", "vision->audio"
     ]
-    prior = [float(q) for q in searched.evaluator.checkpoint.prior.path_probs().detach()]
-    assert attrs[PRIOR_KEY] == pytest.approx(prior)
-    assert all(0.0 < q < 1.0 for q in attrs[PRIOR_KEY])
+    # the default proposal prior: each path's single-path score with the supernet, scaled into [0.1, 0.9]
+    single = [float(x) for x in searched.evaluator.score(torch.eye(6))]
+    assert attrs[PRIOR_SOURCE_KEY] == "single_path"
+    assert attrs[PRIOR_KEY] == pytest.approx(scaled(single))
+    assert all(0.1 - 1e-9 <= q <= 0.9 + 1e-9 for q in attrs[PRIOR_KEY])
     assert attrs[METRIC_KEY] == "accuracy"
     assert attrs[RANK_LOSS_KEY] == study_file.train.rank_loss
     assert attrs[FLOPS_BUDGET_KEY] == pytest.approx(searched.flops_budget)
