@@ -22,9 +22,10 @@ The relative search space is one ``{0, 1}`` categorical per path, named after th
 behind its value: ``exploration`` 0.1, ``local`` 0.7, and within local moves ``drop`` 0.7 and
 ``shrink`` 0.8. ``MROSampler(exploration=..., local=...)`` sets the first two.
 
-**The refinement** (``_refinement.py``, ``PriorRefinement``): ``theta`` starts at the prior learned
-in pretraining (``mro:prior_keep_probs``, written into the study from the checkpoint; uniform
-when absent) and is fitted to the completed trials by the study's rank loss (Adam in NumPy, its
+**The refinement** (``_refinement.py``, ``PriorRefinement``): ``theta`` starts at the study's
+proposal prior (``mro:prior_keep_probs``, written when the study is created from ``[search] prior``:
+by default each path's single-path score with the supernet, or the MRG prior learned in
+pretraining, ``search_service/proposal_prior.py``; uniform when absent) and is fitted to the completed trials by the study's rank loss (Adam in NumPy, its
 gradient equal to autograd's through ``supernet.rank_loss``), with an L2 pull back towards the
 pretrained prior; it is recomputed when the set of completed trials changed.
 

@@ -47,8 +47,9 @@ class MROSampler(BaseSampler):
     Args:
         paths: path names in mask order; read from the study (``mro:paths``) when omitted, or
             inferred from the completed trials' parameters.
-        prior_keep_probs: each path's keep probability under the pretrained prior; read from
-            the study (``mro:prior_keep_probs``) when omitted, uniform (0.5) when absent there.
+        prior_keep_probs: each path's keep probability under the proposal prior; read from
+            the study (``mro:prior_keep_probs``, from ``[search] prior``) when omitted, uniform
+            (0.5) when absent there.
         n_startup_trials: completed trials before the prior is used; uniform until then.
         rank_loss: ``"hinge"``, ``"l0"``, ``"l1"``, ``"l2"`` or ``"linf"``; the study's
             ``mro:rank_loss`` when omitted, else ``"l1"``.
