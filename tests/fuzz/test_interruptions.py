@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import event, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from .conftest import EXAMPLES, fuzz_settings, listing, prepare
@@ -57,12 +57,12 @@ FAULTY_CLI = r"""
 import os, shutil, signal, sys
 stop = os.environ.get("MRO_TEST_STOP", "")
 if stop == "upload":
-    store = os.path.realpath("runs/fz") + os.sep
-    copy = shutil.copyfileobj
+    store, copy, stopped = os.path.realpath("runs/fz") + os.sep, shutil.copyfileobj, []
     def stopping_copy(src, dst, *args, **kwargs):
         name = getattr(dst, "name", "")
         name = os.readlink(f"/proc/self/fd/{name}") if isinstance(name, int) else os.path.realpath(str(name))
-        if name.startswith(store) and "artifacts" in name:
+        if not stopped and name.startswith(store) and "artifacts" in name:
+            stopped.append(name)  # once: a later upload (the report) must not stop it again
             os.kill(os.getpid(), signal.SIGSTOP)
         return copy(src, dst, *args, **kwargs)
     shutil.copyfileobj = stopping_copy
@@ -97,6 +97,9 @@ moments = st.one_of(st.just("upload"), st.integers(1, 4).map(lambda k: f"trial={
 
 
 @fuzz_settings(share=0.12)
+# a run stopped at its checkpoint upload and let go on uploads its report too: it once stopped there
+# again with nobody to wake it (a hang of 240 s that failed a CI run)
+@example(pair=("run", "delete"), existing=False, target=0, sig="none", moment="upload")
 @given(pair=st.tuples(st.sampled_from(sorted(COMMANDS)), st.sampled_from(sorted(COMMANDS))), existing=st.booleans(),
        target=st.sampled_from([0, 1]), sig=st.sampled_from(sorted(SIGNALS)), moment=moments)
 def test_commands_in_pairs_cut_off_by_signals(cli, scratch, template: Path, pair, existing: bool, target: int, sig: str, moment: str) -> None:

@@ -480,12 +480,12 @@ if fault == "stop-after-study-delete":  # stops itself once delete removed the s
         os.kill(os.getpid(), signal.SIGSTOP)
     ownership.delete_by_id = stopping_delete
 if fault == "stop-in-upload":
-    store = os.path.realpath(os.environ["MRO_TEST_STORE"])
-    copy = shutil.copyfileobj
+    store, copy, stopped = os.path.realpath(os.environ["MRO_TEST_STORE"]), shutil.copyfileobj, []
     def stopping_copy(src, dst, *args, **kwargs):
         name = getattr(dst, "name", "")
         name = os.readlink(f"/proc/self/fd/{name}") if isinstance(name, int) else os.path.realpath(str(name))
-        if name.startswith(store + os.sep):
+        if not stopped and name.startswith(store + os.sep):
+            stopped.append(name)  # the first upload only: a test that lets it go on must not find it stopped again
             os.kill(os.getpid(), signal.SIGSTOP)
         return copy(src, dst, *args, **kwargs)
     shutil.copyfileobj = stopping_copy
