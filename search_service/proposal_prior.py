@@ -21,12 +21,9 @@ The MRG prior still guides the supernet's training (``[train]``) and stays one s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from search_service.evaluator import Evaluator
 
 PRIOR_SOURCES = ("single_path", "mrg", "flat")
 PROPOSAL_PRIORS = {  # how the report and the dashboard note name each source
@@ -50,8 +47,10 @@ def scaled(scores: list[float], *, maximize: bool = True) -> list[float]:
     return [float(q) for q in LOW + (HIGH - LOW) * unit]
 
 
-def proposal_prior(source: str, evaluator: Evaluator, split: str) -> list[float]:
-    """Each path's keep probability for the sampler, from ``source`` (one of PRIOR_SOURCES)."""
+def proposal_prior(source: str, evaluator: Any, split: str) -> list[float]:
+    """Each path's keep probability for the sampler, from ``source`` (one of PRIOR_SOURCES);
+    ``evaluator``: the study's ``search_service.evaluator.Evaluator`` (not imported here: the
+    study file module imports this one, and the evaluator imports the study file module)."""
     from supernet.metrics import METRICS
 
     P = evaluator.model.num_paths
