@@ -982,6 +982,30 @@ def _remember_argv(argv: Sequence[str]) -> None:
             remember(arg)
 
 
+_INTERRUPTS: list[int] = []  # Ctrl-C received during this main()
+
+
+def _noting_interrupts() -> Any:
+    """Install a SIGINT handler that raises KeyboardInterrupt, as Python's own does, and notes
+    the interrupt (``_INTERRUPTS``): Ctrl-C inside an import (numpy's, scipy's, loaded lazily by a
+    command) can leave the module half-made and surface as another exception (a RecursionError
+    seen in the interruption fuzz), which ``main`` then reports as the interrupt it was. Only in
+    the main thread and over Python's default handler (an ignored SIGINT stays ignored). Returns
+    the handler to restore, or None."""
+    import signal
+
+    _INTERRUPTS.clear()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+
+    def interrupted(signum: int, frame: Any) -> None:
+        _INTERRUPTS.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    return signal.default_int_handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _remember_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -991,6 +1015,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args)
     from search_service.redaction import scrub
 
+    previous = _noting_interrupts()
+    try:
+        return _main(args, scrub)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: argparse.Namespace, scrub: Any) -> int:
     try:
         _guard_secrets(args)  # in the try: Ctrl-C while it loads the study file's modules is one line too
         if args.handler in (cmd_train, cmd_run, cmd_worker, cmd_resume, cmd_evaluate, cmd_export, cmd_report):
@@ -1013,6 +1048,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
+        if _INTERRUPTS and not args.debug:  # what a Ctrl-C left behind (see _noting_interrupts): still the interrupt
+            print(INTERRUPTED, file=sys.stderr)
+            return EXIT_INTERRUPTED
         if not args.debug and isinstance(exc, OSError) and exc.filename is not None:
             # a path the user named or implied that the file system refuses (a name too long, a
             # part of it a file, no permission...): one line naming it, as for every other mistake

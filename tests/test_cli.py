@@ -198,3 +198,31 @@ def test_double_dash_as_an_option_value_is_that_value(argv: list[str], needle: s
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("mro-search: error:") and needle in err, err
+
+
+def test_an_interrupt_that_surfaces_as_another_exception_is_still_one_line(monkeypatch, capsys):
+    """Ctrl-C inside a lazy import (numpy's, scipy's) can leave the module half-made and surface as
+    another exception: the interruption fuzz saw a RecursionError traceback from ``resume`` hit
+    by SIGINT 0.5 s after its start. ``main`` reports it as the interrupt it was."""
+    import os
+    import signal
+    import time
+
+    import search_service.cli as cli
+
+    def interrupted_in_an_import(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RecursionError("maximum recursion depth exceeded") from None  # what the half-made module raised
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_flops", interrupted_in_an_import)
+    assert cli.main(["flops", "--study", "demo"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == cli.INTERRUPTED + "\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # an error that no interrupt caused is still reported as before
+    monkeypatch.setattr(cli, "cmd_flops", lambda args: (_ for _ in ()).throw(RecursionError("deep")))
+    assert cli.main(["flops", "--study", "demo"]) == cli.EXIT_TRACEBACK
+    assert "RecursionError: deep" in capsys.readouterr().err
