@@ -464,7 +464,10 @@ class FaultTolerantRDBStorage(RDBStorage):
     _created: tuple[FrozenTrial, float] | None = None
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(url, *args, **kwargs)
+        # Optuna fills the URL as a str.format template ({SCHEMA_VERSION}): a brace in a password
+        # ("p{w}") raised KeyError('w'), whose message carried the password past the masking.
+        # Braces are doubled, so format() gives the URL back exactly as the user wrote it.
+        super().__init__(url.replace("{", "{{").replace("}", "}}"), *args, **kwargs)
         if os.environ.get(FAST_SQL_ENV, "").strip().lower() in ("0", "false", "no", "off"):
             reason: str | None = f"{FAST_SQL_ENV}={os.environ[FAST_SQL_ENV]}"
         else:

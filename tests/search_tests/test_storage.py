@@ -147,3 +147,22 @@ def test_unreachable_or_unusable_storage_for_other_commands(tiny, tmp_path, capf
         if "postgres" in url:
             assert SECRET not in out + err
     assert not (tiny.run_dir / "study.db").exists()
+
+
+@pytest.mark.postgres
+def test_braces_in_a_url_are_the_url_not_a_template(tmp_path, pg_url):
+    """Optuna fills a storage URL as a ``str.format`` template: a password such as ``{Pw1}`` made
+    it raise KeyError('Pw1'), and that message printed the password past the masking (found by
+    the storage-URL fuzz); a SQLite path with braces failed the same way. Both open now, as given."""
+    import optuna
+
+    from search_service.storage import open_storage
+
+    secret = "{Pw0000000001}"
+    for url in (pg_url.replace("postgres@", f"postgres:{secret}@"), f"sqlite:///{tmp_path / 'a{b}c' / 'study.db'}"):
+        storage = open_storage(url, create=True)
+        assert storage.url == url
+        optuna.create_study(storage=storage, study_name="braces")
+        assert "braces" in optuna.get_all_study_names(storage)
+        optuna.delete_study(study_name="braces", storage=storage)
+    assert (tmp_path / "a{b}c" / "study.db").is_file()
