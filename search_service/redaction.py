@@ -36,6 +36,7 @@ MASK = "***"
 # access tokens and keys. ("tokens", as in the model's vector_tokens, is no secret.)
 SECRET_NAMES = frozenset({"password", "sslpassword", "passwd", "pwd", "pass"})
 SECRET_WORDS = ("pass", "pwd", "secret", "credential", "apikey", "api_key", "private_key", "auth_key")
+MIN_PIECE = 8  # a piece of a secret cut at a parser's separator is masked as bare text from this length
 MIN_LITERAL = 3  # a shorter secret is masked where it stands in a URL or NAME=, not as bare text
 
 # SQLAlchemy's own URL grammar (sqlalchemy.engine.url._parse_url), so that the password found
@@ -127,9 +128,17 @@ def _mask_query(query: str) -> str:
     return "&".join(parts)
 
 
+_RAW_QUERY_ASSIGN = re.compile(r"[?&]([^=&?#]+)=([^&#]*)")
+
+
 def url_secrets(url: str) -> set[str]:
     """Every secret ``url`` carries, each as written in the URL and decoded."""
     secrets: set[str] = set()
+    # a query-style NAME=VALUE read off the raw text too: where the URL's parse puts an '@' of a
+    # query password into the host ("?password=x@y" read as host "y"), the value is still a secret
+    for m in _RAW_QUERY_ASSIGN.finditer(str(url)):
+        if is_secret_name(m.group(1)) and m.group(2):
+            secrets.update((m.group(2), unquote_plus(m.group(2))))
     found = _URL.match(str(url))
     if found is None:
         for m in _TEXT_USERINFO.finditer(str(url)):
@@ -160,10 +169,19 @@ def url_secrets(url: str) -> set[str]:
     return {s for s in secrets if s and s != MASK}
 
 
+# where URL, conninfo and format parsers cut a string: a driver's message may quote one piece of a
+# password that held one of these ("x@host" read as a host, "{name}" as a format field)
+_PIECE_BOUNDARY = re.compile(r"[@:/?#&=,;{}\[\]()'\"\\\s\x00-\x1f\x7f]+")
+
+
 def _spellings(secret: str) -> set[str]:
-    """How a secret may appear in text: as is, percent-encoded, JSON- and repr-escaped."""
+    """How a secret may appear in text: as is, percent-encoded, JSON- and repr-escaped, and each
+    piece a parser may have cut it into (``_PIECE_BOUNDARY``)."""
     forms = {secret, quote(secret, safe=""), quote_plus(secret, safe=""), json.dumps(secret)[1:-1], repr(secret)[1:-1]}
-    return {f for f in forms if len(f) >= MIN_LITERAL}
+    forms = {f for f in forms if len(f) >= MIN_LITERAL}
+    # pieces only when long enough not to be an everyday word masked in every later message
+    # (and never a parameter's name, "password" of a mis-parsed "x?password=y")
+    return forms | {p for p in _PIECE_BOUNDARY.split(secret) if len(p) >= MIN_PIECE and not is_secret_name(p)}
 
 
 def remember(url: str | None) -> None:

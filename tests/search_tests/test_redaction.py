@@ -143,3 +143,17 @@ def test_the_log_filter_scrubs_messages_arguments_and_tracebacks() -> None:
         optuna_root.removeHandler(handler)
     out = stream.getvalue()
     assert "L0gSecret" not in out and "Traceback" in out and "RuntimeError" in out and "5%" in out, out
+
+
+def test_a_driver_quoting_a_piece_of_a_password_shows_no_piece():
+    """Found by the storage-URL fuzz: SQLAlchemy reads an '@' inside a query password as the
+    host's start ("?password=x@y": host "y"), and psycopg's "failed to resolve host 'y'" printed
+    that piece; a "{name}" password reached a KeyError('name'). Pieces of 8 characters and more,
+    cut where such parsers cut, are masked too."""
+    from search_service.redaction import scrub, url_secrets
+
+    url = "postgresql+psycopg://u%40x@localhost:1/db?password=\x7f\U000d0810@\u00b6Pw0000000000"
+    assert "\x7f\U000d0810@\u00b6Pw0000000000" in url_secrets(url)
+    assert "Pw0000000000" not in scrub("failed to resolve host '\u00b6Pw0000000000'", url)
+    assert "Pw0000000001" not in scrub("KeyError: 'Pw0000000001'", "postgresql+psycopg://postgres:{Pw0000000001}@h/db")
+    assert scrub("my pass word", "postgresql+psycopg://u:my@pass@h/db") == "my pass word"  # short pieces: not bare text
