@@ -118,6 +118,16 @@ def write_result(out: Path, stem: str, report: dict, markdown: str) -> None:
     (out / f"{stem}.md").write_text(markdown)
 
 
+def publish(report: dict, markdown: str, *, out: str, stem: str, as_json: bool) -> None:
+    """A benchmark's ending: the tables on stdout, ``write_result`` into ``out`` when given, and
+    the report as one JSON object with ``--json``."""
+    print(markdown)
+    if out:
+        write_result(Path(out), stem, report, markdown)
+    if as_json:
+        print(json.dumps(report, default=float))
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["KEY=VALUE", ...]`` (TOML values) -> a dict, checked against [train]'s keys and types."""
     from supernet.config import TrainConfig, parse_section

@@ -35,36 +35,33 @@ from supernet.data import load_data  # noqa: E402
 from supernet.paths import path_names  # noqa: E402
 from supernet.train import train_supernet  # noqa: E402
 
+# each variant part: (section, change); the change takes the section's config and the part's value
+PARTS = {
+    "noshort": ("data", lambda c, v: {"shortcut_modality": ""}),
+    "nointer": ("data", lambda c, v: {"interaction_paths": [], "interaction_strength": 0.0}),
+    "short": ("data", lambda c, v: {"shortcut_strength": float(v)}),
+    "train": ("data", lambda c, v: {"samples": [int(v), *c.samples[1:]]}),
+    "epochs": ("train", lambda c, v: {"epochs": int(v)}),
+    "warm": ("train", lambda c, v: {"warmup_epochs": int(v)}),
+    "mps": ("train", lambda c, v: {"masks_per_step": int(v)}),
+    "lr": ("train", lambda c, v: {"lr": float(v)}),
+    "width": ("model", lambda c, v: {"width": int(v)}),
+    "head": ("model", lambda c, v: {"head": v}),
+}
+
 
 def configure(variant: str, seed: int):
     study = load_study("family")
-    data_cfg, model_cfg = replace(study.data, seed=seed), study.model
-    train_cfg = replace(study.train, seed=seed, device="cpu")
+    configs = {"data": replace(study.data, seed=seed), "model": study.model, "train": replace(study.train, seed=seed, device="cpu")}
     for part in variant.split("+"):
-        k, _, v = part.partition("=")
-        if k == "noshort":
-            data_cfg = replace(data_cfg, shortcut_modality="")
-        elif k == "nointer":
-            data_cfg = replace(data_cfg, interaction_paths=[], interaction_strength=0.0)
-        elif k == "short":
-            data_cfg = replace(data_cfg, shortcut_strength=float(v))
-        elif k == "epochs":
-            train_cfg = replace(train_cfg, epochs=int(v))
-        elif k == "warm":
-            train_cfg = replace(train_cfg, warmup_epochs=int(v))
-        elif k == "mps":
-            train_cfg = replace(train_cfg, masks_per_step=int(v))
-        elif k == "lr":
-            train_cfg = replace(train_cfg, lr=float(v))
-        elif k == "width":
-            model_cfg = replace(model_cfg, width=int(v))
-        elif k == "head":
-            model_cfg = replace(model_cfg, head=v)
-        elif k == "train":
-            data_cfg = replace(data_cfg, samples=[int(v), *data_cfg.samples[1:]])
-        elif k != "base":
+        key, _, value = part.partition("=")
+        if key == "base":
+            continue
+        if key not in PARTS:
             raise SystemExit(f"error: unknown variant part {part!r}; see the module docstring")
-    return data_cfg, model_cfg, train_cfg
+        section, change = PARTS[key]
+        configs[section] = replace(configs[section], **change(configs[section], value))
+    return configs["data"], configs["model"], configs["train"]
 
 
 def main(argv: list[str] | None = None) -> int:

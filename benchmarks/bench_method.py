@@ -73,6 +73,7 @@ from bench_tables import select, training_overrides  # noqa: E402
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.study._multi_objective import _is_pareto_front  # noqa: E402
 
+from search_service.proposal_prior import scaled  # noqa: E402
 from search_service.sampler import MROSampler  # noqa: E402
 from search_service.study_file import load_study  # noqa: E402
 from supernet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -177,13 +178,9 @@ def stratified(P: int, n: int, seed: int) -> list[tuple[int, ...]]:
 
 
 def single_path_probs(scores: list[float]) -> list[float]:
-    """Keep probabilities from single-path scores: min-max scaled into [0.1, 0.9] (flat 0.5 when
-    every path scores the same)."""
-    s = np.asarray(scores, dtype=float)
-    spread = s.max() - s.min()
-    if spread <= 0:
-        return [0.5] * len(s)
-    return (0.1 + 0.8 * (s - s.min()) / spread).tolist()
+    """Keep probabilities from single-path scores: the service's own ``[search] prior =
+    "single_path"`` scaling (min-max into [0.1, 0.9]; flat 0.5 when every path scores the same)."""
+    return scaled(scores)
 
 
 def make_sampler(arm: str, seed: int, paths: list[str], probs: dict[str, list[float]], trials: int):
@@ -522,12 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "trials": trials, "points": points, "epochs": problem(0, args.family, args.quick, cut)[2].epochs,
                                             "train_samples": problem(0, args.family, args.quick, cut)[0].samples[0], "small": small, "quick": args.quick},
               "wall_s": time.perf_counter() - started, "seed_cpu_s": cpu, "summary": summary, "targets": targets(summary, points), "seeds": rows}
-    md = markdown(report)
-    print(md)
-    if args.out:
-        _common.write_result(Path(args.out), "bench_method_quick" if args.quick else "bench_method", report, md)
-    if args.json:
-        print(json.dumps(report, default=float))
+    _common.publish(report, markdown(report), out=args.out, stem="bench_method_quick" if args.quick else "bench_method", as_json=args.json)
     return 0
 
 

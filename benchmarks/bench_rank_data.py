@@ -457,12 +457,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"datasets": datasets, "seeds": ", ".join(map(str, seeds)), "trials": trials, "early": EARLY,
                            "small": args.small, "quick": args.quick, "verdict_measures": list(VERDICT)},
               "wall_s": time.perf_counter() - started, "trainings_run": trainings_run, "summary": summary, "seeds": rows}
-    md = markdown(report)
-    print(md)
-    if args.out:
-        _common.write_result(Path(args.out), "bench_rank_data_quick" if args.quick else "bench_rank_data", report, md)
-    if args.json:
-        print(json.dumps(report, default=float))
+    _common.publish(report, markdown(report), out=args.out, stem="bench_rank_data_quick" if args.quick else "bench_rank_data", as_json=args.json)
     return 0
 
 

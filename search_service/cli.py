@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -568,7 +569,6 @@ def _stop_workers(procs, grace: float = 5.0) -> None:
     bookkeeping (the trial is marked failed, for ``resume``). Any still running after ``grace``
     seconds (this process alone was interrupted) gets SIGINT, and is killed if that fails too;
     a killed worker's trial is failed and retried by the heartbeat."""
-    import signal
     import subprocess
     import time
 
@@ -992,8 +992,6 @@ def _noting_interrupts() -> Any:
     seen in the interruption fuzz), which ``main`` then reports as the interrupt it was. Only in
     the main thread and over Python's default handler (an ignored SIGINT stays ignored). Returns
     the handler to restore, or None."""
-    import signal
-
     _INTERRUPTS.clear()
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return None
@@ -1020,8 +1018,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(args, scrub)
     finally:
         if previous is not None:
-            import signal
-
             signal.signal(signal.SIGINT, previous)
 
 
