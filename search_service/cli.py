@@ -591,29 +591,63 @@ def _stop_workers(procs, grace: float = 5.0) -> None:
 
 def _print_front(search, as_json: bool, extra: dict | None = None) -> None:
     from search_service.exhaustive import exact_front_note
-    from search_service.search import over_budget_note, pareto_front
+    from search_service.hardware import device_spread, study_tables
+    from search_service.objectives import HARDWARE_KEY, UNITS, Objectives
+    from search_service.search import METRIC_KEY, over_budget_note, pareto_front
     from search_service.storage import mask_password
 
     front = pareto_front(search)
     counts = search.counts()
+    attrs = search.attrs
+    objectives = Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, "")))
+    spread = device_spread(study_tables(attrs))
+    hardware = attrs.get(HARDWARE_KEY) or {}
     exact = exact_front_note(search)  # the study holds the front of run --exhaustive
     over = over_budget_note(search.optuna_study.get_trials(deepcopy=False))  # why trials were pruned at the budget, when some were
     if as_json:
+        about = {"objectives": [{"name": n, "direction": d.name.lower(), "unit": objectives.unit(n)}
+                                for n, d in zip(objectives.names, objectives.directions)],
+                 "limits": {q: {"max": v, "unit": UNITS[q]} for q, v in objectives.limits.items()}}
+        if hardware:
+            about["latency_device"] = {"device": hardware.get("label", hardware.get("device")), "batch_size": hardware.get("batch_size"),
+                                       "precision": hardware.get("precision"), "noise": spread}
         _print_json({"study": search.optuna_study.study_name, "storage": mask_password(search.url), "budget": search.budget, "counts": counts,
-                     "pareto_front": front, "exact_front": exact, "over_budget": over, **(extra or {})})
+                     **about, "pareto_front": front, "exact_front": exact, "over_budget": over, **(extra or {})})
         return
-    metric = search.optuna_study.metric_names[0] if search.optuna_study.metric_names else "accuracy"
     print(f"study {search.optuna_study.study_name}: {counts['complete']}/{search.budget} trials complete "
           f"({counts['fail']} failed, {counts['pruned']} pruned); Pareto front ({len(front)}{', exact' if exact else ''}):")
-    print(f"{'trial':>6}  {'mask':<12} {metric:>10} {'MFLOPs':>10}  active paths")
+    heads = [objectives.metric] + [UNITS[c] if c == "mflops" else objectives.label(c) for c in objectives.costs]
+    measured_heads = [f"{c} measured" for c in objectives.costs if c in ("latency_ms", "peak_memory_mb")]
+    widths = [max(10, len(h)) for h in heads + measured_heads]
+    print(f"{'trial':>6}  {'mask':<12} " + " ".join(f"{h:>{w}}" for h, w in zip(heads + measured_heads, widths)) + "  active paths")
     for row in front:
-        print(f"{row['trial']:>6}  {row['mask']:<12} {row['values'][0]:>10.4f} {row['mflops']:>10.4f}  {', '.join(row['active_paths'] or [])}")
+        cells = [_num(v) for v in row["values"]]
+        for c in objectives.costs:
+            if c in ("latency_ms", "peak_memory_mb"):
+                got = (row.get("measured") or {}).get(c)
+                cells.append(_num(got["median"] if isinstance(got, dict) else got) if got is not None else "-")
+        tie = f"  (within the device's noise of trial {row['noise_tie']})" if row.get("noise_tie") is not None else ""
+        print(f"{row['trial']:>6}  {row['mask']:<12} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+              + f"  {', '.join(row['active_paths'] or [])}{tie}")
+    if objectives.limits:
+        print("limits: " + ", ".join(f"{q} <= {v:g} {UNITS[q]}" for q, v in objectives.limits.items()) + " (the front holds only trials within them)")
+    if hardware:
+        print(f"latency and memory: tables measured on {hardware.get('label', hardware.get('device'))}, batch {hardware.get('batch_size')}, "
+              f"{hardware.get('precision')}; device noise ±{100 * spread:.1f} % (IQR/median of repeated runs)")
     if exact:
         print(f"front: {exact}")
     if over:
         print(f"pruned: {over}")
     for key, value in (extra or {}).items():
         print(f"{key}: {_exhaustive_line(value) if key == 'exhaustive' else value}")
+
+
+def _num(value: Any) -> str:
+    """A number for the front's columns: counts whole, the rest to four decimals."""
+    if value is None:
+        return "-"
+    value = float(value)
+    return f"{value:.0f}" if value >= 10000 and value == int(value) else f"{value:.4f}"
 
 
 def _exhaustive_line(entry: dict[str, Any]) -> str:
@@ -669,7 +703,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     evaluator = Evaluator(study, checkpoint, device=device)
     plan = _exhaustive_estimate(args, study, evaluator)  # --exhaustive: refused here if too long, before the study is touched
     created = search is None
-    search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts)
+    search = create_search(study, url, evaluator, trials=args.trials, artifacts_at=args.artifacts, latency_device=args.device)
     if created and not args.no_report:
         from search_service.dashboard_plots import publish
 
@@ -685,6 +719,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _deleted_meanwhile(search):
         return 0
     extra = {"artifacts": where["artifacts"], "checkpoint": checkpoint.identity}
+    _measure_front(search, evaluator)
     if not args.no_report:
         extra["report"] = str(_write_run_report(search, evaluator, report_path(study, url), args.artifacts))
     _print_front(search, args.json, extra)
@@ -732,6 +767,7 @@ def _run_exhaustive(args: argparse.Namespace, study, search, evaluator, plan, wh
     entry = run_exhaustive(search, evaluator, scorer, est, progress=not args.quiet)
     extra: dict[str, Any] = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity,
                              "exhaustive": {k: entry[k] for k in ("masks", "added", "seconds", "masks_per_s", "method", "device")}}
+    _measure_front(search, evaluator)
     if not args.no_report:
         from search_service.lifecycle import report_path
 
@@ -754,6 +790,22 @@ def _warn_mask_space(evaluator, search) -> None:
     warning = mask_space_warning(paths=evaluator.path_names, budget=search.budget)
     if warning:
         log.warning(warning)
+
+
+def _measure_front(search, evaluator) -> None:
+    """A study with measured costs (latency, peak memory): its front's members measured exactly
+    on this machine, once each (``search_service.hardware``); said in one line."""
+    from search_service.hardware import measure_front
+    from search_service.objectives import Objectives
+    from search_service.search import METRIC_KEY, pareto_front
+
+    attrs = search.attrs
+    objectives = Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, "")))
+    if not objectives.measured:
+        return
+    count = measure_front(search, evaluator.model, pareto_front(search), objectives)
+    if count:
+        log.info(f"measured {', '.join(objectives.measured)} of {count} front member{'s' if count != 1 else ''} exactly")
 
 
 def _write_run_report(search, evaluator, path: Path, artifacts: str | None) -> Path:
@@ -820,6 +872,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if _deleted_meanwhile(search):
         return 0
     extra = {"artifacts": where["artifacts"], "checkpoint": evaluator.checkpoint.identity}
+    _measure_front(search, evaluator)
     if not args.no_report:
         from search_service.lifecycle import report_path
 

@@ -33,9 +33,10 @@ import optuna
 
 from search_service import artifacts
 from search_service.evaluator import Evaluator, objective_metric
+from search_service.hardware import build_tables, latency_setting, study_tables
 from search_service.keys import CREATING_KEY, FILES_KEY, PRIOR_SOURCE_KEY
+from search_service.objectives import HARDWARE_KEY, OBJECTIVES_KEY, TABLES_KEY, Objectives, costs_of
 from search_service.lifecycle import (
-    DIRECTIONS,
     check_matches,
     check_owned,
     find_study,
@@ -62,7 +63,6 @@ from search_service.search import (
     FORMAT_KEY,
     FULL_MASK_KEY,
     METRIC_KEY,
-    MFLOPS,
     SCORING_KEY,
     STUDY_DIR_KEY,
     STUDY_FORMAT,
@@ -85,8 +85,10 @@ def create_search(
     *,
     trials: int | None = None,
     artifacts_at: str | None = None,
+    latency_device: str | None = None,
 ) -> SearchStudy:
-    """Create the study in storage (or load it if it exists, after checking it is this one)."""
+    """Create the study in storage (or load it if it exists, after checking it is this one).
+    ``latency_device`` (``--device``) overrides where a new study measures latency and memory."""
     optuna_quiet()
     folder = own_dir(study, url)
     location = artifacts.resolve_location(study, artifacts_at, default=folder / "artifacts")
@@ -97,7 +99,7 @@ def create_search(
     try:
         storage = open_storage(url, create=True)
         files = {"dir": str(Path(os.path.abspath(folder))), "made": [str(p) for p in made]}
-        return _create_or_load(study, url, storage, evaluator, trials, location, files)
+        return _create_or_load(study, url, storage, evaluator, trials, location, files, latency_device)
     except BaseException:
         # nothing half-made is left: the SQLite file (if no study is in it) and the folders this
         # call made go again
@@ -153,7 +155,7 @@ def _holds_studies(db: Path) -> bool:
 
 
 def _create_or_load(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: int | None, location: str,
-                    files: dict[str, Any]) -> SearchStudy:
+                    files: dict[str, Any], latency_device: str | None = None) -> SearchStudy:
     """The study ``study.name``: made here, or joined. A half-made one (``ownership``) whose
     creator still runs is waited for, then joined; one whose creator is gone is removed and
     made again; two processes that create it at once: one makes it, the other joins."""
@@ -164,7 +166,7 @@ def _create_or_load(study: Study, url: str, storage: Any, evaluator: Evaluator, 
         summary = find_study(storage, name)
         if summary is None:
             try:
-                return _create(study, url, storage, evaluator, trials, location, files)
+                return _create(study, url, storage, evaluator, trials, location, files, latency_device)
             except optuna.exceptions.DuplicatedStudyError:
                 continue  # another process made it first: wait for it, then join
         attrs = storage.get_study_system_attrs(summary._study_id)
@@ -213,13 +215,20 @@ def _remove_half_made(storage: Any, study_id: int, attrs: dict[str, Any], name: 
 
 
 def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: int | None, location: str,
-            files: dict[str, Any]) -> SearchStudy:
+            files: dict[str, Any], latency_device: str | None = None) -> SearchStudy:
     """Make the study: its attributes and the mark ``mro:creating`` with it in one transaction,
     then its checkpoint artifact (stored, read back and verified), then ``mro:format``, last."""
     name = study.name
     checkpoint = evaluator.checkpoint
     metric = objective_metric(study)
     full = evaluator.evaluate((1,) * evaluator.model.num_paths, study.search.split)
+    objectives = Objectives.from_config(study.search, metric)
+    hardware: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
+    if objectives.measured:  # measured before the study exists: a measurement cut off leaves nothing
+        setting = latency_setting(study.search, study.train.device, latency_device)
+        tables, hardware = build_tables(evaluator.model, objectives, setting, progress=log.info)
+    full_costs = costs_of(full, (1,) * evaluator.model.num_paths, study_tables({TABLES_KEY: tables}))
     with _checkpoint_file(checkpoint) as path:
         sha = file_sha256(path)
         artifact_id = artifacts.new_artifact_id()
@@ -232,15 +241,18 @@ def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: 
             BUDGET_KEY: int(trials if trials is not None else study.search.trials),
             RANK_LOSS_KEY: study.train.rank_loss,
             METRIC_KEY: metric,
-            FLOPS_BUDGET_KEY: study.search.flops_budget,
+            FLOPS_BUDGET_KEY: study.search.max_mflops,  # read by older mro-search
+            OBJECTIVES_KEY: objectives.to_attr(),
+            TABLES_KEY: tables,
+            HARDWARE_KEY: hardware,
             SCORING_KEY: study.scoring_sha256,
             CONFIG_KEY: json.dumps(stored_config(study), sort_keys=True),
             STUDY_DIR_KEY: str(study.base_dir.resolve()),
             ARTIFACTS_KEY: location,
-            FULL_MASK_KEY: {"mask": full["mask"], "metrics": full["metrics"], "mflops": full["mflops"]},
+            FULL_MASK_KEY: {"mask": full["mask"], "metrics": full["metrics"], **full_costs},
             CHECKPOINT_KEY: {"artifact_id": artifact_id, "identity": checkpoint.identity, "sha256": sha, "file": f"{checkpoint.short_id}.pt"},
         }
-        study_id = create_marked_study(storage, name, DIRECTIONS, attrs)
+        study_id = create_marked_study(storage, name, objectives.directions, attrs)
         try:
             store = artifacts.open_store(location, create=True)
             created = optuna.load_study(study_name=name, storage=storage)
@@ -249,7 +261,7 @@ def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: 
             if stored != sha:
                 raise CheckpointError(f"checkpoint artifact {artifact_id} in {location} reads back other bytes than were written "
                                       f"(SHA-256 {stored[:12]}…, written {sha[:12]}…); check the store")
-            created.set_metric_names([metric, MFLOPS])
+            created.set_metric_names(objectives.names)
             storage.set_study_system_attr(study_id, FORMAT_KEY, STUDY_FORMAT)  # last: the study is whole
         except BaseException as exc:
             _undo(storage, study_id, name, location, artifact_id, exc)

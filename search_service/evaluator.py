@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from search_service.objectives import METRIC_ALIAS
 from search_service.study_file import Study, task_of
 from supernet.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
 from supernet.data import MultimodalData, load_data
@@ -30,6 +31,11 @@ def load_study_data(study: Study) -> MultimodalData:
 
 
 def objective_metric(study: Study) -> str:
+    """The study's accuracy objective: ``[search] objectives[0]`` when it names a metric, else
+    ``[search] metric``, else the task's default."""
+    first = study.search.objectives[0] if study.search.objectives else METRIC_ALIAS
+    if first != METRIC_ALIAS:
+        return first
     return study.search.metric or default_metric(task_of(study) or "classification")
 
 

@@ -38,6 +38,8 @@ import torch
 from optuna.trial import TrialState
 
 from search_service._subnet_template import MODEL_PY
+from search_service.hardware import measure_mask
+from search_service.objectives import MEASURED, Objectives
 from search_service.sampler import MASK_KEY
 from search_service.storage import mask_password
 from supernet.device import describe, device_problem, resolve_device
@@ -121,13 +123,18 @@ def architecture_config(model: Supernet, mask: tuple[int, ...]) -> dict[str, Any
 
 def subnet_config(evaluator: Evaluator, mask: tuple[int, ...], trial, search: SearchStudy) -> dict[str, Any]:
     """``architecture_config`` plus where the subnet comes from and how it scored."""
-    metric = (search.optuna_study.metric_names or [evaluator.metric])[0]
+    from search_service.search import METRIC_KEY
+
+    attrs = search.attrs
+    objectives = Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, evaluator.metric)))
+    names = objectives.names if len(objectives.names) == len(trial.values) else search.optuna_study.metric_names or [evaluator.metric]
     return {
         "format": FORMAT,
         "study": search.optuna_study.study_name,
         "trial": trial.number,
         **architecture_config(evaluator.model, mask),
-        "objectives": {metric: trial.values[0], "mflops": trial.values[1]},
+        "objectives": dict(zip(names, trial.values)),
+        "objective_units": {n: objectives.unit(n) for n in names},
         "search_split": evaluator.study.search.split,
         "search_metrics": trial.user_attrs.get("metrics"),
         "mflops": evaluator.flops.mflops(mask),
@@ -262,6 +269,10 @@ def export_trial(
         "params": config["params"],
         "max_abs_difference_vs_supernet": diff,
         "finetune_epochs": finetune_epochs,
+        # measured here, on the export device: the subnet's forward (the supernet's masked forward
+        # runs exactly the subnet's modules), at the study's latency batch size and precision
+        "hardware": {"params": config["params"],
+                     **measure_mask(model, mask, MEASURED, _export_setting(evaluator.study, device))},
     }
     if finetune_epochs:
         history = finetune(subnet, data, evaluator.study.train, finetune_epochs, device, log)
@@ -355,6 +366,13 @@ def _check_directory(directory: Path, force: bool) -> None:
             raise ConfigError(f"{directory} already holds an export ({', '.join(clashes)}); pass --force to overwrite it or choose another -o")
 
 
+def _export_setting(study, device: torch.device) -> dict[str, Any]:
+    precision = study.search.latency_precision
+    if precision == "fp16" and device.type == "cpu":
+        precision = "fp32"  # fp16 is not measured on the CPU
+    return {"device": str(device), "batch_size": study.search.latency_batch_size, "precision": precision}
+
+
 def _device(flag: str | None, name: str, log) -> torch.device:
     """Where the subnet is measured and fine-tuned: ``--device`` (an error if this machine lacks
     it), else ``[train] device`` (``auto`` resolved; the CPU, with a note, if it is not here)."""
@@ -418,6 +436,16 @@ def readme_example(config: dict[str, Any], directory: Path) -> str:
     ])
 
 
+def _hardware_line(metrics: dict[str, Any]) -> str:
+    hw = metrics.get("hardware") or {}
+    lat = hw.get("latency_ms")
+    if not isinstance(lat, dict):
+        return ""
+    return (f"\nMeasured on {md_code(hw.get('device'))} (batch {hw.get('batch_size')}, {hw.get('precision')}): forward latency "
+            f"{lat['median']:.3f} ms (median of {lat['runs']} runs, IQR {lat['iqr']:.3f} ms), peak memory "
+            f"{hw.get('peak_memory_mb', float('nan')):.2f} MiB.")
+
+
 def _readme(config: dict[str, Any], metrics: dict[str, Any], directory: Path) -> str:
     rows = []
     for m in config["modalities"]:
@@ -436,7 +464,7 @@ def _readme(config: dict[str, Any], metrics: dict[str, Any], directory: Path) ->
 
 Exported by `mro-search export`. Active paths (`i->j`: modality i informs modality j):
 {', '.join(md_code(p) for p in config['active_paths'])}. {config['mflops']:.4f} MFLOPs per sample
-(fvcore, one multiply-add = one FLOP), {int(config['params'])} parameters.
+(fvcore, one multiply-add = one FLOP), {int(config['params'])} parameters.{_hardware_line(metrics)}
 
 Only torch is needed:
 

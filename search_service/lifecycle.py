@@ -46,6 +46,7 @@ from optuna.study import StudyDirection
 from search_service import artifacts
 from search_service.evaluator import objective_metric
 from search_service.keys import CREATING_KEY, DELETING_KEY
+from search_service.objectives import Objectives
 from search_service.ownership import (
     CREATING,
     DELETING,
@@ -91,7 +92,7 @@ from supernet.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mro_search")
 
-DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]  # the metric up, MFLOPs down
+DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]  # the default objectives: the metric up, MFLOPs down
 
 
 # --- finding and owning a study ---------------------------------------------------------------
@@ -131,9 +132,11 @@ def check_owned(name: str, url: str, summary, attrs: dict[str, Any], *, allow: t
             f"study {name!r} in {where} was not created by mro-search; it is left alone: "
             "give this search another study name or another --storage"
         )
-    if list(summary.directions) != DIRECTIONS:
+    objectives = Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, "")))
+    if list(summary.directions) != objectives.directions:
         got = ", ".join(d.name.lower() for d in summary.directions)
-        raise ConfigError(f"study {name!r} in {where} has directions ({got}), not (maximize metric, minimize MFLOPs); use another study name")
+        want = ", ".join(f"{d.name.lower()} {n}" for d, n in zip(objectives.directions, objectives.names))
+        raise ConfigError(f"study {name!r} in {where} has directions ({got}), not ({want}); use another study name")
 
 
 def check_matches(search: SearchStudy, study: Study) -> None:
@@ -145,6 +148,15 @@ def check_matches(search: SearchStudy, study: Study) -> None:
         raise ConfigError(
             f"study {search.name!r} in {where} maximizes {attrs.get(METRIC_KEY)!r}, but {study.path} says {metric!r}; "
             "use another study name for another metric"
+        )
+    stored, wanted = Objectives.from_attrs(attrs, metric), Objectives.from_config(study.search, metric)
+    if stored.names != wanted.names or dict(stored.limits) != dict(wanted.limits):
+        def said(o: Objectives) -> str:
+            limits = ", ".join(f"{q} <= {v:g}" for q, v in o.limits.items())
+            return f"{o.names}" + (f" with {limits}" if limits else "")
+        raise ConfigError(
+            f"study {search.name!r} in {where} searches {said(stored)}, but {study.path} says {said(wanted)}; "
+            "use another study name for other objectives or limits"
         )
     if attrs.get(SCORING_KEY) != study.scoring_sha256:
         raise ConfigError(

@@ -53,6 +53,8 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from search_service.evaluator import Evaluator
+from search_service.hardware import device_spread, measured, noise_ties, study_tables
+from search_service.objectives import LEGACY_FLOPS_LIMIT_KEY, Objectives, costs_of
 from search_service.ownership import deletion_notice
 from search_service.sampler import (
     BUDGET_KEY,
@@ -85,7 +87,7 @@ SCORING_KEY = "mro:scoring_sha256"  # the scoring configuration the study's chec
 CONFIG_KEY = "mro:study_config"
 STUDY_DIR_KEY = "mro:study_dir"  # folder of the study file it was created from (relative data paths)
 METRIC_KEY = "mro:metric"
-FLOPS_BUDGET_KEY = "mro:flops_budget"
+FLOPS_BUDGET_KEY = LEGACY_FLOPS_LIMIT_KEY  # the MFLOPs limit ([search] max_mflops), also read by older mro-search
 FULL_MASK_KEY = "mro:full_mask"  # the full mask's metrics, for the report
 OVER_BUDGET_KEY = "mro:over_budget"  # trial system attribute: pruned because others took the budget's last places
 MFLOPS = "mflops"
@@ -147,13 +149,15 @@ class Objective:
         self.evaluator = evaluator
         self.split = split
         self.paths = evaluator.path_names
-        self.metric = search.attrs.get(METRIC_KEY, evaluator.metric)
-        self.flops_budget = float(search.attrs.get(FLOPS_BUDGET_KEY, 0.0) or 0.0)
+        attrs = search.attrs
+        self.metric = attrs.get(METRIC_KEY, evaluator.metric)
+        self.objectives = Objectives.from_attrs(attrs, self.metric)
+        self.tables = study_tables(attrs)  # every worker prices latency and memory with the study's tables
         self.budget = search.budget
         self.last_counts: dict[str, int] | None = None  # trial states as the last budget check saw them
         self.last_space: MaskSpace | None = None  # the mask space as the last budget check saw it
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
             return self._score(trial)
         except Exception as exc:
@@ -161,7 +165,7 @@ class Objective:
                 raise StorageOutage(outage_reason(exc, self.search.url)) from exc
             raise
 
-    def _score(self, trial: optuna.Trial) -> tuple[float, float]:
+    def _score(self, trial: optuna.Trial) -> tuple[float, ...]:
         # which process ran the trial (also for pruned and failed ones): "host:pid", written
         # with the trial itself by a worker's storage (``stamp_trials``), else here
         if trial.user_attrs.get(WORKER_ATTR) != worker_id():
@@ -178,14 +182,18 @@ class Objective:
                 trial.storage.set_trial_system_attr(trial._trial_id, OVER_BUDGET_KEY, True)
                 raise optuna.TrialPruned("the study's trial budget is already taken by earlier trials")
             result = self.evaluator.evaluate(mask, self.split)
+            costs = costs_of(result, mask, self.tables)
+            scored = {**costs, "metrics": result["metrics"]}
             system_attrs: dict[str, Any] = {MASK_KEY: format_mask(mask)}
-            if self.flops_budget > 0:
+            if self.objectives.limits:
                 # the legacy list form: Optuna reads it, and optuna-dashboard 0.21 reads only this
-                system_attrs["constraints"] = [result["mflops"] - self.flops_budget]
+                system_attrs["constraints"] = self.objectives.constraints(scored)
             user_attrs: dict[str, Any] = {"mask": result["mask"], "active_paths": result["active_paths"], "metrics": result["metrics"]}
             user_attrs.update(result["metrics"])
             user_attrs[MFLOPS] = result["mflops"]
             user_attrs["params"] = result["params"]
+            for quantity in self.tables:  # priced by the study's table (measured exactly on the front)
+                user_attrs[quantity] = costs[quantity]
             # one transaction for the path parameters and all the attributes: each separate
             # write is a commit (bench_overhead.py)
             set_trial_attrs(trial.storage, trial._trial_id, user_attrs, system_attrs, params=pending)
@@ -196,7 +204,7 @@ class Objective:
         value = result["metrics"][self.metric]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise optuna.TrialPruned(f"metric {self.metric} is undefined for this mask")
-        return float(value), float(result["mflops"])
+        return tuple(self.objectives.values(scored))
 
     def _suggest_mask(self, trial: optuna.Trial) -> tuple[tuple[int, ...], dict[str, tuple[float, Any]]]:
         """The trial's mask, one ``suggest_categorical(path, (0, 1))`` per path, and the path
@@ -465,9 +473,15 @@ def _budget_left(search: SearchStudy, budget: int) -> bool:
 
 
 def pareto_front(search: SearchStudy) -> list[dict[str, Any]]:
-    """The front: trial number, mask, active paths, metrics, MFLOPs; sorted by MFLOPs. Each mask
-    once, from its lowest-numbered trial (a study from before masks were never repeated may
-    hold one mask in several complete trials, all on the front)."""
+    """The front: trial number, mask, active paths, metrics, every objective (``objectives``, by
+    name; ``units``), MFLOPs and parameters, and for measured costs the front member's exact
+    measurement (``measured``, once ``hardware.measure_front`` ran) and the member it ties with
+    within the device's noise (``noise_tie``); sorted by the first cost. Only feasible trials
+    (Optuna's ``best_trials``); each mask once, from its lowest-numbered trial (a study from
+    before masks were never repeated may hold one mask in several complete trials)."""
+    attrs = search.attrs
+    objectives = Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, "")))
+    exact = measured(attrs)
     rows = []
     seen: set[Any] = set()
     for t in sorted(search.optuna_study.best_trials, key=lambda t: t.number):
@@ -475,15 +489,23 @@ def pareto_front(search: SearchStudy) -> list[dict[str, Any]]:
         if mask in seen:
             continue
         seen.add(mask)
+        names = objectives.names if len(objectives.names) == len(t.values) else [f"objective_{i}" for i in range(len(t.values))]
         rows.append(
             {
                 "trial": t.number,
                 "mask": t.user_attrs.get("mask"),
                 "active_paths": t.user_attrs.get("active_paths"),
                 "metrics": t.user_attrs.get("metrics"),
-                "mflops": t.user_attrs.get(MFLOPS, t.values[1]),
+                "mflops": t.user_attrs.get(MFLOPS, t.values[1] if names[1:2] == [MFLOPS] else None),
                 "params": t.user_attrs.get("params"),
                 "values": list(t.values),
+                "objectives": dict(zip(names, t.values)),
+                "units": {n: objectives.unit(n) for n in names},
+                "measured": exact.get(t.user_attrs.get("mask") or "", {}),
             }
         )
-    return sorted(rows, key=lambda r: (r["mflops"], -r["values"][0]))
+    rows.sort(key=lambda r: (*r["values"][1:], -r["values"][0]))
+    ties = noise_ties(rows, objectives, device_spread(study_tables(attrs)))
+    for row in rows:
+        row["noise_tie"] = ties.get(row["trial"])
+    return rows

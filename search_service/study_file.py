@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_service.limits import TRIALS_MAX
+from search_service.objectives import objectives_problems
 from search_service.proposal_prior import PRIOR_SOURCES
 from supernet.config import (
     DATA_SOURCES,
+    DEVICE_CHOICES,
+    DEVICE_PATTERN,
     DataConfig,
     ModelConfig,
     TrainConfig,
@@ -44,12 +47,28 @@ _DATA_DEFAULTS = asdict(DataConfig())
 
 @dataclass
 class SearchConfig:
-    # Accuracy objective (maximized); MFLOPs is always the second objective (minimized).
-    # Empty: the task's default (acc_7 for regression, accuracy for classification).
+    # The accuracy metric (maximized). Empty: the task's default (acc_7 for regression,
+    # accuracy for classification).
     metric: str = ""
     trials: int = field(default=60, metadata={"min": 1, "max": TRIALS_MAX})  # COMPLETE trials the study aims for
     n_startup_trials: int = field(default=10, metadata={"min": 0, "max": TRIALS_MAX})  # uniform masks first
-    flops_budget: float = field(default=0.0, metadata={"min": 0.0, "max": 1e12})  # MFLOPs; 0 = no constraint
+    # The objectives (search_service.objectives): the metric ("accuracy": [search] metric, or
+    # the task's default; or the metric's own name), then one or two costs to minimize, of
+    # mflops (fvcore), params (counted), latency_ms and peak_memory_mb (measured on the
+    # latency device; a trial is priced by the study's per-device cost table)
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "mflops"], metadata={"max_items": 3})
+    # Limits (0 = none): a trial over one is infeasible (Optuna's constraints); the front holds
+    # only feasible trials, and MROSampler does not propose masks the tables place over a limit.
+    # flops_budget is max_mflops's old name, still read.
+    max_mflops: float = field(default=0.0, metadata={"min": 0.0, "max": 1e12})
+    max_latency_ms: float = field(default=0.0, metadata={"min": 0.0, "max": 1e9})
+    max_params: int = field(default=0, metadata={"min": 0, "max": 10**13})
+    max_peak_memory_mb: float = field(default=0.0, metadata={"min": 0.0, "max": 1e9})
+    # Where and how latency and peak memory are measured: the device (empty: [train] device;
+    # `--device` overrides), the batch of one forward, and its precision
+    latency_device: str = field(default="", metadata={"pattern": (f"|{DEVICE_PATTERN}", DEVICE_CHOICES)})
+    latency_batch_size: int = field(default=1, metadata={"min": 1, "max": 4096})
+    latency_precision: str = field(default="fp32", metadata={"choices": ("fp32", "fp16", "bf16")})
     split: str = field(default="valid", metadata={"choices": ("valid", "test")})  # scored split
     # The sampler's proposal prior (search_service.proposal_prior): "single_path", keep probabilities
     # from each path's single-path score with the supernet (measured best: docs/RESULTS.md, issue
@@ -176,13 +195,27 @@ def parse_study(raw: dict[str, Any], path: Path) -> Study:
         data=parse_section(DataConfig, raw.get("data"), "data", problems),
         model=parse_section(ModelConfig, raw.get("model"), "model", problems),
         train=parse_section(TrainConfig, raw.get("train"), "train", problems),
-        search=parse_section(SearchConfig, raw.get("search"), "search", problems),
+        search=parse_section(SearchConfig, _renamed_search_keys(raw.get("search"), problems), "search", problems),
     )
     _check_semantics(study, raw, problems)
     if problems:
         head = f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
         raise ConfigError(head + "; ".join(problems))
     return study
+
+
+def _renamed_search_keys(raw: Any, problems: list[str]) -> Any:
+    """``[search] flops_budget`` is ``max_mflops``'s old name: read as it (studies stored before
+    the rename hold it in their configuration); both at once is a problem."""
+    if not isinstance(raw, dict) or "flops_budget" not in raw:
+        return raw
+    raw = dict(raw)
+    if "max_mflops" in raw:
+        problems.append("[search] flops_budget is the old name of max_mflops: give only max_mflops")
+        del raw["flops_budget"]
+    else:
+        raw["max_mflops"] = raw.pop("flops_budget")
+    return raw
 
 
 def task_of(study: Study) -> str | None:
@@ -265,6 +298,7 @@ def _check_semantics(study: Study, raw: dict[str, Any], problems: list[str]) -> 
                 problems.append(f"[search] metric {s.metric!r} is for {info.task}, but this study's task is {task}")
         elif info.direction != "maximize":
             problems.append(f"[search] metric {s.metric!r} is minimized; the accuracy objective must be a metric to maximize")
+    problems.extend(objectives_problems(s, task))
     if s.n_startup_trials > s.trials:
         study.notes.append(f"[search] n_startup_trials {s.n_startup_trials} > trials {s.trials}: every trial is uniform")
     # no mask is scored twice, so a budget above the masks of k modalities cannot be reached (k
