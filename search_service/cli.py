@@ -647,7 +647,7 @@ def _num(value: Any) -> str:
     if value is None:
         return "-"
     value = float(value)
-    return f"{value:.0f}" if value >= 10000 and value == int(value) else f"{value:.4f}"
+    return f"{value:.0f}" if abs(value) >= 1000 and value == int(value) else f"{value:.4f}"
 
 
 def _exhaustive_line(entry: dict[str, Any]) -> str:

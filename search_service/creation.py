@@ -33,9 +33,9 @@ import optuna
 
 from search_service import artifacts
 from search_service.evaluator import Evaluator, objective_metric
-from search_service.hardware import build_tables, latency_setting, study_tables
+from search_service.hardware import build_tables, latency_setting, limit_tables, study_tables
 from search_service.keys import CREATING_KEY, FILES_KEY, PRIOR_SOURCE_KEY
-from search_service.objectives import HARDWARE_KEY, OBJECTIVES_KEY, TABLES_KEY, Objectives, costs_of
+from search_service.objectives import HARDWARE_KEY, LIMIT_TABLES_KEY, OBJECTIVES_KEY, TABLES_KEY, Objectives, costs_of
 from search_service.lifecycle import (
     check_matches,
     check_owned,
@@ -245,6 +245,7 @@ def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: 
             OBJECTIVES_KEY: objectives.to_attr(),
             TABLES_KEY: tables,
             HARDWARE_KEY: hardware,
+            LIMIT_TABLES_KEY: limit_tables(evaluator.model, evaluator.flops, objectives, tables),
             SCORING_KEY: study.scoring_sha256,
             CONFIG_KEY: json.dumps(stored_config(study), sort_keys=True),
             STUDY_DIR_KEY: str(study.base_dir.resolve()),

@@ -118,7 +118,12 @@ def note_text(report: Report, evaluator: Evaluator) -> str:
         f"rank loss `{_code(str((checkpoint.config.get('train') or {}).get('rank_loss', study.train.rank_loss)))}`)",
         f"- **Data:** {source}, task {evaluator.model.spec.task}, scored on the `{study.search.split}` split",
         f"- **Modalities:** {modalities}",
-        f"- **Objectives:** maximize `{_code(report.metric)}`, minimize MFLOPs",
+        f"- **Objectives:** maximize `{_code(report.metric)}`, minimize " + ", ".join(_code(report.cost_label(i)) for i in range(len(report.costs))),
+        *([f"- **Limits:** " + ", ".join(f"`{_code(q)}` <= {v:g}" for q, v in report.limits.items()) + " (the front holds only trials within them)"]
+          if report.limits else []),
+        *([f"- **Latency and memory:** tables measured on {_code(str(report.hardware.get('label', report.hardware.get('device'))))}, "
+           f"batch {report.hardware.get('batch_size')}, {report.hardware.get('precision')}; device noise ±{100 * float(report.hardware.get('noise', 0)):.1f} %"]
+          if report.hardware else []),
         f"- **Trials:** {len(report.trials)} complete of a budget of {report.budget} ({counts})",
         f"- **Pareto front:** {len(report.front)} mask(s): " + (", ".join(f"`{row['mask']}`" for row in _front_rows(report)) or "none yet"),
         f"- **Storage:** `{_code(report.storage)}`",
@@ -154,7 +159,8 @@ def _fidelity_lines(report: Report) -> list[str]:
         lines.append(f"- Exhaustive search: {report.exact_front}")
     if report.hypervolume:
         ref = report.reference_point
-        lines.append(f"- Hypervolume of the front: {report.hypervolume[-1][1]:.5g} (reference point `{_code(report.metric)}` = {-ref[0] or 0.0:g}, MFLOPs = {ref[1]:.4g})")
+        costs = ", ".join(f"{_code(report.cost_label(i))} = {v:.4g}" for i, v in enumerate(ref[1:]))
+        lines.append(f"- Hypervolume of the front: {report.hypervolume[-1][1]:.5g} (reference point `{_code(report.metric)}` = {-ref[0] or 0.0:g}, {costs})")
     return lines
 
 

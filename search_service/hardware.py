@@ -49,7 +49,8 @@ def device_label(device: str) -> str:
     if d.type == "cuda" and torch.cuda.is_available():
         return f"{d} ({torch.cuda.get_device_name(d.index or 0)})"
     if d.type == "cpu":
-        return f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({platform.machine() or 'unknown'}, {n} thread{'s' if n != 1 else ''})"
     return str(d)
 
 
@@ -161,3 +162,20 @@ def device_spread(tables: Mapping[str, CostTable]) -> float:
     """The latency table's measured spread (0 when the study has none)."""
     table = tables.get("latency_ms")
     return float(table.spread) if table is not None else 0.0
+
+
+def limit_tables(model: Any, flops: Any, objectives: Objectives, tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The additive table of each limited cost, for the sampler's ``MaskFilter``: MFLOPs from the
+    FLOPs table, parameters counted per part (exact), latency and memory from the study's tables."""
+    out: dict[str, dict[str, Any]] = {}
+    for q in objectives.limits:
+        if q == "mflops":
+            out[q] = {"base": flops.shared / 1e6, "modality": [v / 1e6 for v in flops.modality], "path": [v / 1e6 for v in flops.path]}
+        elif q == "params":
+            def count(module: torch.nn.Module) -> int:
+                return sum(p.numel() for p in module.parameters())
+            out[q] = {"base": count(model.head), "modality": [count(e) for e in model.embeddings], "path": [count(p) for p in model.paths]}
+        elif q in tables:
+            t = tables[q]
+            out[q] = {"base": t["base"], "modality": list(t["modality"]), "path": list(t["path"])}
+    return out

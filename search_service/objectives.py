@@ -166,3 +166,43 @@ def costs_of(scored: Mapping[str, Any], mask: Sequence[int], tables: Mapping[str
     for quantity, table in tables.items():
         out[quantity] = float(table.estimate(mask))
     return out
+
+
+LIMIT_TABLES_KEY = "mro:limit_tables"  # {cost: {"base", "modality", "path"}} for each limit: MROSampler's MaskFilter
+
+
+class MaskFilter:
+    """Whether a mask is within the study's limits, priced by the additive tables of the limited
+    costs (``mro:limit_tables``: a base, each touched modality, each active path; exact for
+    MFLOPs and parameters, the study's fitted table for latency and memory). MROSampler does not
+    propose a mask this places over a limit."""
+
+    def __init__(self, limits: Mapping[str, float], tables: Mapping[str, Mapping[str, Any]]) -> None:
+        self.parts = []
+        for q, limit in limits.items():
+            t = tables.get(q)
+            if not isinstance(t, Mapping):
+                continue
+            self.parts.append((float(limit), float(t["base"]), [float(v) for v in t["modality"]], [float(v) for v in t["path"]]))
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> MaskFilter:
+        stored = attrs.get(OBJECTIVES_KEY)
+        limits = stored.get("limits") if isinstance(stored, dict) and isinstance(stored.get("limits"), dict) else {}
+        tables = attrs.get(LIMIT_TABLES_KEY)
+        return cls(limits, tables if isinstance(tables, dict) else {})
+
+    def feasible(self, mask: Sequence[int]) -> bool:
+        from supernet.paths import touched_modalities
+
+        bits = [int(b) for b in mask]
+        for limit, base, modality, path in self.parts:
+            if len(path) != len(bits):
+                continue
+            cost = base + sum(c for c, b in zip(path, bits) if b) + sum(modality[m] for m in touched_modalities(bits, len(modality)))
+            if cost > limit * (1 + 1e-9):
+                return False
+        return True

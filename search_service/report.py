@@ -46,7 +46,9 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from search_service.exhaustive import exact_front_note
+from search_service.hardware import device_spread, study_tables
 from search_service.keys import PRIOR_SOURCE_KEY
+from search_service.objectives import HARDWARE_KEY, UNITS, Objectives
 from search_service.proposal_prior import PROPOSAL_PRIORS
 from search_service.sampler import PATHS_KEY
 from search_service.search import FULL_MASK_KEY, METRIC_KEY, SearchStudy, pareto_front
@@ -80,6 +82,7 @@ class TrialPoint:
     value: float  # the study's metric
     mflops: float
     params: int | None
+    costs: list[float] = field(default_factory=list)  # the study's cost objectives, in order (MFLOPs by default)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class Report:
     trials: list[TrialPoint]  # COMPLETE trials by number
     front: list[dict[str, Any]]  # search.pareto_front rows, by MFLOPs
     full_mask: dict[str, Any] | None
-    reference_point: tuple[float, float]  # (-worst metric, MFLOPs), loss space
+    reference_point: tuple[float, ...]  # (-worst metric, each cost), loss space
     hypervolume: list[tuple[int, float]]  # (trial number, HV after it)
     spearman_trials: list[tuple[int, int, float]]  # (trial number, n, rho over the first n)
     spearman_epochs: list[tuple[int, float]]  # (epoch, rho) from training
@@ -107,7 +110,14 @@ class Report:
     prior_learned_from: str = ""  # rank_data of the training history (supernet.rank_data)
     proposal_prior: str = "mrg"  # [search] prior: what the sampler proposed from (older studies: the MRG prior)
     path_training: list[dict[str, Any]] = field(default_factory=list)  # per path: updates, single-path scores
+    costs: list[str] = field(default_factory=lambda: ["mflops"])  # the cost objectives (search_service.objectives)
+    limits: dict[str, float] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)  # where latency and memory were measured, and the noise
     generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+    def cost_label(self, i: int = 0) -> str:
+        name = self.costs[i]
+        return "MFLOPs" if name == "mflops" else f"{name} ({UNITS.get(name, '')})"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -164,9 +174,10 @@ def write_report(search: SearchStudy, evaluator: Evaluator, path: str | Path) ->
     return build_report(search, evaluator).write(path)
 
 
-def reference_point(metric: str, full_mflops: float) -> tuple[float, float]:
-    """The hypervolume's reference point in loss space ``(-metric, MFLOPs)``."""
-    return (0.0 - METRIC_FLOOR.get(metric, 0.0), MFLOPS_MARGIN * float(full_mflops))
+def reference_point(metric: str, full_mflops: float, *more_costs: float) -> tuple[float, ...]:
+    """The hypervolume's reference point in loss space ``(-metric, cost, ...)``: the worst metric,
+    and ``MFLOPS_MARGIN`` x the most each cost reaches (the full mask's, or a trial's)."""
+    return (0.0 - METRIC_FLOOR.get(metric, 0.0), MFLOPS_MARGIN * float(full_mflops), *(MFLOPS_MARGIN * float(c) for c in more_costs))
 
 
 # 1. collect ---------------------------------------------------------------------------------------
@@ -183,11 +194,19 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         edge_probs = [float(p) for p in prior.edge_probs()]
         keep_probs = [float(q) for q in prior.path_probs()]
 
+    objectives = Objectives.from_attrs(attrs, metric)
+    costs = list(objectives.costs) if len(objectives.names) == len(study.directions) else ["mflops"]
     trials = [_point(t, paths, modalities) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    trials = [t for t in trials if len(t.costs) == len(costs)]
     trials.sort(key=lambda t: t.number)
     full = attrs.get(FULL_MASK_KEY)
-    full_mflops = float(full["mflops"]) if full else evaluator.flops.mflops((1,) * len(paths))
-    ref = reference_point(metric, max([full_mflops] + [t.mflops for t in trials]))
+    full_costs = [float(full[c]) if full and c in full else (evaluator.flops.mflops((1,) * len(paths)) if c == "mflops" else 0.0) for c in costs]
+    ref = reference_point(metric, *(max([fc] + [t.costs[i] for t in trials]) for i, fc in enumerate(full_costs)))
+    tables = study_tables(attrs)
+    hardware = dict(attrs.get(HARDWARE_KEY) or {})
+    if hardware:
+        hardware["noise"] = device_spread(tables)
+        hardware["tables"] = {q: {"median_error": t.median_error, "max_error": t.max_error, "fit_masks": t.fit_masks} for q, t in tables.items()}
 
     masks = torch.tensor([[int(b) for b in t.mask] for t in trials], dtype=torch.float32)
     with torch.no_grad():
@@ -224,6 +243,9 @@ def build_report(search: SearchStudy, evaluator: Evaluator) -> Report:
         prior_learned_from=prior_learned_from(evaluator.checkpoint.history),
         proposal_prior=str(attrs.get(PRIOR_SOURCE_KEY) or "mrg"),
         path_training=path_training(evaluator.checkpoint.history, paths),
+        costs=costs,
+        limits=dict(objectives.limits),
+        hardware=hardware,
     )
 
 
@@ -251,20 +273,22 @@ def path_training(history: list[dict[str, Any]], paths: list[str]) -> list[dict[
 def _point(t, paths: list[str], modalities: list[str]) -> TrialPoint:
     mask = t.user_attrs.get("mask") or "".join(str(int(t.params.get(name, 0))) for name in paths)
     names = t.user_attrs.get("active_paths") or active_paths([int(b) for b in mask], modalities)
-    return TrialPoint(t.number, mask, list(names), float(t.values[0]), float(t.values[1]), t.user_attrs.get("params"))
+    mflops = t.user_attrs.get("mflops", t.values[1])
+    return TrialPoint(t.number, mask, list(names), float(t.values[0]), float(mflops), t.user_attrs.get("params"),
+                      [float(v) for v in t.values[1:]])
 
 
-def hypervolume_series(trials: list[TrialPoint], ref: tuple[float, float]) -> list[tuple[int, float]]:
+def hypervolume_series(trials: list[TrialPoint], ref: tuple[float, ...]) -> list[tuple[int, float]]:
     """Hypervolume of the front after each trial (in order), Optuna's ``compute_hypervolume``.
 
     A running front is kept, so each step costs one front's worth of work. Points that do not
     dominate the reference point (impossible for a sane reference) add nothing.
     """
     reference = np.asarray(ref, dtype=float)
-    front = np.empty((0, 2))
+    front = np.empty((0, len(reference)))
     out = []
     for t in trials:
-        loss = np.array([[-t.value, t.mflops]])
+        loss = np.array([[-t.value, *(t.costs or [t.mflops])]])
         if np.all(loss <= reference):
             front = np.concatenate([front, loss])
             front = front[_is_pareto_front(front, assume_unique_lexsorted=False)]
@@ -306,7 +330,7 @@ def _front_figure(r: Report) -> go.Figure:
     data = [[t.number, _t(t.mask), _wrap_paths(t.active_paths)] for t in r.trials]
     fig.add_trace(
         go.Scatter(
-            x=[t.mflops for t in r.trials], y=[t.value for t in r.trials], mode="markers", name="trials",
+            x=[t.costs[0] if t.costs else t.mflops for t in r.trials], y=[t.value for t in r.trials], mode="markers", name="trials",
             marker={"color": _BLUE, "size": 8, "opacity": 0.55}, customdata=data, meta=_t(r.metric), hovertemplate=_HOVER,
         )
     )
@@ -324,14 +348,17 @@ def _front_figure(r: Report) -> go.Figure:
         if value is not None and math.isfinite(value):
             fig.add_trace(
                 go.Scatter(
-                    x=[r.full_mask["mflops"]], y=[value], mode="markers", name="full mask (all paths)",
+                    x=[r.full_mask.get(r.costs[0], r.full_mask.get("mflops"))], y=[value], mode="markers", name="full mask (all paths)",
                     marker={"symbol": "star", "size": 18, "color": "#ff7f0e", "line": {"color": "black", "width": 1}},
                     customdata=[["-", _t(r.full_mask.get("mask", "")), _wrap_paths(r.path_names)]], meta=_t(r.metric), hovertemplate=_HOVER,
                 )
             )
     if not r.trials:
         _empty(fig, "no completed trials yet")
-    return _layout(fig, f"{FIGURE_TITLES['front']} ({_t(r.metric)}, {len(r.trials)} completed trials)", xaxis_title="MFLOPs (per sample, fvcore)", yaxis_title=_t(r.metric), hovermode="closest")
+    more = f"; the front is over {', '.join(r.costs)}" if len(r.costs) > 1 else ""
+    title = FIGURE_TITLES["front"] if r.costs[0] == "mflops" else f"Accuracy against {_t(r.cost_label())}"
+    x_title = "MFLOPs (per sample, fvcore)" if r.costs[0] == "mflops" else _t(r.cost_label())
+    return _layout(fig, f"{title} ({_t(r.metric)}, {len(r.trials)} completed trials{more})", xaxis_title=x_title, yaxis_title=_t(r.metric), hovermode="closest")
 
 
 def _graph_figure(r: Report) -> go.Figure:
@@ -391,8 +418,9 @@ def _hypervolume_figure(r: Report) -> go.Figure:
     )
     if not r.hypervolume:
         _empty(fig, "no completed trials yet")
-    ref = f"reference point ({_t(r.metric)} = {-r.reference_point[0]:g}, MFLOPs = {r.reference_point[1]:.4g})"
-    return _layout(fig, f"{FIGURE_TITLES['hypervolume']} over trials; {ref}", xaxis_title="trial", yaxis_title=f"hypervolume ({_t(r.metric)} x MFLOPs)")
+    labels = [_t(r.cost_label(i)) for i in range(len(r.costs))]
+    ref = f"reference point ({_t(r.metric)} = {-r.reference_point[0]:g}, " + ", ".join(f"{lab} = {v:.4g}" for lab, v in zip(labels, r.reference_point[1:])) + ")"
+    return _layout(fig, f"{FIGURE_TITLES['hypervolume']} over trials; {ref}", xaxis_title="trial", yaxis_title=f"hypervolume ({' x '.join([_t(r.metric), *labels])})")
 
 
 def _spearman_figure(r: Report) -> go.Figure:
@@ -449,11 +477,14 @@ def _render(r: Report) -> str:
     facts = [
         ("study", r.study_name),
         ("storage", r.storage),
-        ("objectives", f"maximize {r.metric}, minimize MFLOPs"),
+        ("objectives", f"maximize {r.metric}, minimize " + ", ".join(r.cost_label(i) for i in range(len(r.costs)))),
+        ("limits", ", ".join(f"{q} <= {v:g} {UNITS.get(q, '')}" for q, v in r.limits.items()) + " (the front holds only trials within them)" if r.limits else "none"),
+        *_hardware_facts(r),
         ("trials", f"{len(r.trials)} complete of a budget of {r.budget} ({counts or 'none yet'})"),
         ("modalities", ", ".join(r.modality_names)),
         ("paths (mask order)", ", ".join(r.path_names)),
-        ("full mask", f"{full.get('mask', '')}: {r.metric} {full_value:.4f}, {full['mflops']:.4f} MFLOPs" if full and full_value is not None else "not recorded"),
+        ("full mask", f"{full.get('mask', '')}: {r.metric} {full_value:.4f}, " + ", ".join(f"{full[c]:.4f} {UNITS.get(c, '')}" for c in UNITS if c in full)
+         if full and full_value is not None else "not recorded"),
         ("hypervolume", f"{r.hypervolume[-1][1]:.5g}" if r.hypervolume else "-"),
         ("Pareto front", r.exact_front or "as found by the search's trials"),
         ("supernet checkpoint", r.checkpoint or "-"),
@@ -462,10 +493,11 @@ def _render(r: Report) -> str:
         ("generated", r.generated),
     ]
     rows = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts)
+    cost_names = ", ".join(r.cost_label(i) for i in range(len(r.costs)))
     ref_text = (
-        f"Reference point in loss space (-{r.metric}, MFLOPs) = ({r.reference_point[0]:g}, {r.reference_point[1]:.6g}): "
-        f"the worst possible {r.metric} ({-r.reference_point[0]:g}) and {MFLOPS_MARGIN:g} x the full mask's MFLOPs, "
-        "the most any mask costs. Computed with Optuna's compute_hypervolume on the losses (-metric, MFLOPs) of the "
+        f"Reference point in loss space (-{r.metric}, {cost_names}) = ({', '.join(f'{v:.6g}' for v in r.reference_point)}): "
+        f"the worst possible {r.metric} ({-r.reference_point[0]:g}) and {MFLOPS_MARGIN:g} x the most each cost reaches (the full mask's, "
+        f"or a trial's). Computed with Optuna's compute_hypervolume on the losses (-metric, {cost_names}) of the "
         "completed trials so far, so the curve never decreases."
     )
     sections = [
@@ -516,16 +548,40 @@ def _front_table(r: Report) -> str:
         for name in row.get("metrics") or {}:
             if name not in metrics:
                 metrics.append(name)
-    head = "".join(f"<th>{e(h)}</th>" for h in ["trial", "mask", *metrics, "MFLOPs", "params", "active paths"])
+    extra = [c for c in r.costs if c not in ("mflops", "params")]  # measured costs: the table's price and the exact measurement
+    heads = ["trial", "mask", *metrics, "MFLOPs", "params"]
+    for c in extra:
+        heads += [f"{c} (table)", f"{c} (measured)"]
+    head = "".join(f"<th>{e(h)}</th>" for h in [*heads, "active paths"])
     lines = []
     for row in r.front:
         values = row.get("metrics") or {}
         cells = [f"<td class='num'>{row['trial']}</td>", f"<td><code>{e(str(row['mask']))}</code></td>"]
         cells += [f"<td class='num'>{_fmt(values.get(name))}</td>" for name in metrics]
         cells += [f"<td class='num'>{_fmt(row['mflops'])}</td>", f"<td class='num'>{row.get('params') or ''}</td>"]
-        cells.append(f"<td>{e(', '.join(row.get('active_paths') or []))}</td>")
+        for c in extra:
+            got = (row.get("measured") or {}).get(c)
+            exact = got.get("median") if isinstance(got, dict) else got
+            cells += [f"<td class='num'>{_fmt((row.get('objectives') or {}).get(c))}</td>", f"<td class='num'>{_fmt(exact)}</td>"]
+        tie = f" (within the device's noise of trial {row['noise_tie']})" if row.get("noise_tie") is not None else ""
+        cells.append(f"<td>{e(', '.join(row.get('active_paths') or []) + tie)}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _hardware_facts(r: Report) -> list[tuple[str, str]]:
+    hw = r.hardware
+    if not hw:
+        return []
+    tables = "; ".join(f"{q}: median error {100 * t['median_error']:.1f} %, max {100 * t['max_error']:.1f} % on {t['fit_masks']} measured masks"
+                       for q, t in (hw.get("tables") or {}).items())
+    return [
+        ("latency and memory", f"priced by tables measured on {hw.get('label', hw.get('device'))} (host {hw.get('host', '?')}), batch "
+                               f"{hw.get('batch_size')}, {hw.get('precision')}; front members measured exactly when a run ends"),
+        ("device noise", f"±{100 * float(hw.get('noise', 0.0)):.1f} % (IQR/median of repeated runs): a front member whose latency is lower "
+                         "than another's by less than this is not called better"),
+        ("tables", tables or "-"),
+    ]
 
 
 def _path_table(r: Report) -> str:

@@ -17,6 +17,7 @@ from optuna.search_space import IntersectionSearchSpace
 
 from search_service.claims import CLAIM_ROUNDS, claim, mask_text
 from search_service.keys import BUDGET_KEY, MASK_KEY, PATHS_KEY, PRIOR_KEY, RANK_LOSS_KEY
+from search_service.objectives import MaskFilter
 from search_service.sampler._mixed import Repeats, ReusedMask, has_other_params, is_bit
 from search_service.sampler._refinement import PriorRefinement
 from search_service.sampler._strategies import (
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial, TrialState
 
 _ATTRS_TTL_S = 5.0  # study system attributes are re-read after this many seconds
+_FEASIBLE_TRIES = 64  # proposals over a limit set aside before one is kept anyway (``_propose``)
 
 
 class MROSampler(BaseSampler):
@@ -289,6 +291,25 @@ class MROSampler(BaseSampler):
         return index
 
     def _propose(self, study: Study, trial: FrozenTrial, index: MaskIndex, held: set[Mask], P: int, rng: np.random.Generator, excluded: set[Mask]) -> Mask:
+        """This trial's mask, within the study's limits as its tables price them
+        (``objectives.MaskFilter``): a proposal over a limit is set aside and the strategy asked
+        again, up to ``_FEASIBLE_TRIES`` times; if every one is over a limit (the limits leave
+        few masks), the last is kept, and its trial is recorded as infeasible."""
+        mask_filter = MaskFilter.from_attrs(self._study_attrs(study))
+        if not mask_filter:
+            return self._propose_once(study, trial, index, held, P, rng, excluded)
+        over = set(excluded)
+        mask = None
+        for _ in range(_FEASIBLE_TRIES):
+            mask = self._propose_once(study, trial, index, held, P, rng, over)
+            if mask is None or mask in held or mask_filter.feasible(mask):
+                return mask
+            over.add(mask)
+            if len(held | over) >= space_size(P):
+                break
+        return mask
+
+    def _propose_once(self, study: Study, trial: FrozenTrial, index: MaskIndex, held: set[Mask], P: int, rng: np.random.Generator, excluded: set[Mask]) -> Mask:
         """Which strategy proposes this trial's mask (the package docstring says when each runs;
         ``Shares`` how often)."""
         taken = held | excluded

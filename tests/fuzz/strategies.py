@@ -201,6 +201,16 @@ CHEAP_VALUES: dict[str, dict[str, st.SearchStrategy]] = {
         "n_startup_trials": st.integers(-1, 4),
         "flops_budget": FLOATS,
         "split": st.one_of(st.sampled_from(["valid", "test"]), TEXT),
+        "objectives": st.one_of(
+            st.sampled_from([["accuracy", "mflops"], ["accuracy", "params"], ["accuracy", "latency_ms"], ["accuracy", "params", "mflops"],
+                             ["f1", "peak_memory_mb"], ["accuracy"], ["accuracy", "mflops", "mflops"], ["mflops", "accuracy"]]),
+            st.lists(st.one_of(st.sampled_from(["accuracy", "mflops", "params", "latency_ms", "peak_memory_mb"]), TEXT), max_size=4),
+        ),
+        "max_params": st.integers(-1, 10**5),
+        "max_mflops": FLOATS,
+        "max_latency_ms": FLOATS,
+        "latency_precision": st.one_of(st.sampled_from(["fp32", "bf16", "fp16"]), TEXT),
+        "latency_batch_size": st.integers(-1, 3),
     },
 }
 
@@ -218,6 +228,8 @@ WILD_VALUES["data"].update(
 WILD_VALUES["model"].update(width=INTS, heads=INTS, layers_per_path=INTS, ffn_mult=INTS, vector_tokens=INTS)
 WILD_VALUES["train"].update(epochs=INTS, batch_size=INTS, rank_masks=INTS, masks_per_step=INTS)
 WILD_VALUES["search"].update(
+    latency_device=st.one_of(st.sampled_from(["", "cpu", "cuda:7", "tpu"]), TEXT),
+    max_peak_memory_mb=FLOATS,
     trials=INTS,
     n_startup_trials=INTS,
     storage=TEXT,

@@ -105,6 +105,7 @@ def test_study_records_checkpoint_configuration_budget_paths_and_prior(searched,
 
 
 def test_flops_budget_is_a_constraint_of_the_pareto_front(searched, mro, capsys):
+    """``flops_budget`` (``max_mflops``'s old name) still works: each trial's constraint is recorded."""
     done = mro.complete(searched.study)
     feasible = []
     for t in done:
@@ -113,7 +114,9 @@ def test_flops_budget_is_a_constraint_of_the_pareto_front(searched, mro, capsys)
         assert constraints[0] == pytest.approx(t.user_attrs["mflops"] - searched.flops_budget)
         if constraints[0] <= 0:
             feasible.append(t)
-    assert 0 < len(feasible) < len(done), "the budget should split the trials"
+    # MROSampler does not propose a mask over the limit (search_service.objectives.MaskFilter);
+    # trials over it, from Optuna's own samplers: tests/search_tests/test_objectives.py
+    assert len(feasible) == len(done)
 
     def dominates(a, b) -> bool:
         return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and tuple(a.values) != tuple(b.values)
