@@ -169,7 +169,7 @@ class Landscape:
 
         with torch.no_grad():
             result = exhaustive_front(self.model, self.cache, "accuracy", self.flops)
-        return np.array([[-p.value, p.mflops] for p in result.front])
+        return np.array([[-p.value, p.costs[0] / 1e6] for p in result.front])  # FLOPs -> MFLOPs
 
 
 PINNED = CACHE_DIR / "pinned.json"  # landscape name -> the checkpoint file its studies used

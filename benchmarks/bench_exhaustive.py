@@ -154,7 +154,7 @@ def speed(args) -> dict:
         start = time.perf_counter()
         for h0 in range(0, highs, sub.highs_per_step):
             chunk = sub.score_step(h0, min(h0 + sub.highs_per_step, highs))
-            front.update(chunk.flops, chunk.values, chunk.masks)
+            front.update(chunk.costs[:, 0], chunk.values, chunk.masks)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

@@ -1,9 +1,13 @@
 """``mro-search run --exhaustive``: every mask scored, the exact Pareto front recorded as trials.
 
 Where the mask space is small enough, a sampled search is not needed: ``supernet.exhaustive``
-scores all ``2**P - 1`` masks from the cache, exactly, and keeps the non-dominated set (the
-metric up, MFLOPs down; of two masks with the same metric and FLOPs the lower mask string stands
-for both). Here that becomes a study's result:
+scores all ``2**P - 1`` masks from the cache, exactly, and keeps the non-dominated set over the
+study's objectives (``search_service.objectives``: the metric up, one or two costs down; of masks
+with the same values the lowest mask string stands for all). Every cost is additive over a mask's
+parts and priced as the study prices it (``study_costs``): MFLOPs from the FLOPs table, parameters
+counted, latency and peak memory from the study's own tables (``mro:cost_tables``). A mask over
+one of the study's limits is infeasible and never on the front. Here that becomes a study's
+result:
 
 1. **Estimate first.** A few steps are scored and timed (``estimate``); when all masks would take
    longer than ``--max-minutes`` (default ``DEFAULT_MAX_MINUTES``) the command refuses in one line
@@ -13,10 +17,12 @@ for both). Here that becomes a study's result:
    is trained.
 2. **Score** every mask with a progress bar and an ETA (tqdm on stderr; none with ``--quiet``).
 3. **Record** each front mask that no COMPLETE trial of the study holds yet as a COMPLETE trial,
-   through Optuna's public ``Study.add_trial``: the same path parameters, values, user attributes
-   (mask, active paths, every metric, MFLOPs, parameters, worker) and claim attribute
-   (``mro:mask``) as a trial the sampler ran, from the same ``Evaluator.evaluate``, plus
-   ``mro:exhaustive = true`` and ``mro:exhaustive_equal`` (how many masks share the point). So
+   through Optuna's public ``Study.add_trial``: the same path parameters, values (in the
+   objectives' order), user attributes (mask, active paths, every metric, MFLOPs, parameters,
+   each table's estimate, worker), claim attribute (``mro:mask``) and, in a study with limits,
+   ``constraints`` as a trial the sampler ran, from the same ``Evaluator.evaluate`` and
+   ``objectives.costs_of``, plus ``mro:exhaustive = true`` and ``mro:exhaustive_equal`` (how many
+   masks share the point). So
    ``pareto``, ``report``, ``export``, the dashboard and the sampler's trial index treat them as
    ordinary trials; like any COMPLETE trial they count towards the study's trial budget. Masks
    already scored are not added again, so a second run adds nothing, and a study with sampled
@@ -25,10 +31,13 @@ for both). Here that becomes a study's result:
    many masks were scored, the metric, the checkpoint, time and speed); ``pareto`` and ``report``
    say that the front is exact while every one of those masks is a COMPLETE trial.
 
-The recorded values are ``Evaluator.evaluate``'s (float32 cache, scikit-learn), as for every
-trial; the front was chosen with float64 sums (``supernet/exhaustive.py``). The two differ only
-for a sample whose decision is closer than float32 rounding; a front mask whose recorded metric
-differs from its exhaustive score is counted and logged.
+The recorded values are ``Evaluator.evaluate``'s (float32 cache, scikit-learn) and the tables'
+own estimates, as for every trial; the front was chosen with float64 sums and float costs summed
+exactly on a grid (``supernet/exhaustive.py``). The metrics differ only for a sample whose decision
+is closer than float32 rounding, a table's cost only by float64 rounding; a front mask whose
+recorded metric differs from its exhaustive score is counted and logged, and one whose recorded
+costs put it over a limit (a cost within rounding of the limit) is logged and not recorded, so
+that the study's front holds feasible trials only.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +57,10 @@ from optuna.trial import TrialState, create_trial
 from tqdm import tqdm
 
 from search_service.evaluator import Evaluator, load_study_data, objective_metric
+from search_service.hardware import study_tables
+from search_service.objectives import MEASURED, Objectives, costs_of
 from search_service.search import (
-    FLOPS_BUDGET_KEY,
+    METRIC_KEY,
     MFLOPS,
     WORKER_ATTR,
     SearchStudy,
@@ -58,8 +70,15 @@ from search_service.search import (
 from search_service.study_file import Study
 from search_service.trial_index import MASK_KEY, trial_mask
 from supernet.errors import ConfigError
-from supernet.exhaustive import Chunk, ExhaustiveResult, ExhaustiveScorer
-from supernet.flops import flop_table
+from supernet.exhaustive import (
+    AdditiveCost,
+    Chunk,
+    ExhaustiveResult,
+    ExhaustiveScorer,
+    Limit,
+    params_cost,
+)
+from supernet.flops import FlopTable, flop_table
 from supernet.model import Supernet, SupernetSpec
 from supernet.scoring import PathCache, build_cache
 
@@ -85,9 +104,47 @@ class Estimate:
         return self.masks / self.rate if self.rate > 0 else math.inf
 
 
-def scorer_for(evaluator: Evaluator, split: str = "valid") -> ExhaustiveScorer:
-    """The exhaustive scorer of a study's checkpoint, on its cache's device."""
-    return ExhaustiveScorer(evaluator.model, evaluator.cache(split), evaluator.metric, evaluator.flops)
+def study_costs(objectives: Objectives, model: Supernet, flops: FlopTable, tables: Mapping[str, Any], *,
+                stand_in: bool = False) -> tuple[list[AdditiveCost], list[Limit]]:
+    """A study's costs (in its objectives' order) and limits as ``supernet.exhaustive`` prices
+    them: MFLOPs as integer FLOPs (ranked alike; a limit in MFLOPs compared as ``flops / 1e6``,
+    as the evaluator computes it), parameters counted, latency and peak memory from the study's
+    tables. ``stand_in``: a measured cost without a table is priced by the FLOPs table, and its
+    limit left out (the estimate of a study not created yet: its speed, not its front)."""
+    flops_cost = AdditiveCost.from_flops(flops)
+    priced = {MFLOPS: flops_cost, "params": params_cost(model)}
+    for quantity, table in tables.items():
+        priced[quantity] = AdditiveCost.from_table(table, quantity)
+    stand_ins = [q for q in MEASURED if q not in priced] if stand_in else []
+    for quantity in stand_ins:
+        priced[quantity] = AdditiveCost.from_table(flops, quantity)
+    missing = [q for q in (*objectives.costs, *objectives.limits) if q not in priced]
+    if missing:
+        raise ConfigError(f"the study has no cost table for {', '.join(missing)} (mro:cost_tables): "
+                          f"it cannot be priced exhaustively; recreate the study")
+    costs = [priced[q] for q in objectives.costs]
+    limits = [Limit.mflops(flops_cost, limit) if q == MFLOPS else Limit(priced[q], limit)
+              for q, limit in objectives.limits.items() if q not in stand_ins]
+    return costs, limits
+
+
+def study_objectives(search: SearchStudy, evaluator: Evaluator) -> Objectives:
+    """The objectives a study recorded (as ``search.Objective`` reads them)."""
+    attrs = search.attrs
+    return Objectives.from_attrs(attrs, str(attrs.get(METRIC_KEY, evaluator.metric)))
+
+
+def scorer_for(evaluator: Evaluator, split: str = "valid", search: SearchStudy | None = None) -> ExhaustiveScorer:
+    """The exhaustive scorer of a study's checkpoint, on its cache's device, with the study's
+    objectives, limits and cost tables; before the study exists (``search`` None: the estimate),
+    with the study file's objectives and limits, a measured cost priced by a stand-in."""
+    if search is not None:
+        objectives = study_objectives(search, evaluator)
+        costs, limits = study_costs(objectives, evaluator.model, evaluator.flops, study_tables(search.attrs))
+    else:
+        objectives = Objectives.from_config(evaluator.study.search, evaluator.metric)
+        costs, limits = study_costs(objectives, evaluator.model, evaluator.flops, {}, stand_in=True)
+    return ExhaustiveScorer(evaluator.model, evaluator.cache(split), objectives.metric, costs, limits=limits)
 
 
 def untrained_scorer(study: Study, device: Any = "cpu") -> ExhaustiveScorer:
@@ -102,7 +159,10 @@ def untrained_scorer(study: Study, device: Any = "cpu") -> ExhaustiveScorer:
     device = torch.device(device)
     projected = None if cache.projected is None else cache.projected.to(device)
     cache = PathCache(pooled=cache.pooled.to(device), labels=cache.labels.to(device), task=cache.task, projected=projected)
-    return ExhaustiveScorer(model.to(device), cache, objective_metric(study), flop_table(model))
+    metric = objective_metric(study)
+    objectives = Objectives.from_config(study.search, metric)
+    costs, limits = study_costs(objectives, model, flop_table(model), {}, stand_in=True)
+    return ExhaustiveScorer(model.to(device), cache, metric, costs, limits=limits)
 
 
 def estimate(scorer: ExhaustiveScorer, seconds: float = SAMPLE_SECONDS) -> Estimate:
@@ -159,45 +219,61 @@ def record(search: SearchStudy, evaluator: Evaluator, result: ExhaustiveResult, 
     check_checkpoint(search, evaluator.checkpoint)
     study = search.optuna_study
     paths = evaluator.path_names
-    flops_budget = float(search.attrs.get(FLOPS_BUDGET_KEY, 0.0) or 0.0)
+    objectives = study_objectives(search, evaluator)
+    tables = study_tables(search.attrs)  # every trial is priced with the study's tables
     have = scored_masks(search, paths)
     bit = CategoricalDistribution((0, 1))
-    added, differ = [], 0
+    added, differ, over = [], 0, {}  # over: mask -> the limits the study's prices say it breaks
     for point in result.front:
         mask = tuple(int(c) for c in point.bits(result.n_paths))
         if mask in have:
             continue
-        scored = evaluator.evaluate(mask, split)
-        value = scored["metrics"][result.metric]
-        if value != point.value:
+        evaluated = evaluator.evaluate(mask, split)
+        costs = costs_of(evaluated, mask, tables)
+        scored = {**costs, "metrics": evaluated["metrics"]}
+        if objectives.violations(scored):  # within rounding of a limit: said below, not recorded
+            over[evaluated["mask"]] = "; ".join(objectives.violations(scored))
+            continue
+        values = objectives.values(scored)
+        if values[0] != point.value:
             differ += 1
-        system_attrs: dict[str, Any] = {MASK_KEY: scored["mask"]}
-        if flops_budget > 0:
-            system_attrs["constraints"] = [scored["mflops"] - flops_budget]
-        user_attrs: dict[str, Any] = {"mask": scored["mask"], "active_paths": scored["active_paths"], "metrics": scored["metrics"]}
-        user_attrs.update(scored["metrics"])
-        user_attrs[MFLOPS] = scored["mflops"]
-        user_attrs["params"] = scored["params"]
+        system_attrs: dict[str, Any] = {MASK_KEY: evaluated["mask"]}
+        if objectives.limits:  # the legacy list form, as search.Objective writes it
+            system_attrs["constraints"] = objectives.constraints(scored)
+        user_attrs: dict[str, Any] = {"mask": evaluated["mask"], "active_paths": evaluated["active_paths"], "metrics": evaluated["metrics"]}
+        user_attrs.update(evaluated["metrics"])
+        user_attrs[MFLOPS] = evaluated["mflops"]
+        user_attrs["params"] = evaluated["params"]
+        for quantity in tables:  # priced by the study's table (measured exactly on the front)
+            user_attrs[quantity] = costs[quantity]
         user_attrs[WORKER_ATTR] = worker_id()
         user_attrs[EXHAUSTIVE_ATTR] = True
         user_attrs[EQUAL_ATTR] = point.equal
         trial = create_trial(
             state=TrialState.COMPLETE,
-            values=[float(value), float(scored["mflops"])],
+            values=values,
             params={name: b for name, b in zip(paths, mask)},
             distributions={name: bit for name in paths},
             user_attrs=user_attrs,
             system_attrs=system_attrs,
         )
         study.add_trial(trial)
-        added.append(scored["mask"])
+        added.append(evaluated["mask"])
+    if over:
+        log.warning(f"mro-search: {len(over)} front mask(s) not recorded: the study's own prices put them over a limit "
+                    f"(within float64 rounding of it): {', '.join(f'{m} ({why})' for m, why in over.items())}")
     if differ:
         log.warning(f"mro-search: {differ} front mask(s) score differently in float32 (the recorded value) than in the exhaustive float64 sums: a float32 rounding tie")
+    front = [p for p in result.front if p.bits(result.n_paths) not in over]
     entry = {
         "masks": result.masks,
         "metric": result.metric,
-        "front": [p.bits(result.n_paths) for p in result.front],
-        "equal": [p.equal for p in result.front],
+        "objectives": objectives.names,
+        "limits": dict(objectives.limits),
+        "feasible": result.feasible,  # masks within every limit (None: the study has none)
+        "front": [p.bits(result.n_paths) for p in front],
+        "equal": [p.equal for p in front],
+        "not_recorded": sorted(over),  # front masks the study's own prices put over a limit
         "added": len(added),
         "checkpoint": evaluator.checkpoint.identity,
         "split": split,
@@ -214,8 +290,14 @@ def record(search: SearchStudy, evaluator: Evaluator, result: ExhaustiveResult, 
 
 def run_exhaustive(search: SearchStudy, evaluator: Evaluator, scorer: ExhaustiveScorer, est: Estimate, *,
                    progress: bool = True, split: str = "valid") -> dict[str, Any]:
-    """Score every mask and record the exact front (the estimate was checked by the caller)."""
+    """Score every mask and record the exact front (the estimate was checked by the caller). The
+    masks are priced as the study prices them (``scorer_for`` with the study): where that is not
+    how the estimate's scorer priced them (a cost table the study made after the estimate), the
+    estimate's steps are scored again."""
     start = time.perf_counter()
+    own = scorer_for(evaluator, split, search)
+    if (own.metric, own.priced, own.limits) != (scorer.metric, scorer.priced, scorer.limits):
+        scorer, est = own, Estimate(masks=est.masks, rate=est.rate, chunks=[])
     log.info(f"scoring all {scorer.total:,} masks exactly ({scorer.method}, {scorer.device}; "
              f"about {duration(est.seconds)} at {est.rate:,.0f} masks/s)")
     result = score_all(scorer, est, progress=progress)

@@ -4,14 +4,19 @@ The tiny k = 3 study (63 masks) and a planted k = 4 study (4,095 masks) trained 
 the command records equals the front of ``score_masks`` on every mask, computed by definition;
 the trials carry what a sampled trial carries and ``mro:exhaustive``; ``pareto`` says the front is
 exact; a second run adds nothing; a study with sampled trials gets only the masks it misses; a
-space that would take longer than ``--max-minutes`` is refused before the study is created.
+space that would take longer than ``--max-minutes`` is refused before the study is created. A
+study with other objectives (parameters, latency, three objectives) and limits gets the front of
+its feasible masks, priced mask by mask as the study prices them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +24,8 @@ import torch
 
 from search_service.cli import main
 from search_service.exhaustive import EQUAL_ATTR, EXHAUSTIVE_ATTR, EXHAUSTIVE_KEY
+from search_service.hardware import study_tables
+from search_service.objectives import Objectives, costs_of
 from search_tests.conftest import one_error
 from supernet.paths import all_masks, format_mask
 from supernet.scoring import PathCache, score_masks
@@ -194,3 +201,144 @@ def test_planted_k4_front_equals_brute_force(mro, cli, tmp_path: Path) -> None:
     assert out["exhaustive"]["masks"] == 4095
     assert [row["mask"] for row in out["pareto_front"]] == expected
     assert sorted(t.user_attrs["mask"] for t in exhaustive_trials(mro, url, "planted4")) == sorted(expected)
+
+
+# --- other objectives and limits ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Priced:
+    """One mask as the study records it: ``values`` in the objectives' order (the metric from
+    ``score_masks`` on a float64 cache, each cost from ``costs_of`` mask by mask, with the
+    study's tables), every cost it can price, and whether it is within every limit."""
+
+    mask: str
+    values: tuple[float, ...]
+    costs: dict[str, float]
+    feasible: bool
+
+
+def priced_masks(file: Path, objectives: Objectives, tables: dict[str, Any]) -> list[Priced]:
+    """Every mask of the tiny study, in counting order (lowest mask string first)."""
+    from search_service.evaluator import Evaluator
+    from search_service.study_file import load_study
+
+    evaluator = Evaluator(load_study(str(file)))
+    cache = evaluator.cache("valid")
+    cache64 = PathCache(pooled=cache.pooled.double(), labels=cache.labels, task=cache.task, projected=cache.projected.double())
+    masks = all_masks(evaluator.model.num_paths)
+    values = score_masks(evaluator.model, cache64, masks, objectives.metric).tolist()
+    out = []
+    for m, v in zip(masks, values):
+        bits = m.long().tolist()
+        costs = costs_of({"mflops": evaluator.flops.mflops(bits), "params": evaluator.model.num_parameters(bits)}, bits, tables)
+        scored = {**costs, "metrics": {objectives.metric: v}}
+        out.append(Priced(format_mask(m), tuple(objectives.values(scored)), costs, not objectives.violations(scored) and not math.isnan(v)))
+    return out
+
+
+def brute_force_front_of(priced: list[Priced]) -> list[str]:
+    """The front by definition (the metric up, the costs down) of the feasible masks; of equal
+    points the lowest mask string. Sorted mask strings."""
+    points: dict[tuple[float, ...], str] = {}
+    for p in priced:
+        if p.feasible:
+            points.setdefault(p.values, p.mask)  # counting order: the lowest mask first
+
+    def at_least(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return a[0] >= b[0] and all(x <= y for x, y in zip(a[1:], b[1:]))
+
+    return sorted(m for p, m in points.items() if not any(q != p and at_least(q, p) for q in points))
+
+
+def run_exhaustive_json(cli, file: Path, url: str, cwd: Path) -> dict[str, Any]:
+    result = cli(["run", "--study", str(file), "--storage", url, "--exhaustive", "--no-report", "--json", "-q"], cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_front_trials(mro, url: str, name: str, objectives: Objectives, expected: list[str], tables: dict[str, Any]) -> None:
+    """The recorded trials: the expected masks, values in the objectives' order, the constraints
+    of a study with limits (all feasible), the user attributes of a sampled trial."""
+    trials = exhaustive_trials(mro, url, name)
+    assert sorted(t.user_attrs["mask"] for t in trials) == expected
+    for t in trials:
+        assert t.values == [t.user_attrs[objectives.metric], *(float(t.user_attrs[c]) for c in objectives.costs)]
+        assert {"active_paths", "metrics", "mflops", "params", "worker", *tables} <= set(t.user_attrs)
+        if objectives.limits:
+            assert len(t.system_attrs["constraints"]) == len(objectives.limits)
+            assert all(c <= 0 for c in t.system_attrs["constraints"])
+        else:
+            assert "constraints" not in t.system_attrs
+
+
+def test_params_objective_with_an_mflops_limit(tiny, mro, cli, tmp_path: Path) -> None:
+    """``objectives = ["accuracy", "params"]`` and ``max_mflops`` (a cost only a limit uses): the
+    recorded front is the brute-force front of the masks within the limit, every one feasible."""
+    run_dir = tiny.seed_run_dir(tmp_path / "run")
+    free = priced_masks(tiny.variant(tmp_path, "free.toml", run_dir=run_dir), Objectives("accuracy", ("params",)), {})
+    front_free = brute_force_front_of(free)
+    mflops = sorted({p.costs["mflops"] for p in free if p.mask in front_free})
+    limit = (mflops[-1] + mflops[-2]) / 2  # leaves the front's largest member out
+    file = tiny.variant(tmp_path, run_dir=run_dir, objectives=["accuracy", "params"], max_mflops=limit)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    out = run_exhaustive_json(cli, file, url, tmp_path)
+    objectives = Objectives("accuracy", ("params",), {"mflops": limit})
+    priced = priced_masks(file, objectives, {})
+    expected = brute_force_front_of(priced)
+    assert expected != front_free
+    assert sorted(row["mask"] for row in out["pareto_front"]) == expected
+    assert out["exact_front"]
+    check_front_trials(mro, url, tiny.name, objectives, expected, {})
+    for t in exhaustive_trials(mro, url, tiny.name):
+        assert t.user_attrs["mflops"] <= limit
+    study = mro.open_study(url, tiny.name)
+    record = study._storage.get_study_system_attrs(study._study_id)[EXHAUSTIVE_KEY]
+    assert record["objectives"] == ["accuracy", "params"] and record["limits"] == {"mflops": limit}
+    assert record["feasible"] == sum(p.feasible for p in priced) < 63
+    # the scorer left the masks over the limit out (none was dropped when recording)
+    assert sorted(record["front"]) == expected and record["not_recorded"] == []
+
+
+@pytest.mark.slow
+def test_three_objectives_and_a_latency_limit_under_the_study_tables(tiny, mro, cli, tmp_path: Path) -> None:
+    """``["accuracy", "latency_ms", "params"]`` with ``max_params``: the exact front over three
+    objectives, latency priced by the table the study measured when it was created; then a study
+    with ``max_latency_ms`` (a limit priced by its own table) gets only masks within it."""
+    run_dir = tiny.seed_run_dir(tmp_path / "run")
+    free = priced_masks(tiny.variant(tmp_path, "free.toml", run_dir=run_dir), Objectives("accuracy", ("params",)), {})
+    params = sorted({p.costs["params"] for p in free})
+    max_params = int(params[len(params) // 2])
+    file = tiny.variant(tmp_path, "three.toml", run_dir=run_dir, objectives=["accuracy", "latency_ms", "params"], max_params=max_params)
+    url = f"sqlite:///{tmp_path / 'three.db'}"
+    out = run_exhaustive_json(cli, file, url, tmp_path)
+    study = mro.open_study(url, tiny.name)
+    tables = study_tables(study._storage.get_study_system_attrs(study._study_id))
+    assert set(tables) == {"latency_ms"}
+    objectives = Objectives("accuracy", ("latency_ms", "params"), {"params": float(max_params)})
+    priced = priced_masks(file, objectives, tables)
+    expected = brute_force_front_of(priced)
+    assert len(expected) >= 2 and 0 < sum(p.feasible for p in priced) < 63
+    assert sorted(row["mask"] for row in out["pareto_front"]) == expected
+    check_front_trials(mro, url, tiny.name, objectives, expected, tables)
+    record = study._storage.get_study_system_attrs(study._study_id)[EXHAUSTIVE_KEY]
+    assert record["feasible"] == sum(p.feasible for p in priced) and record["not_recorded"] == []
+    # a latency limit between the two middle latencies of all masks under that table (the next
+    # study measures its own table: about half of the masks are within it)
+    latency = sorted(p.costs["latency_ms"] for p in priced)
+    max_latency = (latency[31] + latency[32]) / 2
+    file = tiny.variant(tmp_path, "latency.toml", run_dir=run_dir, objectives=["accuracy", "mflops"], max_latency_ms=max_latency)
+    url = f"sqlite:///{tmp_path / 'latency.db'}"
+    out = run_exhaustive_json(cli, file, url, tmp_path)
+    study = mro.open_study(url, tiny.name)
+    tables = study_tables(study._storage.get_study_system_attrs(study._study_id))
+    objectives = Objectives("accuracy", ("mflops",), {"latency_ms": max_latency})
+    priced = priced_masks(file, objectives, tables)
+    expected = brute_force_front_of(priced)
+    assert 0 < sum(p.feasible for p in priced) < 63
+    assert sorted(row["mask"] for row in out["pareto_front"]) == expected
+    check_front_trials(mro, url, tiny.name, objectives, expected, tables)
+    for t in exhaustive_trials(mro, url, tiny.name):
+        assert t.user_attrs["latency_ms"] <= max_latency
+    record = study._storage.get_study_system_attrs(study._study_id)[EXHAUSTIVE_KEY]
+    assert record["feasible"] == sum(p.feasible for p in priced) and record["not_recorded"] == []
