@@ -245,7 +245,7 @@ def _create(study: Study, url: str, storage: Any, evaluator: Evaluator, trials: 
             OBJECTIVES_KEY: objectives.to_attr(),
             TABLES_KEY: tables,
             HARDWARE_KEY: hardware,
-            LIMIT_TABLES_KEY: limit_tables(evaluator.model, evaluator.flops, objectives, tables),
+            LIMIT_TABLES_KEY: limit_tables(evaluator.model, evaluator.flops, objectives),
             SCORING_KEY: study.scoring_sha256,
             CONFIG_KEY: json.dumps(stored_config(study), sort_keys=True),
             STUDY_DIR_KEY: str(study.base_dir.resolve()),

@@ -164,18 +164,16 @@ def device_spread(tables: Mapping[str, CostTable]) -> float:
     return float(table.spread) if table is not None else 0.0
 
 
-def limit_tables(model: Any, flops: Any, objectives: Objectives, tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The additive table of each limited cost, for the sampler's ``MaskFilter``: MFLOPs from the
-    FLOPs table, parameters counted per part (exact), latency and memory from the study's tables."""
+def limit_tables(model: Any, flops: Any, objectives: Objectives) -> dict[str, dict[str, Any]]:
+    """The integer additive tables of a study's MFLOPs and parameter limits, for the sampler's
+    ``MaskFilter`` (latency and memory limits use the study's cost tables): FLOPs from the FLOPs
+    table, parameters per part as ``supernet.exhaustive.params_cost`` counts them."""
+    from supernet.exhaustive import params_cost
+
     out: dict[str, dict[str, Any]] = {}
-    for q in objectives.limits:
-        if q == "mflops":
-            out[q] = {"base": flops.shared / 1e6, "modality": [v / 1e6 for v in flops.modality], "path": [v / 1e6 for v in flops.path]}
-        elif q == "params":
-            def count(module: torch.nn.Module) -> int:
-                return sum(p.numel() for p in module.parameters())
-            out[q] = {"base": count(model.head), "modality": [count(e) for e in model.embeddings], "path": [count(p) for p in model.paths]}
-        elif q in tables:
-            t = tables[q]
-            out[q] = {"base": t["base"], "modality": list(t["modality"]), "path": list(t["path"])}
+    if "mflops" in objectives.limits:
+        out["mflops"] = {"base": int(flops.shared), "modality": [int(v) for v in flops.modality], "path": [int(v) for v in flops.path]}
+    if "params" in objectives.limits:
+        cost = params_cost(model)
+        out["params"] = {"base": int(cost.base), "modality": [int(v) for v in cost.modality], "path": [int(v) for v in cost.path]}
     return out

@@ -168,22 +168,20 @@ def costs_of(scored: Mapping[str, Any], mask: Sequence[int], tables: Mapping[str
     return out
 
 
-LIMIT_TABLES_KEY = "mro:limit_tables"  # {cost: {"base", "modality", "path"}} for each limit: MROSampler's MaskFilter
+LIMIT_TABLES_KEY = "mro:limit_tables"  # {"mflops" | "params": {"base", "modality", "path"}} in integer FLOPs / parameters
 
 
 class MaskFilter:
-    """Whether a mask is within the study's limits, priced by the additive tables of the limited
-    costs (``mro:limit_tables``: a base, each touched modality, each active path; exact for
-    MFLOPs and parameters, the study's fitted table for latency and memory). MROSampler does not
-    propose a mask this places over a limit."""
+    """Whether a mask is within the study's limits, priced exactly as its trials are: MFLOPs as
+    the integer FLOPs of the FLOPs table over 1e6 and parameters as integers (both from
+    ``mro:limit_tables``: a base, each touched modality, each active path), latency and peak
+    memory by the study's own tables (``mro:cost_tables``). A mask is feasible when every
+    ``value - limit`` is at most 0, Optuna's rule for the constraints its trial would record.
+    MROSampler does not propose a mask this places over a limit."""
 
-    def __init__(self, limits: Mapping[str, float], tables: Mapping[str, Mapping[str, Any]]) -> None:
-        self.parts = []
-        for q, limit in limits.items():
-            t = tables.get(q)
-            if not isinstance(t, Mapping):
-                continue
-            self.parts.append((float(limit), float(t["base"]), [float(v) for v in t["modality"]], [float(v) for v in t["path"]]))
+    def __init__(self, limits: Mapping[str, float], prices: Mapping[str, Any]) -> None:
+        # prices: cost -> a function of the mask's bits
+        self.parts = [(float(limit), prices[q]) for q, limit in limits.items() if q in prices]
 
     def __bool__(self) -> bool:
         return bool(self.parts)
@@ -192,17 +190,36 @@ class MaskFilter:
     def from_attrs(cls, attrs: Mapping[str, Any]) -> MaskFilter:
         stored = attrs.get(OBJECTIVES_KEY)
         limits = stored.get("limits") if isinstance(stored, dict) and isinstance(stored.get("limits"), dict) else {}
-        tables = attrs.get(LIMIT_TABLES_KEY)
-        return cls(limits, tables if isinstance(tables, dict) else {})
+        if not limits:
+            return cls({}, {})
+        prices: dict[str, Any] = {}
+        integer = attrs.get(LIMIT_TABLES_KEY) if isinstance(attrs.get(LIMIT_TABLES_KEY), dict) else {}
+        for q, scale in (("mflops", 1e6), ("params", 1)):
+            if isinstance(integer.get(q), Mapping):
+                prices[q] = _integer_price(integer[q], scale)
+        measured = attrs.get(TABLES_KEY) if isinstance(attrs.get(TABLES_KEY), dict) else {}
+        if any(q in measured for q in limits if q in MEASURED):
+            from supernet.hardware import CostTable  # torch: only for a study with measured limits
+
+            for q in MEASURED:
+                if q in limits and q in measured:
+                    prices[q] = CostTable.from_dict(measured[q]).estimate
+        return cls(limits, prices)
 
     def feasible(self, mask: Sequence[int]) -> bool:
-        from supernet.paths import touched_modalities
-
         bits = [int(b) for b in mask]
-        for limit, base, modality, path in self.parts:
-            if len(path) != len(bits):
-                continue
-            cost = base + sum(c for c, b in zip(path, bits) if b) + sum(modality[m] for m in touched_modalities(bits, len(modality)))
-            if cost > limit * (1 + 1e-9):
-                return False
-        return True
+        return all(float(price(bits)) - limit <= 0 for limit, price in self.parts)
+
+
+def _integer_price(table: Mapping[str, Any], scale: float) -> Any:
+    """An integer additive table's price of a mask (``FlopTable.flops`` then ``/ 1e6`` for MFLOPs,
+    ``Supernet.num_parameters`` for parameters): the same integer sum, so the same value."""
+    from supernet.paths import touched_modalities
+
+    base, modality, path = int(table["base"]), [int(v) for v in table["modality"]], [int(v) for v in table["path"]]
+
+    def price(bits: Sequence[int]) -> float:
+        total = base + sum(c for c, b in zip(path, bits) if b) + sum(modality[m] for m in touched_modalities(bits, len(modality)))
+        return total / scale if scale != 1 else total
+
+    return price

@@ -29,7 +29,8 @@ from search_service.sampler import BUDGET_KEY
 from search_service.search import Objective, SearchStudy, pareto_front
 from search_service.study_file import load_study
 from supernet.errors import ConfigError
-from supernet.paths import touched_modalities
+from supernet.flops import FlopTable
+from supernet.paths import path_names
 
 BUDGET = 12
 HW = ["accuracy", "latency_ms", "params"]
@@ -227,18 +228,24 @@ def test_noise_ties():
 @given(
     st.integers(2, 4).flatmap(lambda k: st.tuples(
         st.just(k),
-        st.floats(0, 10), st.lists(st.floats(0, 10), min_size=k, max_size=k),
-        st.lists(st.floats(0, 10), min_size=k * (k - 1), max_size=k * (k - 1)),
+        st.integers(0, 10**6), st.lists(st.integers(0, 10**6), min_size=k, max_size=k),
+        st.lists(st.integers(0, 10**6), min_size=k * (k - 1), max_size=k * (k - 1)),
         st.lists(st.integers(0, 1), min_size=k * (k - 1), max_size=k * (k - 1)),
-        st.floats(0, 60),
+        st.floats(0, 6.0),
     ))
 )
-def test_mask_filter_prices_as_the_additive_table(case):
+def test_mask_filter_prices_as_the_trial_would(case):
+    """The filter's MFLOPs are the FLOPs table's ``mflops`` of the mask, and it calls a mask
+    feasible exactly when the constraint its trial would record is at most 0."""
     k, base, modality, path, mask, limit = case
-    cost = base + sum(c for c, b in zip(path, mask) if b) + sum(modality[m] for m in touched_modalities(mask, k))
-    f = MaskFilter({"latency_ms": limit}, {"latency_ms": {"base": base, "modality": modality, "path": path}})
-    assert f.feasible(mask) == (cost <= limit * (1 + 1e-9))
-    assert not MaskFilter({}, {}) and MaskFilter({"params": 1.0}, {}).feasible(mask)
+    names = tuple(f"m{i}" for i in range(k))
+    table = FlopTable(base, tuple(modality), tuple(path), tuple(path_names(list(names))), names)
+    attrs = {OBJECTIVES_KEY: {"names": ["accuracy", "mflops"], "limits": {"mflops": limit}},
+             LIMIT_TABLES_KEY: {"mflops": {"base": base, "modality": modality, "path": path}}}
+    f = MaskFilter.from_attrs(attrs)
+    constraint = Objectives.from_attrs(attrs, "accuracy").constraints({"mflops": table.mflops(mask)})[0]
+    assert f.feasible(mask) == (constraint <= 0)
+    assert not MaskFilter.from_attrs({}) and MaskFilter({"params": 1.0}, {}).feasible(mask)
 
 
 def test_objectives_of_an_old_study_read_as_metric_and_mflops():
