@@ -74,7 +74,7 @@ from supernet.hardware import (  # noqa: E402
     table_errors,
 )
 from supernet.model import Supernet, SupernetSpec  # noqa: E402
-from supernet.paths import format_mask, num_masks  # noqa: E402
+from supernet.paths import format_mask  # noqa: E402
 
 TARGET_MEDIAN_ERROR = 0.10
 SHAPES = ("mosei", "mfeat", "tiny")
@@ -103,7 +103,7 @@ def held_out_masks(n_paths: int, count: int, seed: int, exclude: list[list[int]]
     """``count`` distinct random masks outside ``exclude`` (each bit 1 with probability 1/2, from
     ``torch.Generator(seed)``), or every mask outside it when the space holds fewer."""
     taken = {tuple(m) for m in exclude}
-    if num_masks(n_paths) - len(taken) <= count:
+    if 2**n_paths - 1 - len(taken) <= count:
         codes = range(1, 2**n_paths)
         return [m for m in ([int(b) for b in format(c, f"0{n_paths}b")] for c in codes) if tuple(m) not in taken]
     g = torch.Generator().manual_seed(seed)

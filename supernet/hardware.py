@@ -178,8 +178,9 @@ def measure_latency(model: Supernet, mask: Sequence[int], *, device: torch.devic
     2. one warm-up call, then ``Timer.adaptive_autorange``: blocks of calls until the runs'
        interquartile range is below ``threshold`` of their median (at least 4 runs and
        ``min_run_time`` seconds), or ``max_run_time`` seconds have passed;
-    3. eval mode, ``torch.inference_mode`` and the precision's autocast around it all; the
-       model's training flag and the grad mode are left as they were.
+    3. eval mode, ``torch.inference_mode`` and the precision's autocast around it all (autocast
+       keeps no cast weights under inference mode: each call casts the weights it uses, and that
+       is timed); the model's training flag and the grad mode are left as they were.
 
     The Timer runs with torch's current number of threads (its own default is 1).
 
@@ -276,8 +277,11 @@ def peak_memory_mb(model: Supernet, mask: Sequence[int], *, device: torch.device
     tensors alive at once, repeatable to the byte. The CPU allocator keeps no statistics;
     ``torch.profiler``'s allocation events would also see kernels' scratch buffers (see
     :class:`LiveStorageBytes`), at the cost of a profiler run and its log lines per measurement.
-    A warm-up forward runs first, so one-time caches are not counted. Autocast's casted weights
-    are counted: they are allocated during the forward."""
+    A warm-up forward runs first, so one-time caches (CUDA libraries' workspaces) are not counted.
+    With ``fp16``/``bf16`` the weights stay float32 and autocast's low-precision copies of them
+    count while they are alive (under inference mode autocast casts a weight for each op and
+    frees the copy after it; the measured forward has an autocast context of its own, so a cache
+    of casts, where torch keeps one, is counted too)."""
     dev = _device(device)
     autocast_dtype(precision, dev)
     if dev.type not in ("cpu", "cuda"):
@@ -288,7 +292,8 @@ def peak_memory_mb(model: Supernet, mask: Sequence[int], *, device: torch.device
     weights = list(model.parameters()) + list(model.buffers())
     parameter_bytes = model.num_parameters(bits) * weights[0].element_size()
     with _inference(model, precision, dev):
-        model(features, bits)  # warm-up
+        model(features, bits)  # warm-up, in an autocast context of its own
+    with _inference(model, precision, dev):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)

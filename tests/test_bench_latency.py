@@ -20,8 +20,11 @@ def test_held_out_masks_avoid_the_fit_design() -> None:
     fit = [[1, 0, 0], [0, 1, 0], [1, 1, 1]]
     every = bench_latency.held_out_masks(3, 100, seed=1, exclude=fit)  # 7 masks, 3 in the design
     assert sorted(every) == sorted([[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]])
-    some = bench_latency.held_out_masks(8, 20, seed=1, exclude=fit)
+    six = bench_latency.held_out_masks(6, 100, seed=1, exclude=[[1] * 6])  # the mosei shape's 63 masks
+    assert len(six) == 62 and [1] * 6 not in six
+    some = bench_latency.held_out_masks(8, 20, seed=1, exclude=fit + [[1] * 8])
     assert len(some) == 20 and len({tuple(m) for m in some}) == 20 and all(any(m) for m in some)
+    assert [1] * 8 not in some
 
 
 def test_tiny_run_reports_finite_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -180,6 +180,19 @@ def test_peak_memory_of_single_paths_by_hand(batch_size: int) -> None:
         assert peak_memory_mb(model, mask, batch_size=batch_size) == expected, model.path_names[p]
 
 
+def test_peak_memory_in_bf16_counts_the_cast_weights() -> None:
+    model = _mlp_heavy_model()
+    for p, (_, j) in enumerate(path_pairs(3)):
+        mask = [int(q == p) for q in range(6)]
+        params = 4 * count_params(model, mask)
+        bf16 = peak_memory_mb(model, mask, precision="bf16") * 2**20 - params
+        fp32 = peak_memory_mb(model, mask) * 2**20 - params
+        assert bf16 == peak_memory_mb(model, mask, precision="bf16") * 2**20 - params  # to the byte
+        # the first Linear's bf16 weight (8 x 2048) beside its bf16 output (target length x 2048)
+        assert bf16 >= 2 * 8 * 2048 + 2 * (6 if j == 0 else 4) * 2048
+        assert bf16 < fp32  # the large activations are half as large
+
+
 def test_peak_memory_agrees_with_the_profilers_allocation_events(make_model: MakeModel) -> None:
     """torch.profiler's running sum of allocation events also sees kernels' scratch buffers: equal
     where the peak is outside attention, never below what LiveStorageBytes counts elsewhere."""
