@@ -52,4 +52,6 @@ def test_tiny_run_reports_finite_figures(tmp_path: Path, capsys: pytest.CaptureF
         latency = shape["latency"][clock]
         assert latency["table"]["clock"] == clock and latency["median_spread"] >= 0
         assert len(latency["measured_ms"]) == 5 and all(v > 0 and math.isfinite(v) for v in latency["measured_ms"])
+        assert len(latency["retest_ms"]) == 5 and math.isfinite(latency["retest_median_error"])
+        assert latency["retest_max_error"] >= latency["retest_median_error"] >= 0 and -1 <= latency["rho_retest"] <= 1
     assert all(v > 0 and math.isfinite(v) for v in shape["memory"]["measured_mb"])
