@@ -49,6 +49,7 @@ machine is noisy, and the wall clock's figures depend on it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -67,6 +68,7 @@ from supernet.config import ModelConfig  # noqa: E402
 from supernet.data.dataset import ModalitySpec  # noqa: E402
 from supernet.flops import flop_table  # noqa: E402
 from supernet.hardware import (  # noqa: E402
+    CostTable,
     count_params,
     describe_device,
     design_masks,
@@ -124,23 +126,35 @@ def _rho(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 1 else float("nan")
 
 
-def _summary(table, masks: list[list[int]], measured: list[float], mflops: list[float]) -> dict:
+def summarize(q: dict, masks: list[list[int]], mflops: list[float], measured: list[float]) -> None:
+    """Add the table's figures to ``q`` (one quantity's raw record: ``table``, the measurements,
+    ``retest_ms`` where measured twice), in place."""
+    table = CostTable.from_dict(q["table"])
     errors = table_errors(table, masks, measured)
-    estimates = [table.estimate(m) for m in masks]
-    return {
-        "table": table.to_dict(),
-        "fit_median_error": table.median_error,
-        "fit_max_error": table.max_error,
-        "median_error": errors["median"],
-        "max_error": errors["max"],
-        "n": errors["n"],
-        "rho_mflops": _rho(mflops, measured),
-        "rho_table": _rho(estimates, measured),
-        "target_met": errors["median"] <= TARGET_MEDIAN_ERROR,
-    }
+    # a table's estimates are sums of floats: masks the measurement ties (peak memory) differ in the
+    # last digits, which Spearman would rank apart; far below any measurement's resolution
+    estimates = [round(table.estimate(m), 9) for m in masks]
+    q.update(fit_median_error=table.median_error, fit_max_error=table.max_error, median_error=errors["median"],
+             max_error=errors["max"], n=errors["n"], rho_mflops=_rho(mflops, measured),
+             rho_table=_rho(estimates, measured), target_met=errors["median"] <= TARGET_MEDIAN_ERROR)
+    if q.get("retest_ms"):
+        again = relative_errors(q["retest_ms"], measured)
+        q.update(retest_median_error=statistics.median(again), retest_max_error=max(again),
+                 rho_retest=_rho(q["retest_ms"], measured))
+
+
+def summarize_shape(r: dict) -> dict:
+    """Every figure of one shape's record, computed from its raw measurements and tables."""
+    masks = [[int(b) for b in m] for m in r["masks"]]
+    summarize(r["memory"], masks, r["mflops"], r["memory"]["measured_mb"])
+    for q in r["latency"].values():
+        summarize(q, masks, r["mflops"], q["measured_ms"])
+        q["median_spread"] = statistics.median(q["spread"])
+    return r
 
 
 def run_shape(name: str, args: argparse.Namespace) -> dict:
+    """Fit the tables and measure the held-out masks of one shape: the raw record."""
     started = time.perf_counter()
     model = model_on(shape_model(name), args.device)
     model.eval()
@@ -153,7 +167,6 @@ def run_shape(name: str, args: argparse.Namespace) -> dict:
     memory_table = fit_cost_table(model, "peak_memory_mb", seed=args.fit_seed, **common)
     masks = held_out_masks(model.num_paths, args.masks, args.test_seed, fit)
     flops = flop_table(model)
-    mflops = [flops.mflops(m) for m in masks]
     passes = 2 if args.retest else 1
     latency: dict[str, list] = {clock: [] for clock in args.clocks}
     retest: dict[str, list] = {clock: [] for clock in args.clocks}
@@ -163,34 +176,27 @@ def run_shape(name: str, args: argparse.Namespace) -> dict:
                 (retest if p else latency)[clock].append(measure_latency(model, mask, clock=clock, **common, **timing))
             print(f"{name}: pass {p + 1}/{passes}, {n + 1}/{len(masks)} held-out masks", end="\r", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-    memory = [peak_memory_mb(model, m, **common) for m in masks]
-    result = {
+    return {
         "paths": model.num_paths,
         "device": describe_device(args.device),
         "fit_masks": len(fit),
         "masks": [format_mask(m) for m in masks],
-        "mflops": mflops,
+        "mflops": [flops.mflops(m) for m in masks],
         "params": [count_params(model, m) for m in masks],
-        "latency": {},
-        "memory": {**_summary(memory_table, masks, memory, mflops), "measured_mb": memory},
+        "latency": {
+            clock: {
+                "table": tables[clock].to_dict(),
+                "fit_spread": tables[clock].spread,
+                "measured_ms": [m.median_ms for m in latency[clock]],
+                "spread": [m.spread for m in latency[clock]],
+                "runs": [m.runs for m in latency[clock]],
+                "retest_ms": [m.median_ms for m in retest[clock]],
+            }
+            for clock in args.clocks
+        },
+        "memory": {"table": memory_table.to_dict(), "measured_mb": [peak_memory_mb(model, m, **common) for m in masks]},
+        "seconds": time.perf_counter() - started,
     }
-    for clock in args.clocks:
-        ms = [m.median_ms for m in latency[clock]]
-        result["latency"][clock] = {
-            **_summary(tables[clock], masks, ms, mflops),
-            "median_spread": statistics.median(m.spread for m in latency[clock]),
-            "fit_spread": tables[clock].spread,
-            "measured_ms": ms,
-            "spread": [m.spread for m in latency[clock]],
-            "runs": [m.runs for m in latency[clock]],
-        }
-        if retest[clock]:
-            again = [m.median_ms for m in retest[clock]]
-            errors = relative_errors(again, ms)
-            result["latency"][clock].update(retest_median_error=statistics.median(errors), retest_max_error=max(errors),
-                                            rho_retest=_rho(again, ms), retest_ms=again)
-    result["seconds"] = time.perf_counter() - started
-    return result
 
 
 def markdown(report: dict) -> str:
@@ -220,6 +226,8 @@ def markdown(report: dict) -> str:
                 f"| {q['n']} | {q['median_error']:.1%} / {q['max_error']:.1%} | {'met' if q['target_met'] else 'NOT met'} "
                 f"| {again[0]} | {q['rho_mflops']:.3f} | {q['rho_table']:.3f} | {again[1]} | {spread} |"
             )
+    if "summarized_again" in report:
+        lines += ["", f"Figures computed again from the run's JSON on {report['summarized_again']} (`--from-json`)."]
     lines += ["", "Retest: every held-out mask measured a second time after the first pass, read as an estimate of "
               "the first: the noise floor a table's error is to be judged against (memory is exact and is not "
               "measured twice). Errors are relative to the first pass.", ""]
@@ -246,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure the held-out masks once (default: a second pass, the noise floor)")
     parser.add_argument("--out", default="", help="write bench_latency.json and .md into this folder")
     parser.add_argument("--stem", default="bench_latency")
+    parser.add_argument("--from-json", help="summarize an earlier run's JSON again instead of measuring")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        for r in report["shapes"].values():
+            summarize_shape(r)
+        report["summarized_again"] = _common.machine_info()["date"]
+        _common.publish(report, markdown(report), out=args.out, stem=args.stem, as_json=args.json)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [s for s in args.shapes.split(",") if s]
@@ -270,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in shapes:
         shape_model(name)  # an unknown shape fails before any measurement
     for name in shapes:
-        report["shapes"][name] = run_shape(name, args)
+        report["shapes"][name] = summarize_shape(run_shape(name, args))
     report["loadavg_end"] = list(os.getloadavg())
     _common.publish(report, markdown(report), out=args.out, stem=args.stem, as_json=args.json)
     return 0

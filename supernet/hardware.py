@@ -7,8 +7,9 @@ per-op overhead do not show in them. This module measures the masked subnet itse
 - :func:`measure_latency`: the forward pass of the mask's active paths (``Supernet.forward`` with
   the mask runs only those paths and the embeddings they touch: the ops of the exported subnet),
   in eval mode under ``torch.inference_mode``, timed by ``torch.utils.benchmark.Timer``'s
-  ``adaptive_autorange`` (which synchronises CUDA) after a warm-up call. The median and the
-  interquartile range of the per-run times are kept, so a caller knows how noisy the device was.
+  ``adaptive_autorange`` (which synchronises CUDA) after a warm-up call, on the wall clock or
+  (one CPU thread) the thread's CPU time. The median and the interquartile range of the per-run
+  times are kept, so a caller knows how noisy the device was.
 - :func:`peak_memory_mb`: the subnet's parameter bytes plus the peak of what one forward
   allocates: the CUDA allocator's peak on a GPU; on the CPU the peak of the bytes of tensor
   storages alive at once, tracked by a ``TorchDispatchMode`` (:class:`LiveStorageBytes`).
@@ -185,11 +186,12 @@ def measure_latency(model: Supernet, mask: Sequence[int], *, device: torch.devic
     The Timer runs with torch's current number of threads (its own default is 1).
 
     ``clock="wall"`` times elapsed time: the latency a user waits for. On a shared machine it
-    also counts the time the process waited for a core (on a 2-core machine at load 7, repeated
-    medians of one mask differed by 37 %). ``clock="cpu"`` times the timing thread's CPU time
-    (``time.thread_time``) instead: equal to the latency on an idle machine when torch runs one
-    thread, and nearly free of the waiting (8 % between repeats at that load); so it is offered
-    only on the CPU with ``torch.get_num_threads() == 1``."""
+    also counts the time the process waited for a core. ``clock="cpu"`` times the timing thread's
+    CPU time (``time.thread_time``) instead: the latency on an idle machine when torch runs one
+    thread, without the waiting, so it is offered only on the CPU with ``torch.get_num_threads()
+    == 1``. Neither is free of a busy machine (caches, a VM's stolen time): on the 2-core
+    development machine at load 4-6, two measurements of one mask differed by a median of 31-50 %
+    on the wall clock and 20-24 % on the CPU clock (``benchmarks/bench_latency.py``'s retest)."""
     dev = _device(device)
     autocast_dtype(precision, dev)  # refuse a bad precision before any work
     timer_fn = _clock(clock, dev)

@@ -55,3 +55,7 @@ def test_tiny_run_reports_finite_figures(tmp_path: Path, capsys: pytest.CaptureF
         assert len(latency["retest_ms"]) == 5 and math.isfinite(latency["retest_median_error"])
         assert latency["retest_max_error"] >= latency["retest_median_error"] >= 0 and -1 <= latency["rho_retest"] <= 1
     assert all(v > 0 and math.isfinite(v) for v in shape["memory"]["measured_mb"])
+    # the figures come from the raw measurements: summarizing the JSON again gives them back
+    assert bench_latency.main(["--from-json", str(tmp_path / "bench_latency.json"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "bench_latency.json").read_text())
+    assert again.pop("summarized_again") and again == report
