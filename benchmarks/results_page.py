@@ -221,6 +221,16 @@ SECTIONS = [
         "`torch.compile` with `--compile`), and cached scoring for k = 6. Targets: 13,000 samples/s at "
         "batch 32 and 40,000 at batch 256. Runs only on a lent GPU machine.",
     ),
+    (
+        "Latency and memory tables (issue 21)",
+        "bench_latency",
+        "OMP_NUM_THREADS=1 python benchmarks/bench_latency.py --threads 1 --out docs/results",
+        "How well does an additive cost table (base + each touched modality's embedding + each active path, "
+        "fitted by non-negative least squares on every single-path mask, the full mask and 2P random masks) "
+        "predict the measured forward latency and peak memory of masks it was not fitted on, and how well do "
+        "MFLOPs rank them? `supernet/hardware.py`; the mosei shape (k = 3) and the mfeat shape (k = 6), on the "
+        "CPU, batch 1, fp32. Target: the latency table's median relative error <= 10 % on 100 random masks.",
+    ),
 ]
 
 # Figures (docs/figures/NAME.svg, drawn by benchmarks/figures.py) shown under a fragment, by stem.
