@@ -35,13 +35,20 @@ from search_service import artifacts
 from search_service.evaluator import Evaluator, objective_metric
 from search_service.hardware import build_tables, latency_setting, limit_tables, study_tables
 from search_service.keys import CREATING_KEY, FILES_KEY, PRIOR_SOURCE_KEY
-from search_service.objectives import HARDWARE_KEY, LIMIT_TABLES_KEY, OBJECTIVES_KEY, TABLES_KEY, Objectives, costs_of
 from search_service.lifecycle import (
     check_matches,
     check_owned,
     find_study,
     own_dir,
     stored_config,
+)
+from search_service.objectives import (
+    HARDWARE_KEY,
+    LIMIT_TABLES_KEY,
+    OBJECTIVES_KEY,
+    TABLES_KEY,
+    Objectives,
+    costs_of,
 )
 from search_service.ownership import (
     CREATING,

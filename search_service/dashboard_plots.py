@@ -119,7 +119,7 @@ def note_text(report: Report, evaluator: Evaluator) -> str:
         f"- **Data:** {source}, task {evaluator.model.spec.task}, scored on the `{study.search.split}` split",
         f"- **Modalities:** {modalities}",
         f"- **Objectives:** maximize `{_code(report.metric)}`, minimize " + ", ".join(_code(report.cost_label(i)) for i in range(len(report.costs))),
-        *([f"- **Limits:** " + ", ".join(f"`{_code(q)}` <= {v:g}" for q, v in report.limits.items()) + " (the front holds only trials within them)"]
+        *(["- **Limits:** " + ", ".join(f"`{_code(q)}` <= {v:g}" for q, v in report.limits.items()) + " (the front holds only trials within them)"]
           if report.limits else []),
         *([f"- **Latency and memory:** tables measured on {_code(str(report.hardware.get('label', report.hardware.get('device'))))}, "
            f"batch {report.hardware.get('batch_size')}, {report.hardware.get('precision')}; device noise ±{100 * float(report.hardware.get('noise', 0)):.1f} %"]

@@ -14,7 +14,6 @@ exact measurements of its front (``search_service.objectives`` says why both).
 
 from __future__ import annotations
 
-import copy
 import logging
 import platform
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,15 @@ import torch
 from search_service.objectives import HARDWARE_KEY, MEASURED, TABLES_KEY, Objectives
 from supernet.device import resolve_device
 from supernet.errors import ConfigError
-from supernet.hardware import CostTable, Measurement, fit_cost_table, measure_latency, peak_memory_mb
+from supernet.hardware import (
+    CostTable,
+    Measurement,
+    describe_device,
+    fit_cost_table,
+    measure_latency,
+    model_on,
+    peak_memory_mb,
+)
 
 log = logging.getLogger("mro_search")
 
@@ -43,37 +50,21 @@ def latency_setting(search_cfg: Any, train_device: str, override: str | None = N
     return {"device": str(device), "batch_size": int(search_cfg.latency_batch_size), "precision": search_cfg.latency_precision}
 
 
-def device_label(device: str) -> str:
-    """A device said plainly: ``cuda:0 (NVIDIA H100 80GB HBM3)``, ``cpu (x86_64, 2 threads)``."""
-    d = torch.device(device)
-    if d.type == "cuda" and torch.cuda.is_available():
-        return f"{d} ({torch.cuda.get_device_name(d.index or 0)})"
-    if d.type == "cpu":
-        n = torch.get_num_threads()
-        return f"cpu ({platform.machine() or 'unknown'}, {n} thread{'s' if n != 1 else ''})"
-    return str(d)
-
-
-def _model_on(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    current = next(model.parameters()).device
-    return model if current == torch.device(device) else copy.deepcopy(model).to(device)
-
-
 def build_tables(model: torch.nn.Module, objectives: Objectives, setting: Mapping[str, Any], *, seed: int = 0,
                  progress: Any = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """The study's cost tables (as ``CostTable.to_dict``) for the measured costs it uses, and
     where they were measured (``mro:hardware``); nothing when it uses none."""
     if not objectives.measured:
         return {}, {}
-    net = _model_on(model, setting["device"])
+    net = model_on(model, setting["device"])
     tables = {}
     for quantity in objectives.measured:
         if progress is not None:
-            progress(f"measuring {quantity} on {device_label(setting['device'])} for the study's {quantity} table")
+            progress(f"measuring {quantity} on {describe_device(setting['device'])} for the study's {quantity} table")
         table = fit_cost_table(net, quantity, device=setting["device"], batch_size=setting["batch_size"],
                                precision=setting["precision"], seed=seed)
         tables[quantity] = table.to_dict()
-    where = {**setting, "label": device_label(setting["device"]), "host": platform.node()}
+    where = {**setting, "label": describe_device(setting["device"]), "host": platform.node()}
     return tables, where
 
 
@@ -96,9 +87,9 @@ def measured(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def measure_mask(model: torch.nn.Module, mask: Sequence[int], quantities: Sequence[str], setting: Mapping[str, Any]) -> dict[str, Any]:
     """One mask measured exactly on this machine: the quantities asked for, and where."""
-    net = _model_on(model, setting["device"])
+    net = model_on(model, setting["device"])
     kw = {"device": setting["device"], "batch_size": setting["batch_size"], "precision": setting["precision"]}
-    out: dict[str, Any] = {"device": device_label(setting["device"]), "host": platform.node(),
+    out: dict[str, Any] = {"device": describe_device(setting["device"]), "host": platform.node(),
                            "batch_size": setting["batch_size"], "precision": setting["precision"]}
     if "latency_ms" in quantities:
         m: Measurement = measure_latency(net, mask, **kw)
