@@ -205,8 +205,9 @@ def _toml_table(values: dict) -> str:
     return "\n".join(lines)
 
 
-def prepare(out: Path, views: list[str]) -> Path:
-    """The mfeat views as an .npz (mfeat's splits and standardization) and a study file."""
+def prepare(out: Path, views: list[str], search_keys: dict | None = None) -> Path:
+    """The mfeat views as an .npz (mfeat's splits and standardization) and a study file
+    (``search_keys`` added to its [search])."""
     import tomllib
 
     from search_service.evaluator import load_study_data
@@ -226,7 +227,8 @@ def prepare(out: Path, views: list[str]) -> Path:
     name = f"mfeat{len(views)}"
     file = out / f"{name}.toml"
     file.write_text(STUDY.format(name=name, npz=npz.as_posix(), model=_toml_table(raw["model"]), train=_toml_table(raw["train"]),
-                                 search=_toml_table(raw["search"]), run_dir=(out / "run").as_posix()), encoding="utf-8")
+                                 search=_toml_table({**raw["search"], **(search_keys or {})}), run_dir=(out / "run").as_posix()),
+                    encoding="utf-8")
     return file
 
 
@@ -249,8 +251,10 @@ def compare(args) -> dict:
     from search_service.report import reference_point
     from search_service.study_file import load_study
 
-    out = Path(args.out)
-    file = prepare(out, args.views.split(","))
+    out = Path(args.out).resolve()  # the study file names its data by an absolute path
+    objectives = args.objectives.split(",")
+    keys = {"objectives": objectives} if objectives != ["accuracy", "mflops"] else {}
+    file = prepare(out, args.views.split(","), keys)
     study = load_study(str(file))
     url = f"sqlite:///{(out / 'study.db').resolve()}"
     timings = {}
@@ -268,23 +272,30 @@ def compare(args) -> dict:
     record = search.attrs["mro:exhaustive"]
     trials = search.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     by_mask = {t.user_attrs["mask"]: t for t in trials}
-    exact = [(float(by_mask[m].values[0]), float(by_mask[m].values[1])) for m in record["front"]]
-    sampled_points = np.array([[t.values[0], t.values[1]] for t in sampled])
+    exact = [tuple(float(v) for v in by_mask[m].values) for m in record["front"]]
+    sampled_points = np.array([list(t.values) for t in sampled])
+
+    def losses_of(points: np.ndarray) -> np.ndarray:
+        return np.concatenate([-points[:, :1], points[:, 1:]], axis=1)
 
     def front_of(points: np.ndarray) -> np.ndarray:
-        keep = [i for i, (a, f) in enumerate(points) if not any((a2 >= a and f2 <= f and (a2 > a or f2 < f)) for a2, f2 in points)]
+        loss = losses_of(points)
+        keep = [i for i in range(len(points)) if not any(np.all(loss[j] <= loss[i]) and np.any(loss[j] < loss[i]) for j in range(len(points)))]
         return points[keep]
 
     sampler_front = front_of(sampled_points)
     exact_arr = np.array(exact)
-    on_or_dominated = all(any(a2 >= a and f2 <= f for a2, f2 in exact_arr) for a, f in sampler_front)
-    on_front = sum(1 for a, f in sampler_front if any(a2 == a and f2 == f for a2, f2 in exact_arr))
+    exact_loss = losses_of(exact_arr)
+    on_or_dominated = all(any(np.all(q <= losses_of(p[None])[0]) for q in exact_loss) for p in sampler_front)
+    on_front = sum(1 for p in sampler_front if any(np.array_equal(p, q) for q in exact_arr))
     full = search.attrs.get("mro:full_mask") or {}
-    ref = np.array(reference_point("accuracy", float(full.get("mflops", exact_arr[:, 1].max()))))
+    worst = [max([float(full.get(c, 0.0))] + [float(t.values[i + 1]) for t in trials]) for i, c in enumerate(objectives[1:])]
+    ref = np.array(reference_point("accuracy", *worst))
 
     def hv(points: np.ndarray) -> float:
-        losses = np.stack([-points[:, 0], points[:, 1]], axis=1)
-        return float(compute_hypervolume(losses, ref, assume_pareto=False))
+        return float(compute_hypervolume(losses_of(points), ref, assume_pareto=False))
+
+    verified = verify_front(search, study, record) if args.verify else None
 
     exact_masks = set(record["front"])
     found = sorted(exact_masks & {t.user_attrs["mask"] for t in sampled})
@@ -296,8 +307,10 @@ def compare(args) -> dict:
         "budget": len(sampled),
         "timings_s": timings,
         "exhaustive": {k: record[k] for k in ("seconds", "masks_per_s", "method", "device", "dtype", "added")},
-        "exact_front": [{"mask": m, "accuracy": a, "mflops": f, "equal": e} for m, (a, f), e in zip(record["front"], exact, record["equal"])],
-        "sampler_front": [{"accuracy": float(a), "mflops": float(f)} for a, f in sampler_front],
+        "objectives": objectives,
+        "exact_front": [{"mask": m, **dict(zip(objectives, v)), "equal": e} for m, v, e in zip(record["front"], exact, record["equal"])],
+        "sampler_front": [dict(zip(objectives, (float(x) for x in p))) for p in sampler_front],
+        "brute_force": verified,
         "sampler_front_on_or_dominated_by_exact": on_or_dominated,
         "sampler_front_points_on_exact_front": on_front,
         "exact_front_masks_found_by_sampler": found,
@@ -309,6 +322,57 @@ def compare(args) -> dict:
         "loadavg": loadavg(),
         "paths_names": study_paths,
     }
+
+
+def verify_front(search, study, record: dict) -> dict:
+    """The exhaustive front checked against brute force: every mask scored with ``score_masks``
+    (the float32 cache the search records), priced with the study's own prices (FLOPs table,
+    exact parameters, its cost tables), masks over a limit dropped, the non-dominated set taken;
+    the set of its objective vectors must equal the recorded front's."""
+    from optuna.study._multi_objective import _is_pareto_front
+
+    from search_service.evaluator import Evaluator
+    from search_service.hardware import study_tables
+    from search_service.lifecycle import study_checkpoint
+    from search_service.objectives import Objectives
+    from supernet.exhaustive import params_cost
+    from supernet.scoring import score_masks
+
+    start = time.perf_counter()
+    attrs = search.attrs
+    objectives = Objectives.from_attrs(attrs, attrs["mro:metric"])
+    evaluator = Evaluator(study, study_checkpoint(search, study.run_dir))
+    model, cache = evaluator.model, evaluator.cache("valid")
+    tables = study_tables(attrs)
+    parts = params_cost(model)
+    P = model.num_paths
+    shifts = torch.arange(P - 1, -1, -1)
+    touch = torch.zeros(P, model.k, dtype=torch.float64)
+    for p, (i, j) in enumerate(model.pairs):
+        touch[p, i] = touch[p, j] = 1.0
+    rows = []
+    for lo in range(1, 2**P, 1 << 15):
+        numbers = torch.arange(lo, min(lo + (1 << 15), 2**P))
+        masks = ((numbers[:, None] >> shifts) & 1).to(torch.float32)
+        m64 = masks.double()
+        used = ((m64 @ touch) > 0).double()
+        cols = {"metric": score_masks(model, cache, masks, objectives.metric).double(), "mflops": evaluator.flops.mflops_many(masks)}
+        cols["params"] = parts.base + m64 @ torch.tensor(parts.path, dtype=torch.float64) + used @ torch.tensor(parts.modality, dtype=torch.float64)
+        for q, t in tables.items():
+            cols[q] = t.estimate_many(masks).double()
+        ok = torch.ones(len(masks), dtype=torch.bool)
+        for q, limit in objectives.limits.items():
+            ok &= (cols[q] - limit) <= 0
+        values = torch.stack([cols["metric"], *(cols[c] for c in objectives.costs)], dim=1)[ok].numpy()
+        loss = np.concatenate([-values[:, :1], values[:, 1:]], axis=1)
+        rows.append(values[_is_pareto_front(loss, assume_unique_lexsorted=False)])
+    allv = np.concatenate(rows)
+    loss = np.concatenate([-allv[:, :1], allv[:, 1:]], axis=1)
+    front = {tuple(np.round(v, 9)) for v in allv[_is_pareto_front(loss, assume_unique_lexsorted=False)]}
+    by_mask = {t.user_attrs["mask"]: t for t in search.optuna_study.get_trials(deepcopy=False)}
+    recorded = {tuple(np.round(np.array(by_mask[m].values, dtype=float), 9)) for m in record["front"]}
+    return {"masks": 2**P - 1, "front_points": len(front), "recorded_points": len(recorded), "equal": front == recorded,
+            "only_brute_force": len(front - recorded), "only_recorded": len(recorded - front), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def fragment(r: dict) -> str:
@@ -327,12 +391,20 @@ def fragment(r: dict) -> str:
         f"- hypervolume (reference {r['reference_point']}): exact {r['hypervolume_exact']:.5g}, sampler {r['hypervolume_sampler']:.5g}, "
         f"share **{100 * r['hypervolume_share']:.2f} %**",
         "",
-        "| exact front mask | accuracy | MFLOPs | masks with this point | found by the sampler |",
-        "|---|---:|---:|---:|:---:|",
     ]
+    bf = r.get("brute_force")
+    if bf:
+        lines.insert(-1, f"- brute force over all {bf['masks']:,} masks (every mask scored and priced again, limits applied): the front's "
+                         f"{bf['front_points']} points {'**equal**' if bf['equal'] else '**DIFFER from**'} the {bf['recorded_points']} recorded "
+                         f"({bf['seconds']:.0f} s)")
+    objectives = r.get("objectives", ["accuracy", "mflops"])
+    names = {"mflops": "MFLOPs", "latency_ms": "latency (ms, table)", "params": "params", "peak_memory_mb": "peak memory (MiB, table)"}
+    lines += ["| exact front mask | " + " | ".join(names.get(o, o) for o in objectives) + " | masks with this point | found by the sampler |",
+              "|---|" + "---:|" * len(objectives) + "---:|:---:|"]
     found = set(r["exact_front_masks_found_by_sampler"])
     for p in r["exact_front"]:
-        lines.append(f"| `{p['mask']}` | {p['accuracy']:.4f} | {p['mflops']:.4f} | {p['equal']} | {'yes' if p['mask'] in found else ''} |")
+        cells = " | ".join(f"{p[o]:.4f}" if o != "params" else f"{p[o]:.0f}" for o in objectives)
+        lines.append(f"| `{p['mask']}` | {cells} | {p['equal']} | {'yes' if p['mask'] in found else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -350,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("compare")
     p.add_argument("--views", default="fou,fac,kar,pix,zer")
+    p.add_argument("--objectives", default="accuracy,mflops", help="the study's [search] objectives, e.g. accuracy,latency_ms,params")
+    p.add_argument("--verify", action="store_true", help="check the exhaustive front against brute force (every mask priced again)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_exhaustive"))
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--results", help="write the fragment NAME.md and NAME.json for docs/RESULTS.md into this folder")
@@ -363,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "compare" and args.results:
         folder = Path(args.results)
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"bench_exhaustive_mfeat{len(report['views'])}"
+        objectives = report.get("objectives", ["accuracy", "mflops"])
+        stem = f"bench_exhaustive_mfeat{len(report['views'])}" + ("" if objectives == ["accuracy", "mflops"] else "_" + "_".join(objectives[1:]))
         (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
         (folder / f"{stem}.md").write_text(fragment(report))
     if args.json:
