@@ -354,7 +354,31 @@ def markdown(report: dict) -> str:
     lines += ["", f"Cached scoring, k = 6 ({sc['paths']} paths), {sc['samples']} samples: "
                   f"**{sc['masks_per_s']:,.0f} masks/s** ({sc['masks_per_call']} masks per call; max |difference| "
                   f"against `score_masks` {sc['max_abs_diff_vs_score_masks']:.1e})", ""]
+    for name, r in (report.get("latency") or {}).items():
+        wall = r["latency"]["wall"]
+        lines.append(f"- latency table, {name} shape on {r['device']}: median relative error "
+                     f"{100 * wall['median_error']:.1f} % (max {100 * wall['max_error']:.1f} %) on "
+                     f"{len(r['masks'])} held-out masks (target 10 %); Spearman rho(MFLOPs, measured latency) {wall['rho_mflops']:.3f}")
     return "\n".join(lines)
+
+
+def run_latency(args, device: torch.device, say) -> dict:
+    """Issue 21 on this device: ``bench_latency``'s tables (latency and peak memory, fitted on the
+    design masks) against ``--latency-masks`` held-out measured masks per shape, one pass."""
+    import bench_latency
+
+    ns = bench_latency.build_parser().parse_args(
+        ["--shapes", args.latency_shapes, "--masks", str(args.latency_masks), "--device", str(device), "--no-retest"])
+    bench_latency.resolve_clocks(ns)
+    out = {}
+    for name in [s for s in ns.shapes.split(",") if s]:
+        r = bench_latency.summarize_shape(bench_latency.run_shape(name, ns))
+        out[name] = r
+        wall = r["latency"]["wall"]
+        say(f"latency table {name} on {r['device']}: median error {100 * wall['median_error']:.1f} % "
+            f"(max {100 * wall['max_error']:.1f} %) on {len(r['masks'])} held-out masks; "
+            f"rho(MFLOPs, latency) {wall['rho_mflops']:.3f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-masks", type=int, default=65536)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model and data, 3 steps")
+    parser.add_argument("--latency-masks", type=int, default=0,
+                        help="issue 21: also fit the latency and memory tables on the device and measure this many held-out "
+                             "masks per shape (bench_latency's method; 0: skip)")
+    parser.add_argument("--latency-shapes", default="mosei,mfeat", help="bench_latency's shapes for --latency-masks")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)
@@ -408,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "length", "samples", "quick")} | {"modes": modes}
     report = {"benchmark": "bench_gpu", "settings": settings, "machine": info, "training": training,
               "targets": targets, "scoring": scoring}
+    if args.latency_masks:
+        report["latency"] = run_latency(args, device, say)
     stem = f"bench_gpu{'_quick' if args.quick else ''}"
     _common.write_result(Path(args.out), stem, report, markdown(report))
     if args.json:

@@ -236,7 +236,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (``bench_gpu --latency-masks`` parses its latency run with them too)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="mosei,mfeat", help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--masks", type=int, default=100, help="held-out random masks per shape")
@@ -256,7 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stem", default="bench_latency")
     parser.add_argument("--from-json", help="summarize an earlier run's JSON again instead of measuring")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def resolve_clocks(args: argparse.Namespace) -> None:
+    """``--clocks`` as a list: by default both clocks with one thread on the CPU, else the wall clock."""
+    single = torch.device(args.device).type == "cpu" and torch.get_num_threads() == 1
+    args.clocks = [c for c in args.clocks.split(",") if c] or (["wall", "cpu"] if single else ["wall"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         for r in report["shapes"].values():
@@ -267,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [s for s in args.shapes.split(",") if s]
-    single = torch.device(args.device).type == "cpu" and torch.get_num_threads() == 1
-    args.clocks = [c for c in args.clocks.split(",") if c] or (["wall", "cpu"] if single else ["wall"])
+    resolve_clocks(args)
     if args.masks < 1:
         raise SystemExit("error: --masks must be at least 1")
     _common.check_tag(args.stem)

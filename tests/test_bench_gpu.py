@@ -41,3 +41,14 @@ def test_per_sample_masks_drawn_on_the_device_are_never_empty():
     masks = bench.per_sample_masks(20000)
     assert masks.shape == (20000, 6) and bool((masks.sum(dim=1) >= 1).all())
     assert abs(float(masks.mean()) - 0.5) < 0.02
+
+
+def test_latency_tables_on_the_device(tmp_path):
+    """``--latency-masks``: bench_latency's tables fitted and checked on the device (issue 21; on a
+    lent GPU with ``--device cuda``; here the tiny shape on the CPU)."""
+    assert bench_gpu.main(["--device", "cpu", "--quick", "--modes", "fp32", "--latency-masks", "2", "--latency-shapes", "tiny",
+                           "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench_gpu_quick.json").read_text())
+    wall = report["latency"]["tiny"]["latency"]["wall"]
+    assert wall["n"] == 2 and wall["median_error"] >= 0 and report["latency"]["tiny"]["memory"]["median_error"] >= 0
+    assert "latency table, tiny shape on cpu" in (tmp_path / "bench_gpu_quick.md").read_text()
