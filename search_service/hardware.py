@@ -27,6 +27,7 @@ from supernet.errors import ConfigError
 from supernet.hardware import (
     CostTable,
     Measurement,
+    autocast_dtype,
     describe_device,
     fit_cost_table,
     measure_latency,
@@ -45,8 +46,7 @@ def latency_setting(search_cfg: Any, train_device: str, override: str | None = N
     setting = override or search_cfg.latency_device or train_device
     where = "--device" if override else ("[search] latency_device" if search_cfg.latency_device else "[train] device")
     device, _ = resolve_device(setting, where=where)
-    if search_cfg.latency_precision == "fp16" and device.type == "cpu":
-        raise ConfigError(f"[search] latency_precision 'fp16' is not measured on the CPU ({where} = {setting}); use 'fp32' or 'bf16', or a CUDA device")
+    autocast_dtype(search_cfg.latency_precision, device)  # refuses fp16 on the CPU in one line
     return {"device": str(device), "batch_size": int(search_cfg.latency_batch_size), "precision": search_cfg.latency_precision}
 
 
